@@ -1,0 +1,125 @@
+"""TT-SVD: dense tensors and matrices to tensor-train format (Oseledets, 2011)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from tensortrain._cores import bond_caps, check_eps, split_modes
+from tensortrain._svd import truncated_svd
+from tensortrain.errors import TTShapeError, TTTypeError
+from tensortrain.ops import safe_norm
+from tensortrain.matrix import TTMatrix
+from tensortrain.tensor import TTTensor
+
+
+def svd_cores(
+    x: torch.Tensor, max_rank: int | Sequence[int] | None = None, eps: float | None = None
+) -> list[torch.Tensor]:
+    """TT-SVD on plain tensors: the cores of :func:`tt_svd`."""
+    if not isinstance(x, torch.Tensor):
+        raise TTTypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TTTypeError(f"x must have a floating dtype, got {x.dtype}")
+    if x.ndim < 1 or x.numel() == 0:
+        raise TTShapeError(f"x must have at least one dimension and no zero sizes, got {tuple(x.shape)}")
+    check_eps(eps)
+    d = x.ndim
+    caps = bond_caps(max_rank, d)
+    delta = 0.0
+    if eps is not None and d > 1:
+        delta = eps / math.sqrt(d - 1) * float(safe_norm(x.detach()))
+    cores = []
+    rest = x
+    r_prev = 1
+    for k in range(d - 1):
+        n = x.shape[k]
+        u, s, vh = truncated_svd(rest.reshape(r_prev * n, -1), delta, caps[k])
+        r = s.shape[0]
+        cores.append(u.reshape(r_prev, n, r))
+        rest = s[:, None] * vh
+        r_prev = r
+    cores.append(rest.reshape(r_prev, x.shape[-1], 1))
+    return cores
+
+
+def tt_svd(
+    x: torch.Tensor, max_rank: int | Sequence[int] | None = None, eps: float | None = None
+) -> TTTensor:
+    """Decompose a dense tensor into tensor-train format by sequential truncated SVDs.
+
+    With ``eps``, each of the ``d - 1`` SVDs drops singular values whose tail norm is at most
+    ``eps / sqrt(d - 1) * ||x||_F``, so the result satisfies ``||x - tt||_F <= eps * ||x||_F``.
+    With ``max_rank``, no bond rank exceeds it. With both, ``max_rank`` wins: the ranks are capped
+    even where that breaks the ``eps`` bound. With neither, only exactly-zero singular values are
+    dropped and the reconstruction is exact to round-off. The first ``d - 1`` cores are
+    left-orthogonal. Half-precision input is decomposed in float32 and cast back.
+
+    Args:
+        x: dense tensor of shape ``(n_1, ..., n_d)``, ``d >= 1``.
+        max_rank: an int for every bond, or ``d - 1`` per-bond caps (``d + 1`` with the boundary 1s).
+        eps: relative Frobenius error allowed, ``>= 0``.
+
+    Returns:
+        A :class:`TTTensor` with cores ``(r_{k-1}, n_k, r_k)``.
+
+    Example:
+        >>> x = torch.randn(4, 5, 6, dtype=torch.float64)
+        >>> tt = tt_svd(x, eps=0.1)
+        >>> bool(torch.linalg.norm(tt.full() - x) <= 0.1 * torch.linalg.norm(x))
+        True
+    """
+    return TTTensor(svd_cores(x, max_rank=max_rank, eps=eps))
+
+
+def tt_matrix_svd(
+    x: torch.Tensor,
+    row_modes: Sequence[int],
+    col_modes: Sequence[int],
+    max_rank: int | Sequence[int] | None = None,
+    eps: float | None = None,
+) -> TTMatrix:
+    """Decompose a dense ``(M, N)`` matrix into a TT-matrix with the given mode shapes.
+
+    The matrix is viewed as the tensor of shape ``(m_1 n_1, ..., m_d n_d)`` (row multi-index
+    ``(i_1..i_d)`` and column multi-index ``(j_1..j_d)`` in row-major order, interleaved) and
+    decomposed by :func:`tt_svd`, so the same ``eps`` / ``max_rank`` guarantees hold on the matrix.
+
+    Args:
+        x: dense matrix of shape ``(M, N)`` with ``M = prod(row_modes)``, ``N = prod(col_modes)``.
+        row_modes: ``(m_1, ..., m_d)``, the output modes.
+        col_modes: ``(n_1, ..., n_d)``, the input modes, same length.
+        max_rank: as in :func:`tt_svd`.
+        eps: as in :func:`tt_svd`.
+
+    Returns:
+        A :class:`TTMatrix` with cores ``(r_{k-1}, m_k, n_k, r_k)``.
+
+    Example:
+        >>> w = torch.randn(12, 20, dtype=torch.float64)
+        >>> tt = tt_matrix_svd(w, (3, 4), (4, 5))
+        >>> torch.allclose(tt.full(), w)
+        True
+    """
+    row_modes, col_modes = tuple(row_modes), tuple(col_modes)
+    if not isinstance(x, torch.Tensor):
+        raise TTTypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if len(row_modes) != len(col_modes) or not row_modes:
+        raise TTShapeError(
+            f"row_modes and col_modes must be non-empty and of equal length, got "
+            f"{row_modes} and {col_modes}"
+        )
+    expected = (math.prod(row_modes), math.prod(col_modes))
+    if x.ndim != 2 or tuple(x.shape) != expected:
+        raise TTShapeError(
+            f"x must have shape (prod(row_modes), prod(col_modes)) = {expected}, "
+            f"got {tuple(x.shape)}"
+        )
+    d = len(row_modes)
+    perm = [i for k in range(d) for i in (k, d + k)]
+    merged = x.reshape(*row_modes, *col_modes).permute(perm)
+    merged = merged.reshape([m * n for m, n in zip(row_modes, col_modes, strict=True)])
+    cores = svd_cores(merged, max_rank=max_rank, eps=eps)
+    return TTMatrix(split_modes(cores, row_modes, col_modes))
