@@ -1,7 +1,8 @@
 """Behaviour shared by :class:`TTTensor` and :class:`TTMatrix`: arithmetic, rounding, norms, moves.
 
-A subclass provides ``_merged()`` (its cores as TT tensor cores ``(r, size, r')``) and ``_like(cores)``
-(a new object of its own kind from such cores, with its own mode split); everything else lives here.
+A subclass provides ``_merged()`` (its cores as TT tensor cores ``(r, size, r')``) and
+``_like(cores)`` (a new object of its own kind from such cores, with its own mode split);
+everything else lives here.
 """
 
 from __future__ import annotations
@@ -125,11 +126,11 @@ class TTBase:
         return ops.norm(self._merged())
 
     def orthogonalize(self: T) -> T:
-        """The same tensor with cores ``1..d-1`` right-orthogonal (see :func:`ops.orthogonalize`)."""
+        """The same tensor with cores ``1..d-1`` right-orthogonal (:func:`ops.orthogonalize`)."""
         return self._like(ops.orthogonalize(self._merged()))
 
     def round(self: T, eps: float | None = None, max_rank: int | Sequence[int] | None = None) -> T:
-        """Recompress to lower ranks: ``||self - out||_F <= eps * ||self||_F``; ``max_rank`` wins."""
+        """Recompress: ``||self - out||_F <= eps * ||self||_F``; ``max_rank`` wins over ``eps``."""
         return self._like(ops.round_cores(self._merged(), eps=eps, max_rank=max_rank))
 
     def __repr__(self) -> str:

@@ -13,7 +13,9 @@ import torch
 from tensortrain.errors import TTShapeError, TTTypeError, TTValueError
 
 
-def check_cores(cores: Sequence[torch.Tensor], core_ndim: int, name: str = "cores") -> list[torch.Tensor]:
+def check_cores(
+    cores: Sequence[torch.Tensor], core_ndim: int, name: str = "cores"
+) -> list[torch.Tensor]:
     """Validate a list of TT cores and return it as a list.
 
     Args:
@@ -45,7 +47,9 @@ def check_cores(cores: Sequence[torch.Tensor], core_ndim: int, name: str = "core
         if min(core.shape) < 1:
             raise TTShapeError(f"{name}[{k}] has a non-positive size: shape {tuple(core.shape)}")
         if core.dtype != cores[0].dtype:
-            raise TTTypeError(f"{name}[{k}] has dtype {core.dtype} but {name}[0] has {cores[0].dtype}")
+            raise TTTypeError(
+                f"{name}[{k}] has dtype {core.dtype} but {name}[0] has {cores[0].dtype}"
+            )
         if core.device != cores[0].device:
             raise TTTypeError(
                 f"{name}[{k}] is on device {core.device} but {name}[0] is on {cores[0].device}"

@@ -9,8 +9,10 @@ The plan, made once per ``(batch, row_modes, col_modes, ranks)`` and cached:
   ``x (B, n_1..n_d)`` with the ``d`` cores.
 * ``dense`` cost: the FLOPs to reconstruct the ``(M, N)`` matrix core by core,
   ``sum_k 2 (prod_{j<k} m_j n_j) r_{k-1} m_k n_k r_k``, plus ``2 B M N`` for the matmul.
-* The dense path is taken when its cost is lower, which happens for large batches and thin
-  or small matrices (the reconstruction is paid once per call, the matmul is BLAS-fast).
+* The dense path is taken when its cost is below ``DENSE_SPEEDUP = 2`` times the ``tt`` cost: one
+  large GEMM runs about twice as many FLOP/s as a chain of small contractions with transposes
+  (measured on CPU: ``benchmarks/``). This happens for large batches with small or thin matrices;
+  large square TT-matrices at moderate batch sizes stay in TT form.
 
 Both paths are differentiable with respect to ``x`` and the cores.
 """
@@ -32,6 +34,8 @@ from tensortrain.errors import TTShapeError, TTTypeError
 from tensortrain.matrix import TTMatrix
 
 _LETTERS = string.ascii_letters  # torch.einsum accepts only these
+#: How many times more FLOP/s a dense GEMM achieves than the TT contraction chain (cost model).
+DENSE_SPEEDUP = 2.0
 
 
 @dataclass(frozen=True)
@@ -87,7 +91,7 @@ def plan(
     for k in range(d):
         dense_flops += 2 * prefix * ranks[k] * row_modes[k] * col_modes[k] * ranks[k + 1]
         prefix *= row_modes[k] * col_modes[k]
-    if dense_flops < tt_flops:
+    if dense_flops <= DENSE_SPEEDUP * tt_flops:
         return Plan("dense", tt_flops, dense_flops, None)
     expression = opt_einsum.contract_expression(eq, *shapes, optimize=path)
     return Plan("tt", tt_flops, dense_flops, expression)
@@ -128,7 +132,8 @@ def tt_linear(
     M, N = math.prod(row_modes), math.prod(col_modes)
     if x.ndim < 1 or x.shape[-1] != N:
         raise TTShapeError(
-            f"x must have shape (..., {N}) to match weight of shape ({M}, {N}), got {tuple(x.shape)}"
+            f"x must have shape (..., {N}) to match weight of shape ({M}, {N}), "
+            f"got {tuple(x.shape)}"
         )
     if x.dtype != cores[0].dtype or x.device != cores[0].device:
         raise TTTypeError(

@@ -10,8 +10,8 @@ import torch
 from tensortrain._cores import bond_caps, check_eps, split_modes
 from tensortrain._svd import truncated_svd
 from tensortrain.errors import TTShapeError, TTTypeError
-from tensortrain.ops import safe_norm
 from tensortrain.matrix import TTMatrix
+from tensortrain.ops import safe_norm
 from tensortrain.tensor import TTTensor
 
 
@@ -24,7 +24,9 @@ def svd_cores(
     if not x.is_floating_point():
         raise TTTypeError(f"x must have a floating dtype, got {x.dtype}")
     if x.ndim < 1 or x.numel() == 0:
-        raise TTShapeError(f"x must have at least one dimension and no zero sizes, got {tuple(x.shape)}")
+        raise TTShapeError(
+            f"x must have at least one dimension and no zero sizes, got {tuple(x.shape)}"
+        )
     check_eps(eps)
     d = x.ndim
     caps = bond_caps(max_rank, d)
@@ -59,7 +61,8 @@ def tt_svd(
 
     Args:
         x: dense tensor of shape ``(n_1, ..., n_d)``, ``d >= 1``.
-        max_rank: an int for every bond, or ``d - 1`` per-bond caps (``d + 1`` with the boundary 1s).
+        max_rank: an int for every bond, or ``d - 1`` per-bond caps (``d + 1`` with the
+            boundary 1s).
         eps: relative Frobenius error allowed, ``>= 0``.
 
     Returns:

@@ -21,7 +21,9 @@ def to_numpy(tt: TTTensor | TTMatrix) -> list[np.ndarray]:
     return [c.detach().cpu().numpy() for c in tt.cores]
 
 
-def from_numpy(cores: Sequence[np.ndarray], dtype: torch.dtype | None = None) -> TTTensor | TTMatrix:
+def from_numpy(
+    cores: Sequence[np.ndarray], dtype: torch.dtype | None = None
+) -> TTTensor | TTMatrix:
     """A :class:`TTTensor` (3-D cores) or :class:`TTMatrix` (4-D cores) from NumPy arrays.
 
     Example:
@@ -38,7 +40,9 @@ def to_tensorly(tt: TTTensor | TTMatrix) -> Any:
     import tensorly as tl
 
     cores = to_numpy(tt)
-    return tl.tt_matrix.TTMatrix(cores) if isinstance(tt, TTMatrix) else tl.tt_tensor.TTTensor(cores)
+    return (
+        tl.tt_matrix.TTMatrix(cores) if isinstance(tt, TTMatrix) else tl.tt_tensor.TTTensor(cores)
+    )
 
 
 def from_tensorly(tl_tt: Any, dtype: torch.dtype | None = None) -> TTTensor | TTMatrix:

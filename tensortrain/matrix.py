@@ -1,4 +1,4 @@
-"""The TT-matrix format: cores ``(r_{k-1}, m_k, n_k, r_k)``, ``m`` row (output) modes, ``n`` column."""
+"""The TT-matrix format: cores ``(r_{k-1}, m_k, n_k, r_k)``, row (output) modes ``m`` first."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ class TTMatrix(TTBase):
         return 2
 
     @property
-    def T(self) -> TTMatrix:  # noqa: N802 (torch's name)
+    def T(self) -> TTMatrix:
         """The transpose: each core's ``m`` and ``n`` axes swapped."""
         return TTMatrix([c.transpose(1, 2) for c in self._cores])
 
@@ -103,7 +103,10 @@ class TTMatrix(TTBase):
             raise TTTypeError(f"index must be a pair (row, column) of ints, got {index!r}")
         M, N = self.shape
         multi = []
-        for name, i, size, modes in (("row", index[0], M, self.row_modes), ("column", index[1], N, self.col_modes)):
+        for name, i, size, modes in (
+            ("row", index[0], M, self.row_modes),
+            ("column", index[1], N, self.col_modes),
+        ):
             if isinstance(i, bool) or not isinstance(i, int):
                 raise TTTypeError(f"{name} index must be an int, got {type(i).__name__}")
             if not -size <= i < size:
@@ -127,7 +130,8 @@ class TTMatrix(TTBase):
         if isinstance(other, TTTensor):
             if other.shape != self.col_modes:
                 raise TTShapeError(
-                    f"matvec: matrix col_modes {self.col_modes} do not match vector shape {other.shape}"
+                    f"matvec: matrix col_modes {self.col_modes} do not match vector shape "
+                    f"{other.shape}"
                 )
             return TTTensor(ops.matvec(self._cores, other.cores))
         if isinstance(other, torch.Tensor):
@@ -137,7 +141,7 @@ class TTMatrix(TTBase):
         return NotImplemented
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
-        """``x @ self.T`` for a dense batch ``x[..., N] -> y[..., M]``, planned (see :func:`tt_linear`)."""
+        """``x @ self.T`` for a dense batch ``x[..., N] -> y[..., M]`` (see :func:`tt_linear`)."""
         from tensortrain.contract import tt_linear
 
         return tt_linear(x, self)

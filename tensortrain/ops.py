@@ -1,4 +1,4 @@
-"""Operations on lists of TT cores: the source of truth behind :class:`TTTensor` and :class:`TTMatrix`.
+"""Operations on lists of TT cores: the source of truth behind the TT classes.
 
 Every function takes TT tensor cores ``(r_{k-1}, n_k, r_k)``; TT-matrix operations that do not
 depend on the row/column split work on the merged view ``(r_{k-1}, m_k n_k, r_k)``. Nothing here
@@ -20,7 +20,7 @@ Cores = Sequence[torch.Tensor]
 
 
 def full(cores: Cores) -> torch.Tensor:
-    """Materialise the dense tensor ``(n_1, ..., n_d)``. Costs ``O(prod(n) * r)`` memory and time."""
+    """Materialise the dense tensor ``(n_1, ..., n_d)``: ``O(prod(n) * r)`` memory and time."""
     out = cores[0].reshape(-1, cores[0].shape[-1])
     for core in cores[1:]:
         out = (out @ core.reshape(core.shape[0], -1)).reshape(-1, core.shape[-1])
@@ -60,7 +60,7 @@ def add(a: Cores, b: Cores) -> list[torch.Tensor]:
     return cores
 
 
-def scale(a: Cores, alpha: float | torch.Tensor) -> list[torch.Tensor]:
+def scale(a: Cores, alpha: complex | torch.Tensor) -> list[torch.Tensor]:
     """``alpha * a``: the first core is scaled, ranks are unchanged."""
     return [a[0] * alpha, *a[1:]]
 
@@ -90,7 +90,9 @@ def inner(a: Cores, b: Cores) -> torch.Tensor:
         v = torch.einsum("ab,anc,bnd->cd", v, (ca / sa).conj(), cb / sb)
         sv = _positive(v.detach().abs().max())
         v = v / sv
-        log_scale = log_scale + torch.log(sa.double()) + torch.log(sb.double()) + torch.log(sv.double())
+        log_scale = (
+            log_scale + torch.log(sa.double()) + torch.log(sb.double()) + torch.log(sv.double())
+        )
     return v.reshape(()) * torch.exp(log_scale).to(v.real.dtype)
 
 

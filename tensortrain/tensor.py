@@ -20,8 +20,8 @@ class TTTensor(TTBase):
     flows through every operation.
 
     Args:
-        cores: ``d >= 1`` tensors of shape ``(r_{k-1}, n_k, r_k)`` with ``r_0 = r_d = 1``, all of one
-            dtype and device.
+        cores: ``d >= 1`` tensors of shape ``(r_{k-1}, n_k, r_k)`` with ``r_0 = r_d = 1``, all
+            of one dtype and device.
 
     Example:
         >>> tt = TTTensor([torch.randn(1, 4, 3), torch.randn(3, 5, 2), torch.randn(2, 6, 1)])
@@ -75,10 +75,14 @@ class TTTensor(TTBase):
             if isinstance(i, slice):
                 piece = core[:, i, :]
                 if piece.shape[1] == 0:
-                    raise TTShapeError(f"index[{k}] = {i} selects nothing from mode of size {core.shape[1]}")
+                    raise TTShapeError(
+                        f"index[{k}] = {i} selects nothing from mode of size {core.shape[1]}"
+                    )
             elif isinstance(i, int) and not isinstance(i, bool):
                 if not -core.shape[1] <= i < core.shape[1]:
-                    raise IndexError(f"index[{k}] = {i} is out of range for mode of size {core.shape[1]}")
+                    raise IndexError(
+                        f"index[{k}] = {i} is out of range for mode of size {core.shape[1]}"
+                    )
                 piece = core[:, i, :]
             else:
                 raise TTTypeError(f"index[{k}] must be an int or a slice, got {type(i).__name__}")

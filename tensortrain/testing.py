@@ -1,4 +1,4 @@
-"""Test helpers: hypothesis strategies for random TT tensors and TT-matrices, and one tolerance table.
+"""Test helpers: hypothesis strategies for random TT tensors and TT-matrices, and tolerances.
 
 Requires ``hypothesis`` (a development dependency). Use them in your own test suites::
 
@@ -45,7 +45,9 @@ def assert_close(
     if rtol is None:
         rtol = max(tolerance(actual.dtype), tolerance(expected.dtype))
     if actual.shape != expected.shape:
-        raise AssertionError(f"shapes differ: {tuple(actual.shape)} vs {tuple(expected.shape)} {msg}")
+        raise AssertionError(
+            f"shapes differ: {tuple(actual.shape)} vs {tuple(expected.shape)} {msg}"
+        )
     a, e = actual.detach().double().cpu(), expected.detach().double().cpu()
     err = float(torch.linalg.vector_norm(a - e))
     ref = max(float(torch.linalg.vector_norm(e)), 1.0)

@@ -1,0 +1,92 @@
+"""tt_linear: every planned path equals x @ W.T, gradients, the cache, bad input."""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tensortrain import TTMatrix, TTShapeError, TTTypeError, plan, tt_linear
+from tensortrain.contract import DENSE_SPEEDUP
+from tensortrain.testing import assert_close, tt_matrices
+
+lead_shapes = st.lists(st.integers(1, 4), min_size=0, max_size=3)
+
+
+@given(tt_matrices(dtypes=(torch.float32, torch.float64)), lead_shapes, st.booleans())
+def test_matches_dense_matmul(w, lead, with_bias):
+    x = torch.randn(*lead, w.shape[1], dtype=w.dtype)
+    bias = torch.randn(w.shape[0], dtype=w.dtype) if with_bias else None
+    ref = x @ w.full().T + (0 if bias is None else bias)
+    assert_close(tt_linear(x, w, bias), ref)
+    assert_close(tt_linear(x, w.cores, bias), ref)
+
+
+@pytest.mark.parametrize(
+    ("batch", "rows", "cols", "rank", "kind"),
+    [
+        (4, (8, 8, 8), (8, 8, 8), 4, "tt"),  # small batch, big matrix: never densify
+        (4096, (2, 2), (2, 2), 4, "dense"),  # huge batch, tiny matrix: reconstruct once
+    ],
+)
+def test_both_paths_are_planned_and_correct(batch, rows, cols, rank, kind):
+    gen = torch.Generator().manual_seed(0)
+    d = len(rows)
+    ranks = [1] + [rank] * (d - 1) + [1]
+    w = TTMatrix(
+        [
+            torch.randn(
+                ranks[k], rows[k], cols[k], ranks[k + 1], generator=gen, dtype=torch.float64
+            )
+            for k in range(d)
+        ]
+    )
+    p = plan(batch, w.row_modes, w.col_modes, w.ranks)
+    assert p.kind == kind
+    assert (p.dense_flops <= DENSE_SPEEDUP * p.tt_flops) == (kind == "dense")
+    x = torch.randn(batch, w.shape[1], generator=gen, dtype=torch.float64)
+    assert_close(tt_linear(x, w), x @ w.full().T)
+
+
+def test_plan_is_cached():
+    w = TTMatrix([torch.randn(1, 3, 5, 2), torch.randn(2, 7, 2, 1)])
+    x = torch.randn(11, 10)
+    tt_linear(x, w)
+    before = plan.cache_info()
+    tt_linear(x, w)
+    after = plan.cache_info()
+    assert after.hits == before.hits + 1 and after.misses == before.misses
+
+
+@pytest.mark.parametrize("batch", [3, 5000])
+def test_gradcheck_both_paths(batch):
+    gen = torch.Generator().manual_seed(1)
+    cores = [
+        torch.randn(1, 2, 3, 2, generator=gen, dtype=torch.float64, requires_grad=True),
+        torch.randn(2, 2, 2, 1, generator=gen, dtype=torch.float64, requires_grad=True),
+    ]
+    x = torch.randn(batch, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    if batch > 100:  # a random projection of the output keeps gradcheck's Jacobian small
+        x.requires_grad_(False)
+        proj = torch.randn(batch, 4, generator=gen, dtype=torch.float64)
+        assert plan(batch, (2, 2), (3, 2), (1, 2, 1)).kind == "dense"
+        assert torch.autograd.gradcheck(lambda a, b: (tt_linear(x, [a, b]) * proj).sum(0), cores)
+    else:
+        assert torch.autograd.gradcheck(lambda x, a, b: tt_linear(x, [a, b]), (x, *cores))
+
+
+def test_empty_batch():
+    w = TTMatrix([torch.randn(1, 3, 5, 1)])
+    assert tt_linear(torch.randn(0, 4, 5), w).shape == (0, 4, 3)
+
+
+def test_bad_inputs():
+    w = TTMatrix([torch.randn(1, 3, 5, 1)])
+    with pytest.raises(
+        TTShapeError,
+        match=r"x must have shape \(\.\.\., 5\) to match weight of shape \(3, 5\), got \(2, 4\)",
+    ):
+        tt_linear(torch.randn(2, 4), w)
+    with pytest.raises(TTTypeError, match=r"dtype torch\.float64"):
+        tt_linear(torch.randn(2, 5, dtype=torch.float64), w)
+    with pytest.raises(TTShapeError, match=r"weight\[0\] must have 4 dimensions"):
+        tt_linear(torch.randn(2, 5), [torch.randn(1, 5, 1)])
