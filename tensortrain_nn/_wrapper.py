@@ -1,0 +1,92 @@
+"""What TTReparam and TTAdapter share: a frozen ``base_layer`` plus named adapters, one active."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from tensortrain.errors import TTTypeError, TTValueError
+
+
+def linear_features(module: nn.Module) -> tuple[int, int, bool]:
+    """``(in_features, out_features, transposed)`` of an ``nn.Linear`` or GPT-2's ``Conv1D``.
+
+    ``Conv1D`` stores its weight as ``(in, out)``; ``transposed`` says so.
+    """
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features, False
+    if type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None:
+        w = module.weight
+        return int(w.shape[0]), int(w.shape[1]), True
+    raise TTTypeError(
+        f"base_layer must be an nn.Linear or a transformers Conv1D, got {type(module).__name__}"
+    )
+
+
+class AdapterWrapper(nn.Module):
+    """A frozen ``base_layer`` and a dict of named adapters; the active one runs in ``forward``.
+
+    Attributes:
+        base_layer: the wrapped module (its parameters are frozen by the wrapper).
+        adapters: ``nn.ModuleDict`` of adapter name to adapter module.
+        active_adapter: the adapter used by ``forward`` (None: none).
+        adapters_disabled: when True, ``forward`` is the base layer's alone.
+    """
+
+    def __init__(self, base_layer: nn.Module) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.adapters = nn.ModuleDict()
+        self.active_adapter: str | None = None
+        self.adapters_disabled = False
+        for p in base_layer.parameters():
+            p.requires_grad_(False)
+
+    def _add(self, name: str, adapter: nn.Module) -> None:
+        if not isinstance(name, str) or not name.isidentifier():
+            raise TTValueError(f"adapter_name must be a Python identifier, got {name!r}")
+        if name in self.adapters:
+            raise TTValueError(f"adapter_name {name!r} already exists on this layer")
+        self.adapters[name] = adapter
+        if self.active_adapter is None:
+            self.active_adapter = name
+
+    def set_adapter(self, name: str) -> None:
+        """Make ``name`` the adapter that ``forward`` uses."""
+        if name not in self.adapters:
+            raise TTValueError(f"adapter_name must be one of {list(self.adapters)}, got {name!r}")
+        self.active_adapter = name
+
+    def delete_adapter(self, name: str) -> None:
+        """Remove an adapter (it must not be merged); the next one, if any, becomes active."""
+        self.set_adapter(name)
+        self._before_delete(name)
+        del self.adapters[name]
+        self.active_adapter = next(iter(self.adapters), None)
+
+    def _before_delete(self, name: str) -> None:
+        """Hook for subclasses (TTReparam refuses to delete a merged adapter)."""
+
+    def _active(self) -> nn.Module | None:
+        if self.adapters_disabled or self.active_adapter is None:
+            return None
+        return self.adapters[self.active_adapter]
+
+    def __getattr__(self, name: str) -> Any:
+        """Attributes not found here come from ``base_layer`` (``weight``, ``in_features``...)."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_layer":
+                raise
+            return getattr(self.base_layer, name)
+
+    def extra_repr(self) -> str:
+        return f"active_adapter={self.active_adapter!r}, disabled={self.adapters_disabled}"
+
+
+def cast_like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """``t`` in ``ref``'s dtype (no copy when it already is)."""
+    return t if t.dtype == ref.dtype else t.to(ref.dtype)

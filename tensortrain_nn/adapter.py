@@ -1,0 +1,149 @@
+"""TTAdapter (LoRETTA_adp): a bottleneck adapter with TT projections after a frozen sublayer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from torch import nn
+
+from tensortrain.errors import TTValueError
+from tensortrain_nn._wrapper import AdapterWrapper, cast_like, linear_features
+from tensortrain_nn.linear import TTLinear
+
+#: Activations by name (a registry: errors list the valid names).
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+    "identity": nn.Identity,
+}
+Init = Literal["zero", "paper"]
+
+
+class TTBottleneck(nn.Module):
+    """``s * up(act(down(dropout(h))))`` with ``down: h -> b`` and ``up: b -> h`` TT layers.
+
+    ``init="zero"`` (default): ``up``'s last core and bias are zero, so the adapter's output is
+    exactly zero and the wrapped module is unchanged at step 0: patching cannot change a model's
+    predictions before training, and results do not depend on a random initial perturbation.
+    ``init="paper"``: as in the LoRETTA code, every core random with entry std
+    ``sqrt(1 / (in + out))`` and biases uniform, so training starts from a small random output.
+    """
+
+    def __init__(
+        self,
+        features: int,
+        *,
+        bottleneck: int = 64,
+        tt_rank: int = 5,
+        activation: str = "relu",
+        scale: float = 1.0,
+        dropout: float = 0.0,
+        init: Init = "zero",
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise TTValueError(
+                f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}"
+            )
+        if init not in ("zero", "paper"):
+            raise TTValueError(f"init must be 'zero' or 'paper', got {init!r}")
+        if not 0 <= dropout < 1:
+            raise TTValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.scale, self.init = float(scale), init
+        kw = {"rank": tt_rank, "dtype": dtype, "device": device}
+        paper = init == "paper"
+        self.down = TTLinear(
+            features,
+            bottleneck,
+            init=(1 / (features + bottleneck)) ** 0.5 if paper else "torch",
+            **kw,
+        )  # type: ignore[arg-type]
+        self.up = TTLinear(
+            bottleneck,
+            features,
+            init=(1 / (features + bottleneck)) ** 0.5 if paper else "torch",
+            zero_core=None if paper else -1,
+            **kw,
+        )  # type: ignore[arg-type]
+        if not paper:
+            assert self.up.bias is not None
+            nn.init.zeros_(self.up.bias)
+        self.act = ACTIVATIONS[activation]()
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.up(self.act(self.down(self.dropout(h)))) * self.scale
+
+
+class TTAdapter(AdapterWrapper):
+    """LoRETTA_adp: ``h = sublayer(x); return h + s * up(act(down(h)))``, sublayer frozen.
+
+    Args:
+        base_layer: the frozen sublayer (for BERT-style blocks the attention-output and FFN-output
+            dense layers; for LLaMA-style blocks the MLP).
+        features: the size of the sublayer's output; inferred for ``nn.Linear`` / ``Conv1D``.
+        adapter_name: name of the first adapter.
+        bottleneck, tt_rank, activation, scale, dropout, init: see :class:`TTBottleneck`
+            (defaults follow the LoRETTA code: bottleneck 64, TT rank 5, ReLU, scale 1).
+        dtype: dtype of the adapter's parameters (default: that of the base layer's first).
+
+    Shape:
+        ``x (..., *) -> (..., features)``: whatever the sublayer takes, its output shape.
+
+    Example:
+        >>> layer = TTAdapter(nn.Linear(768, 768))
+        >>> x = torch.randn(2, 5, 768)
+        >>> torch.equal(layer(x), layer.base_layer(x))  # zero output at init
+        True
+    """
+
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        *,
+        features: int | None = None,
+        adapter_name: str = "default",
+        bottleneck: int = 64,
+        tt_rank: int = 5,
+        activation: str = "relu",
+        scale: float = 1.0,
+        dropout: float = 0.0,
+        init: Init = "zero",
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        if features is None:
+            features = linear_features(base_layer)[1]
+        super().__init__(base_layer)
+        self.features = features
+        self.add_adapter(
+            adapter_name,
+            bottleneck=bottleneck,
+            tt_rank=tt_rank,
+            activation=activation,
+            scale=scale,
+            dropout=dropout,
+            init=init,
+            dtype=dtype,
+        )
+
+    def add_adapter(self, adapter_name: str, **kwargs: object) -> None:
+        """Add a named adapter with :class:`TTBottleneck`'s keyword arguments."""
+        ref = next(self.base_layer.parameters(), None)
+        if kwargs.get("dtype") is None:
+            kwargs["dtype"] = None if ref is None else ref.dtype
+        device = None if ref is None else ref.device
+        self._add(adapter_name, TTBottleneck(self.features, device=device, **kwargs))  # type: ignore[arg-type]
+
+    def forward(self, *args: object, **kwargs: object) -> torch.Tensor:
+        h = self.base_layer(*args, **kwargs)
+        adapter = self._active()
+        if adapter is None:
+            return h
+        core = adapter.down.cores[0]
+        return h + cast_like(adapter(cast_like(h, core)), h)

@@ -1,0 +1,213 @@
+"""TTReparam (LoRETTA_rep): ``y = W0 x + b + (alpha / r) B(A(dropout(x)))`` with TT factors."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from tensortrain.errors import TTValueError
+from tensortrain.init import linear_init_std
+from tensortrain_nn._wrapper import AdapterWrapper, cast_like, linear_features
+from tensortrain_nn.linear import TTLinear
+
+Form = Literal["factors", "full"]
+Init = Literal["zero", "paper"]
+_HALF = (torch.float16, torch.bfloat16)
+
+
+class TTUpdate(nn.Module):
+    """A TT-parameterised update ``dW (out, in)``, scaled by ``alpha / r``.
+
+    ``form="factors"`` (LoRETTA's own): ``dW = B @ A`` with ``A: in -> r`` and ``B: r -> out``
+    each a TT-matrix of rank ``tt_rank``; ``form="full"``: ``dW`` is one TT-matrix of rank
+    ``tt_rank`` (``r`` then only sets the scale).
+
+    ``init="zero"``: the last core of ``B`` (or of ``dW``) is zero, so the update is exactly zero;
+    the others are drawn so that ``A`` has ``nn.Linear``'s entry std. The first optimiser step
+    moves the zero core only (as LoRA's first step moves only ``B``); from the second step every
+    core moves. ``init="paper"``: every core random with entry std ``sqrt(1 / (in + out))`` as in
+    the LoRETTA code, so the update starts small but nonzero.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        r: int = 8,
+        alpha: float = 16.0,
+        tt_rank: int = 5,
+        dropout: float = 0.05,
+        form: Form = "factors",
+        init: Init = "zero",
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+            raise TTValueError(f"r must be a positive int, got {r!r}")
+        if not 0 <= dropout < 1:
+            raise TTValueError(f"dropout must be in [0, 1), got {dropout}")
+        if form not in ("factors", "full"):
+            raise TTValueError(f"form must be 'factors' or 'full', got {form!r}")
+        if init not in ("zero", "paper"):
+            raise TTValueError(f"init must be 'zero' or 'paper', got {init!r}")
+        self.r, self.alpha, self.form, self.init = r, float(alpha), form, init
+        self.scaling = self.alpha / r
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        zero = -1 if init == "zero" else None
+        kw = {"rank": tt_rank, "bias": False, "dtype": dtype, "device": device}
+        self.A: TTLinear | None = None
+        if form == "factors":
+            std = (
+                linear_init_std(in_features, r)
+                if init == "zero"
+                else (1 / (in_features + r)) ** 0.5
+            )
+            b_std = (
+                linear_init_std(r, out_features)
+                if init == "zero"
+                else (1 / (r + out_features)) ** 0.5
+            )
+            self.A = TTLinear(in_features, r, init=std, **kw)  # type: ignore[arg-type]
+            self.B = TTLinear(r, out_features, init=b_std, zero_core=zero, **kw)  # type: ignore[arg-type]
+        else:
+            std = linear_init_std(in_features, out_features)
+            if init == "paper":
+                std = (1 / (in_features + out_features)) ** 0.5
+            self.B = TTLinear(in_features, out_features, init=std, zero_core=zero, **kw)  # type: ignore[arg-type]
+        self.register_buffer("merged", torch.zeros((), dtype=torch.bool))
+
+    def delta_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The scaled update ``(alpha / r) dW`` as a dense ``(out, in)`` matrix (materialised).
+
+        With ``dtype``, the cores are cast first, so the product itself is computed in ``dtype``.
+        """
+        b = self.B.tt if dtype is None else self.B.tt.to(dtype)
+        if self.A is None:
+            return b.full() * self.scaling
+        a = self.A.tt if dtype is None else self.A.tt.to(dtype)
+        return (b.full() * self.scaling) @ a.full()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(alpha / r) dW dropout(x)`` for ``x (..., in)``: thin factors materialised once."""
+        x = self.dropout(cast_like(x, self.B.cores[0]))
+        if self.A is None:
+            return self.B(x) * self.scaling
+        return (x @ self.A.weight.T) @ (self.B.weight.T * self.scaling)
+
+
+class TTReparam(AdapterWrapper):
+    """LoRETTA_rep: a frozen ``nn.Linear`` (or GPT-2 ``Conv1D``) plus a TT low-rank update.
+
+    ``y = base_layer(x) + (alpha / r) dW dropout(x)`` with ``dW`` from :class:`TTUpdate`. The base
+    layer's parameters are frozen; only the TT cores train. Several named updates may live on one
+    layer (``add_adapter`` / ``set_adapter``); one is active at a time.
+
+    Args:
+        base_layer: the frozen layer.
+        adapter_name: name of the first update.
+        r, alpha, tt_rank, dropout, form, init: see :class:`TTUpdate` (defaults follow the
+            LoRETTA code: ``r=8, alpha=16, tt_rank=5, dropout=0.05``).
+        dtype: dtype of the TT cores (default: the base weight's; the base is never cast).
+
+    Shape:
+        ``x (..., in) -> y (..., out)``.
+
+    Example:
+        >>> layer = TTReparam(nn.Linear(384, 384))
+        >>> x = torch.randn(2, 7, 384)
+        >>> torch.equal(layer(x), layer.base_layer(x))  # zero update at init
+        True
+        >>> layer.merge(); layer.unmerge()
+    """
+
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        *,
+        adapter_name: str = "default",
+        r: int = 8,
+        alpha: float = 16.0,
+        tt_rank: int = 5,
+        dropout: float = 0.05,
+        form: Form = "factors",
+        init: Init = "zero",
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        self.in_features, self.out_features, self.transposed = linear_features(base_layer)
+        super().__init__(base_layer)
+        self.add_adapter(
+            adapter_name,
+            r=r,
+            alpha=alpha,
+            tt_rank=tt_rank,
+            dropout=dropout,
+            form=form,
+            init=init,
+            dtype=dtype,
+        )
+
+    def add_adapter(self, adapter_name: str, **kwargs: object) -> None:
+        """Add a named update with :class:`TTUpdate`'s keyword arguments."""
+        weight = self.base_layer.weight
+        kwargs.setdefault("dtype", None)
+        if kwargs["dtype"] is None:
+            kwargs["dtype"] = weight.dtype
+        update = TTUpdate(self.in_features, self.out_features, device=weight.device, **kwargs)  # type: ignore[arg-type]
+        self._add(adapter_name, update)
+
+    @property
+    def merged_adapters(self) -> list[str]:
+        """Names of the updates currently folded into the base weight."""
+        return [n for n, a in self.adapters.items() if bool(a.merged)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base_layer(x)
+        for name in self.merged_adapters:  # merged but not to be applied: take it back out
+            if self.adapters_disabled or name != self.active_adapter:
+                y = y - cast_like(self.adapters[name](x), y)
+        update = self._active()
+        if update is not None and not bool(update.merged):
+            y = y + cast_like(update(x), y)
+        return y
+
+    def _apply_delta(self, name: str, sign: int, safe: bool) -> None:
+        update = self.adapters[name]
+        weight = self.base_layer.weight
+        with torch.no_grad():
+            compute = torch.float32 if weight.dtype in _HALF else weight.dtype
+            delta = update.delta_weight(compute)
+            if self.transposed:
+                delta = delta.T
+            new = weight.to(compute) + sign * delta
+            if safe and not torch.isfinite(new).all():
+                raise TTValueError(
+                    f"merging adapter {name!r} would write non-finite values into the base weight; "
+                    "the weight was left unchanged"
+                )
+            weight.copy_(new.to(weight.dtype))
+            update.merged.fill_(sign > 0)
+
+    def merge(self, adapter_name: str | None = None, safe_merge: bool = True) -> None:
+        """Fold an update (default: the active one) into the base weight: no inference overhead.
+
+        Half-precision weights are updated in float32 and cast back. With ``safe_merge`` a merge
+        that would produce non-finite values raises and leaves the weight unchanged.
+        """
+        name = adapter_name or self.active_adapter
+        if name is None or name not in self.adapters:
+            raise TTValueError(f"adapter_name must be one of {list(self.adapters)}, got {name!r}")
+        if not bool(self.adapters[name].merged):
+            self._apply_delta(name, +1, safe_merge)
+
+    def unmerge(self) -> None:
+        """Subtract every merged update from the base weight (exact up to round-off)."""
+        for name in self.merged_adapters:
+            self._apply_delta(name, -1, safe=False)
+
+    def _before_delete(self, name: str) -> None:
+        if bool(self.adapters[name].merged):
+            raise TTValueError(f"adapter {name!r} is merged: unmerge() before deleting it")
