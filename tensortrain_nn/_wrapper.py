@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -18,7 +18,7 @@ def linear_features(module: nn.Module) -> tuple[int, int, bool]:
     if isinstance(module, nn.Linear):
         return module.in_features, module.out_features, False
     if type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None:
-        w = module.weight
+        w = cast(torch.Tensor, module.weight)
         return int(w.shape[0]), int(w.shape[1]), True
     raise TTTypeError(
         f"base_layer must be an nn.Linear or a transformers Conv1D, got {type(module).__name__}"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import nn
@@ -56,21 +56,20 @@ class TTBottleneck(nn.Module):
         if not 0 <= dropout < 1:
             raise TTValueError(f"dropout must be in [0, 1), got {dropout}")
         self.scale, self.init = float(scale), init
-        kw = {"rank": tt_rank, "dtype": dtype, "device": device}
         paper = init == "paper"
+        std: str | float = (1 / (features + bottleneck)) ** 0.5 if paper else "torch"
         self.down = TTLinear(
-            features,
-            bottleneck,
-            init=(1 / (features + bottleneck)) ** 0.5 if paper else "torch",
-            **kw,
-        )  # type: ignore[arg-type]
+            features, bottleneck, rank=tt_rank, init=std, dtype=dtype, device=device
+        )
         self.up = TTLinear(
             bottleneck,
             features,
-            init=(1 / (features + bottleneck)) ** 0.5 if paper else "torch",
+            rank=tt_rank,
+            init=std,
             zero_core=None if paper else -1,
-            **kw,
-        )  # type: ignore[arg-type]
+            dtype=dtype,
+            device=device,
+        )
         if not paper:
             assert self.up.bias is not None
             nn.init.zeros_(self.up.bias)
@@ -142,7 +141,7 @@ class TTAdapter(AdapterWrapper):
 
     def forward(self, *args: object, **kwargs: object) -> torch.Tensor:
         h = self.base_layer(*args, **kwargs)
-        adapter = self._active()
+        adapter = cast("TTBottleneck | None", self._active())
         if adapter is None:
             return h
         core = adapter.down.cores[0]

@@ -157,7 +157,7 @@ def _resolve_modes(
     in_modes: Sequence[int] | None,
     out_modes: Sequence[int] | None,
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Check given modes (products and lengths) or choose them; returns ``(in_modes, out_modes)``."""
+    """Check given modes (products and lengths) or choose them: ``(in_modes, out_modes)``."""
     if in_modes is None and out_modes is None:
         rows, cols = choose_modes(out_features, in_features)
         return cols, rows

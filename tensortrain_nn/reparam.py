@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import nn
@@ -78,7 +78,12 @@ class TTUpdate(nn.Module):
             if init == "paper":
                 std = (1 / (in_features + out_features)) ** 0.5
             self.B = TTLinear(in_features, out_features, init=std, zero_core=zero, **kw)  # type: ignore[arg-type]
+        # The merge state lives in a buffer (so it survives state_dict round trips) and is mirrored
+        # in a Python bool that forward reads (no device sync, no graph break under torch.compile).
+        self.merged: torch.Tensor
         self.register_buffer("merged", torch.zeros((), dtype=torch.bool))
+        self.is_merged = False
+        self.register_load_state_dict_post_hook(_sync_merged)
 
     def delta_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The scaled update ``(alpha / r) dW`` as a dense ``(out, in)`` matrix (materialised).
@@ -97,6 +102,11 @@ class TTUpdate(nn.Module):
         if self.A is None:
             return self.B(x) * self.scaling
         return (x @ self.A.weight.T) @ (self.B.weight.T * self.scaling)
+
+
+def _sync_merged(module: nn.Module, incompatible_keys: object) -> None:
+    assert isinstance(module, TTUpdate)
+    module.is_merged = bool(module.merged)
 
 
 class TTReparam(AdapterWrapper):
@@ -162,21 +172,24 @@ class TTReparam(AdapterWrapper):
     @property
     def merged_adapters(self) -> list[str]:
         """Names of the updates currently folded into the base weight."""
-        return [n for n, a in self.adapters.items() if bool(a.merged)]
+        return [n for n in self.adapters if self._update(n).is_merged]
+
+    def _update(self, name: str) -> TTUpdate:
+        return cast(TTUpdate, self.adapters[name])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_layer(x)
         for name in self.merged_adapters:  # merged but not to be applied: take it back out
             if self.adapters_disabled or name != self.active_adapter:
                 y = y - cast_like(self.adapters[name](x), y)
-        update = self._active()
-        if update is not None and not bool(update.merged):
+        update = cast("TTUpdate | None", self._active())
+        if update is not None and not update.is_merged:
             y = y + cast_like(update(x), y)
         return y
 
     def _apply_delta(self, name: str, sign: int, safe: bool) -> None:
-        update = self.adapters[name]
-        weight = self.base_layer.weight
+        update = self._update(name)
+        weight = cast(torch.Tensor, self.base_layer.weight)
         with torch.no_grad():
             compute = torch.float32 if weight.dtype in _HALF else weight.dtype
             delta = update.delta_weight(compute)
@@ -189,7 +202,8 @@ class TTReparam(AdapterWrapper):
                     "the weight was left unchanged"
                 )
             weight.copy_(new.to(weight.dtype))
-            update.merged.fill_(sign > 0)
+            update.merged = torch.tensor(sign > 0, device=update.merged.device)
+            update.is_merged = sign > 0
 
     def merge(self, adapter_name: str | None = None, safe_merge: bool = True) -> None:
         """Fold an update (default: the active one) into the base weight: no inference overhead.
@@ -200,7 +214,7 @@ class TTReparam(AdapterWrapper):
         name = adapter_name or self.active_adapter
         if name is None or name not in self.adapters:
             raise TTValueError(f"adapter_name must be one of {list(self.adapters)}, got {name!r}")
-        if not bool(self.adapters[name].merged):
+        if not self._update(name).is_merged:
             self._apply_delta(name, +1, safe_merge)
 
     def unmerge(self) -> None:
@@ -209,5 +223,5 @@ class TTReparam(AdapterWrapper):
             self._apply_delta(name, -1, safe=False)
 
     def _before_delete(self, name: str) -> None:
-        if bool(self.adapters[name].merged):
+        if self._update(name).is_merged:
             raise TTValueError(f"adapter {name!r} is merged: unmerge() before deleting it")
