@@ -130,23 +130,24 @@ def read_adapter(
 def _match(
     expected: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], folder: str
 ) -> None:
-    for key in sorted(tensors):
-        if key not in expected:
+    """Check names and shapes in model order; the error names the first mismatched tensor."""
+    for key, param in expected.items():
+        if key not in tensors:
             raise TTShapeError(
-                f"adapter tensor {key!r} in {folder} has no counterpart in the patched model "
-                "(different architecture or options?)"
+                f"adapter in {folder} lacks tensor {key!r} that the patched model trains "
+                f"(shape {tuple(param.shape)}; different architecture or options?)"
             )
-        want, got = tuple(expected[key].shape), tuple(tensors[key].shape)
+        want, got = tuple(param.shape), tuple(tensors[key].shape)
         if want != got:
             raise TTShapeError(
                 f"adapter tensor {key!r} in {folder} has shape {got}, but the patched model's "
                 f"has {want} (different model size?)"
             )
-    missing = sorted(set(expected) - set(tensors))
-    if missing:
+    extra = [k for k in tensors if k not in expected]
+    if extra:
         raise TTShapeError(
-            f"adapter in {folder} lacks tensor {missing[0]!r} that the patched model trains "
-            f"({len(missing)} missing)"
+            f"adapter tensor {extra[0]!r} in {folder} has no counterpart in the patched model "
+            f"({len(extra)} such tensors; different architecture or options?)"
         )
 
 

@@ -137,14 +137,19 @@ def _as_linear(module: nn.Module) -> nn.Linear:
 def _install_one(config: PatchConfig, plan: _Plan, adapter_name: str) -> nn.Module | None:
     """Install one target; returns the new module to put in place (None: added in place)."""
     kw = config.layer_kwargs()
+    training = plan.module.training  # new modules follow the mode (train / eval) of the target
+    new: nn.Module
     if isinstance(plan.module, AdapterWrapper):
         plan.module.add_adapter(adapter_name, **kw)
+        plan.module.adapters[adapter_name].train(training)
         return None
     if config.mode == "rep":
-        return TTReparam(plan.module, adapter_name=adapter_name, **kw)
-    if config.mode == "adp":
-        return TTAdapter(plan.module, features=plan.features, adapter_name=adapter_name, **kw)
-    return TTLinear.from_linear(_as_linear(plan.module), **kw)
+        new = TTReparam(plan.module, adapter_name=adapter_name, **kw)
+    elif config.mode == "adp":
+        new = TTAdapter(plan.module, features=plan.features, adapter_name=adapter_name, **kw)
+    else:
+        new = TTLinear.from_linear(_as_linear(plan.module), **kw)
+    return new.train(training)
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
