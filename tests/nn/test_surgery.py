@@ -185,7 +185,7 @@ def test_config_json_roundtrip(tmp_path: Path) -> None:
     data = json.loads((tmp_path / CONFIG_NAME).read_text())
     assert data["r"] == 4 and data["tt_rank"] == 3 and data["target_modules"] == ["query"]
     assert data["model_type"] == "bert" and data["adapter_name"] == "default"
-    config, meta, _ = ttnn.surgery.read_adapter(tmp_path)
+    config, _meta, _ = ttnn.surgery.read_adapter(tmp_path)
     assert config == ttnn.PatchConfig(mode="rep", r=4, tt_rank=3, target_modules=["query"])
 
 
@@ -288,7 +288,7 @@ def test_merge_and_unload(arch: str) -> None:
 @pytest.mark.parametrize("mode", ["rep", "adp"])
 @pytest.mark.parametrize("arch", ["bert", "gpt2", "llama"])
 def test_unpatch_restores_original(arch: str, mode: str) -> None:
-    model, x = build(arch), inputs()
+    model, _x = build(arch), inputs()
     model.get_input_embeddings().weight.requires_grad_(False)  # a user's own flag survives
     before = snapshot(model)
     ttnn.patch(model, mode=mode, init="paper", **MODE_OPTS[mode])
@@ -418,7 +418,7 @@ def test_same_adapter_name_twice_leaves_model() -> None:
     before = snapshot(model)
     with pytest.raises(TTValueError, match="already has an adapter named 'default'"):
         ttnn.patch(model, mode="rep")
-    state, flags, text = before
+    _state, flags, text = before
     assert (
         repr(model) == text and {k: p.requires_grad for k, p in model.named_parameters()} == flags
     )
@@ -465,7 +465,7 @@ def test_not_patched_errors() -> None:
     for fn in (ttnn.unpatch, ttnn.merge_and_unload, lambda m: ttnn.set_adapter(m, "x")):
         with pytest.raises(TTValueError, match="not patched"):
             fn(model)
-    with pytest.raises(TTTypeError, match="nn.Module"):
+    with pytest.raises(TTTypeError, match=r"nn\.Module"):
         ttnn.patch("bert")  # type: ignore[arg-type]
 
 
