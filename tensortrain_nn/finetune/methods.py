@@ -1,0 +1,193 @@
+"""Fine-tuning methods as a registry: name -> how to set a model up, save it and load it back.
+
+Methods: ``rep`` (LoRETTA_rep) and ``adp`` (LoRETTA_adp) through :func:`tensortrain_nn.patch`,
+``lora`` through peft, ``head`` (only the classification head trains) and ``full``.
+
+Example:
+    >>> model, description = METHODS["lora"].setup(model, {"r": 4})
+    >>> METHODS["lora"].save(model, "runs/x/adapter")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from tensortrain_nn.finetune.errors import AdapterError, FinetuneError
+from tensortrain_nn.finetune.models import is_head_parameter
+
+Setup = Callable[[nn.Module, dict[str, Any]], tuple[nn.Module, str]]
+Save = Callable[[nn.Module, Path], None]
+Load = Callable[[nn.Module, Path], nn.Module]
+
+#: Default learning rate of each method (``FinetuneConfig.lr`` overrides it).
+DEFAULT_LR: dict[str, float] = {"head": 1e-3, "lora": 1e-3, "full": 5e-5, "rep": 2e-3, "adp": 1e-3}
+#: peft LoRA options used unless ``method_options`` sets them.
+LORA_DEFAULTS: dict[str, Any] = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05}
+#: Attention projections that LoRA targets, by the names a model's modules use.
+LORA_TARGETS = (("query", "value"), ("q_proj", "v_proj"), ("query_proj", "value_proj"))
+TENSORS_FILE = "trainable.safetensors"
+
+
+@dataclass(frozen=True)
+class Method:
+    """One fine-tuning method.
+
+    Attributes:
+        setup: ``setup(model, options) -> (model, description)``: returns the model ready to train
+            (only what the method trains has ``requires_grad``) and a one-line description.
+        save: ``save(model, folder)``: writes what was trained into ``folder``.
+        load: ``load(base_model, folder) -> model``: puts a saved adapter onto a fresh base model.
+        lr: Default learning rate.
+    """
+
+    setup: Setup
+    save: Save
+    load: Load
+    lr: float
+
+
+def _freeze_all_but_head(model: nn.Module) -> int:
+    count = 0
+    for name, param in model.named_parameters():
+        param.requires_grad_(is_head_parameter(name))
+        count += param.numel() if param.requires_grad else 0
+    if count == 0:
+        raise FinetuneError("found no classification head (a 'classifier' or 'score' module)")
+    return count
+
+
+def _setup_head(model: nn.Module, options: dict[str, Any]) -> tuple[nn.Module, str]:
+    if options:
+        raise FinetuneError(f"method 'head' takes no options, got: {', '.join(options)}")
+    count = _freeze_all_but_head(model)
+    return model, f"head only ({count:,} parameters)"
+
+
+def _setup_full(model: nn.Module, options: dict[str, Any]) -> tuple[nn.Module, str]:
+    if options:
+        raise FinetuneError(f"method 'full' takes no options, got: {', '.join(options)}")
+    for param in model.parameters():
+        param.requires_grad_(True)
+    return model, "full fine-tuning"
+
+
+def lora_targets(model: nn.Module) -> list[str] | None:
+    """LoRA's default target modules for ``model``: query/value projections, by their names."""
+    leaves = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    for pair in LORA_TARGETS:
+        if set(pair) <= leaves:
+            return list(pair)
+    return None
+
+
+def _setup_lora(model: nn.Module, options: dict[str, Any]) -> tuple[nn.Module, str]:
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    settings = {**LORA_DEFAULTS, **options}
+    settings.setdefault("target_modules", lora_targets(model))
+    try:
+        config = LoraConfig(task_type=TaskType.SEQ_CLS, **settings)
+    except TypeError as exc:
+        raise FinetuneError(f"bad option for method 'lora': {exc}") from exc
+    peft_model = get_peft_model(model, config)
+    targets = settings["target_modules"] or "peft defaults"
+    text = f"LoRA r={config.r} alpha={config.lora_alpha} on {targets} (peft)"
+    return peft_model, text
+
+
+def _save_tensors(model: nn.Module, folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {
+        name: param.detach().cpu().contiguous()
+        for name, param in model.named_parameters()
+        if param.requires_grad
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / (TENSORS_FILE + ".tmp")
+    save_file(tensors, str(tmp))
+    tmp.replace(folder / TENSORS_FILE)
+
+
+def _load_tensors(model: nn.Module, folder: Path) -> nn.Module:
+    from safetensors.torch import load_file
+
+    path = folder / TENSORS_FILE
+    if not path.is_file():
+        raise AdapterError(f"adapter folder {folder} has no {TENSORS_FILE}")
+    tensors = load_file(str(path))
+    params = dict(model.named_parameters())
+    for name, tensor in tensors.items():
+        if name not in params:
+            raise AdapterError(f"adapter tensor {name!r} has no parameter in the base model")
+        if params[name].shape != tensor.shape:
+            raise AdapterError(
+                f"adapter tensor {name!r} has shape {tuple(tensor.shape)} but the base model's "
+                f"has {tuple(params[name].shape)}"
+            )
+    model.load_state_dict(tensors, strict=False)
+    return model
+
+
+def _save_lora(model: nn.Module, folder: Path) -> None:
+    model.save_pretrained(str(folder))  # type: ignore[operator]
+
+
+def _load_lora(model: nn.Module, folder: Path) -> nn.Module:
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(model, str(folder))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise AdapterError(f"the LoRA adapter in {folder} does not fit the model: {first}") from exc
+
+
+def _tensortrain_nn() -> Any:
+    import tensortrain_nn
+
+    if not hasattr(tensortrain_nn, "patch"):
+        raise FinetuneError(
+            "methods 'rep' and 'adp' need tensortrain_nn.patch, which this install lacks"
+        )
+    return tensortrain_nn
+
+
+def _tt_setup(mode: str) -> Setup:
+    def setup(model: nn.Module, options: dict[str, Any]) -> tuple[nn.Module, str]:
+        patched = _tensortrain_nn().patch(model, mode=mode, **options)
+        model = patched if isinstance(patched, nn.Module) else model
+        shown = ", ".join(f"{k}={v}" for k, v in options.items())
+        return model, f"LoRETTA_{mode}" + (f" ({shown})" if shown else "")
+
+    return setup
+
+
+def _save_tt(model: nn.Module, folder: Path) -> None:
+    _tensortrain_nn().save_adapter(model, str(folder))
+
+
+def _load_tt(model: nn.Module, folder: Path) -> nn.Module:
+    loaded = _tensortrain_nn().load_adapter(model, str(folder))
+    return loaded if isinstance(loaded, nn.Module) else model
+
+
+METHODS: dict[str, Method] = {
+    "rep": Method(_tt_setup("rep"), _save_tt, _load_tt, DEFAULT_LR["rep"]),
+    "adp": Method(_tt_setup("adp"), _save_tt, _load_tt, DEFAULT_LR["adp"]),
+    "lora": Method(_setup_lora, _save_lora, _load_lora, DEFAULT_LR["lora"]),
+    "head": Method(_setup_head, _save_tensors, _load_tensors, DEFAULT_LR["head"]),
+    "full": Method(_setup_full, _save_tensors, _load_tensors, DEFAULT_LR["full"]),
+}
+
+
+def get_method(name: str) -> Method:
+    """The registered method called ``name``; the error lists the valid names."""
+    if name not in METHODS:
+        raise FinetuneError(f"unknown method {name!r}; choose from: {', '.join(METHODS)}")
+    return METHODS[name]

