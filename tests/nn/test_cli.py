@@ -78,7 +78,12 @@ def _fails(capsys: pytest.CaptureFixture[str], argv: list[str], message: str) ->
 
 def test_no_arguments_runs_the_default_finetune(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[argparse.Namespace] = []
-    monkeypatch.setattr(cli, "_finetune", lambda args, argv: seen.append(args) or 0)
+
+    def fake(args: argparse.Namespace, argv: list[str]) -> int:
+        seen.append(args)
+        return 0
+
+    monkeypatch.setattr(cli, "_finetune", fake)
     assert cli.main([]) == 0 and cli.main(["finetune"]) == 0 and cli.main(["--epochs", "1"]) == 0
     assert [(a.method, a.model, a.data, a.epochs) for a in seen] == [
         ("rep", "minilm", None, 3),

@@ -98,7 +98,7 @@ def _config(model: str, data: str, tmp_path: Path, **overrides: object) -> Finet
         "method": "head",
     }
     values.update(overrides)
-    return FinetuneConfig(**values)  # type: ignore[arg-type]
+    return FinetuneConfig(**values)
 
 
 @pytest.mark.parametrize("method", ["head", "lora", "full"])
@@ -224,9 +224,10 @@ def test_schedule_and_groups() -> None:
 
     factor = linear_schedule(100, 0.06)
     assert factor(0) == pytest.approx(1 / 6) and factor(5) == 1.0 and factor(100) == 0.0
+    holder = nn.Module()
+    holder.register_parameter("tt_cores_0", nn.Parameter(torch.ones(2, 3, 2)))
     model = nn.Sequential()
-    model.add_module("tt", nn.Module())
-    model.tt.register_parameter("tt_cores_0", nn.Parameter(torch.ones(2, 3, 2)))
+    model.add_module("tt", holder)
     model.add_module("lin", nn.Linear(3, 3))
     groups = parameter_groups(model, 0.01, 0.0)
     assert [g["weight_decay"] for g in groups] == [0.0, 0.0, 0.01]
