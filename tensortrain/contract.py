@@ -1,41 +1,52 @@
-"""Applying a TT-matrix to a dense batch, with the contraction order planned by opt_einsum.
+"""Applying a TT-matrix to a dense batch, with the contraction planned from shapes.
 
 ``tt_linear(x, w)`` computes ``x @ w.full().T`` (the convention of ``torch.nn.functional.linear``)
 without forming the dense matrix, unless the cost model says that forming it is cheaper.
 
+The ``tt`` path groups consecutive cores into blocks ``(R_{j-1}, M_j, N_j, R_j)`` (merging the cores
+of a block is cheap: the blocks stay far smaller than the matrix) and sweeps the blocks from last to
+first. The running tensor keeps the layout ``(B, N_1..N_{j-1}, N_j R_j, M_{j+1}..M_G)``, so each step
+is one matrix product (a single GEMM for the last block, a batched one with the block's
+``(R_{j-1} M_j, N_j R_j)`` matrix broadcast otherwise) and no step permutes or copies its input.
+
 The plan, made once per ``(batch, row_modes, col_modes, ranks)`` and cached:
 
-* ``tt`` cost: the FLOP count of the contraction path that opt_einsum's optimiser finds for
-  ``x (B, n_1..n_d)`` with the ``d`` cores.
+* ``tt`` cost: the smallest FLOP count over all groupings of the cores into at least two
+  consecutive blocks (one block when ``d = 1``), counting the merges inside each block,
+  ``2 r M_a N_a s m n t`` per merged core, and the sweep, ``2 B N_{<j} (N_j R_j) (R_{j-1} M_j)
+  M_{>j}`` per block.
 * ``dense`` cost: the FLOPs to reconstruct the ``(M, N)`` matrix core by core,
   ``sum_k 2 (prod_{j<k} m_j n_j) r_{k-1} m_k n_k r_k``, plus ``2 B M N`` for the matmul.
-* The dense path is taken when its cost is below ``DENSE_SPEEDUP = 2`` times the ``tt`` cost: one
-  large GEMM runs about twice as many FLOP/s as a chain of small contractions with transposes
-  (measured on CPU: ``benchmarks/``). This happens for large batches with small or thin matrices;
-  large square TT-matrices at moderate batch sizes stay in TT form.
+* The dense path is taken when its cost is at most ``DENSE_SPEEDUP = 2`` times the ``tt`` cost:
+  one large GEMM runs about twice as many FLOP/s as a chain of smaller products (measured on CPU:
+  ``benchmarks/``). This happens for large batches with small or thin matrices; large square
+  TT-matrices at moderate batch sizes stay in TT form.
 
-Both paths are differentiable with respect to ``x`` and the cores.
+Both paths are differentiable with respect to ``x`` and the cores. The ``tt`` path runs through a
+custom autograd function that stores only ``x`` and the blocks and recomputes the sweep's
+intermediates in the backward pass (each is up to ``R`` times the size of ``x``; recomputing costs
+one forward sweep but the last step). Planning is plain Python on shapes, cached, and opaque to
+``torch.compile`` (``torch.compiler.assume_constant_result``), so compiled layers never trace it.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import opt_einsum
 import torch
 
 from tensortrain._cores import check_cores, ranks_of
 from tensortrain.errors import TTShapeError, TTTypeError
 from tensortrain.matrix import TTMatrix
 
-_LETTERS = string.ascii_letters  # torch.einsum accepts only these
 #: How many times more FLOP/s a dense GEMM achieves than the TT contraction chain (cost model).
 DENSE_SPEEDUP = 2.0
+#: Most cores a TT-matrix may have in :func:`tt_linear` (the grouping search is ``O(d^2)``).
+MAX_CORES = 64
 
 
 @dataclass(frozen=True)
@@ -43,29 +54,61 @@ class Plan:
     """How :func:`tt_linear` contracts one shape signature.
 
     Attributes:
-        kind: ``"tt"`` (contract cores with the input) or ``"dense"`` (reconstruct, then matmul).
-        tt_flops: FLOPs of the best TT contraction path.
+        kind: ``"tt"`` (contract blocks of cores with the input) or ``"dense"`` (reconstruct, then
+            matmul).
+        tt_flops: FLOPs of the best TT grouping (merges plus sweep).
         dense_flops: FLOPs of reconstruction plus dense matmul.
-        expression: the compiled opt_einsum expression for the ``tt`` path (None for ``dense``).
+        groups: the blocks of the ``tt`` path as ``(start, stop)`` core ranges, in order.
     """
 
     kind: Literal["tt", "dense"]
     tt_flops: int
     dense_flops: int
-    expression: Any
+    groups: tuple[tuple[int, int], ...]
 
 
-def _equation(d: int) -> str:
-    if 3 * d + 2 > len(_LETTERS):
-        raise TTShapeError(f"tt_linear supports at most {(len(_LETTERS) - 2) // 3} cores, got {d}")
-    it = iter(_LETTERS)
-    batch = next(it)
-    rank = [next(it) for _ in range(d + 1)]
-    row = [next(it) for _ in range(d)]
-    col = [next(it) for _ in range(d)]
-    terms = [batch + "".join(col)]
-    terms += [rank[k] + row[k] + col[k] + rank[k + 1] for k in range(d)]
-    return ",".join(terms) + "->" + batch + "".join(row)
+def _block_cost(
+    k0: int, k1: int, row_modes: Sequence[int], col_modes: Sequence[int], ranks: Sequence[int]
+) -> int:
+    """FLOPs to merge cores ``k0..k1-1`` into one block."""
+    cost, m, n = 0, row_modes[k0], col_modes[k0]
+    for k in range(k0 + 1, k1):
+        cost += 2 * ranks[k0] * m * n * ranks[k] * row_modes[k] * col_modes[k] * ranks[k + 1]
+        m, n = m * row_modes[k], n * col_modes[k]
+    return cost
+
+
+def _best_groups(
+    batch: int, row_modes: Sequence[int], col_modes: Sequence[int], ranks: Sequence[int]
+) -> tuple[int, tuple[tuple[int, int], ...]]:
+    """The cheapest grouping into consecutive blocks (at least two when ``d > 1``), by DP.
+
+    A block's step cost depends only on the ``N`` before it and the ``M`` after it, so
+    ``best[k]``, the cheapest cover of cores ``k..d-1``, needs only ``best[k1]`` for ``k1 > k``.
+    """
+    d = len(row_modes)
+    pre_n = [1] * (d + 1)  # prod of col modes before k
+    for k in range(d):
+        pre_n[k + 1] = pre_n[k] * col_modes[k]
+    suf_m = [1] * (d + 1)  # prod of row modes from k on
+    for k in range(d - 1, -1, -1):
+        suf_m[k] = suf_m[k + 1] * row_modes[k]
+
+    def cost(k0: int, k1: int) -> int:
+        n_blk, m_blk = pre_n[k1] // pre_n[k0], suf_m[k0] // suf_m[k1]
+        step = 2 * batch * pre_n[k0] * n_blk * ranks[k1] * ranks[k0] * m_blk * suf_m[k1]
+        return step + _block_cost(k0, k1, row_modes, col_modes, ranks)
+
+    best, nxt = [0] * (d + 1), [d] * (d + 1)
+    for k0 in range(d - 1, -1, -1):
+        best[k0], nxt[k0] = min((cost(k0, k1) + best[k1], k1) for k1 in range(k0 + 1, d + 1))
+    if d > 1:  # the whole matrix as one block is the dense path: exclude it
+        best[0], nxt[0] = min((cost(0, k1) + best[k1], k1) for k1 in range(1, d))
+    groups, k = [], 0
+    while k < d:
+        groups.append((k, nxt[k]))
+        k = nxt[k]
+    return best[0], tuple(groups)
 
 
 @functools.lru_cache(maxsize=512)
@@ -76,25 +119,113 @@ def plan(
 
     Example:
         >>> p = plan(256, (8, 8, 8, 8), (8, 8, 8, 8), (1, 8, 8, 8, 1))
-        >>> p.kind
-        'tt'
+        >>> p.kind, p.groups
+        ('tt', ((0, 2), (2, 4)))
     """
     d = len(row_modes)
-    eq = _equation(d)
-    shapes = [(batch, *col_modes)]
-    shapes += [(ranks[k], row_modes[k], col_modes[k], ranks[k + 1]) for k in range(d)]
-    path, info = opt_einsum.contract_path(eq, *shapes, shapes=True, optimize="auto-hq")
-    tt_flops = int(info.opt_cost)
+    if d > MAX_CORES:
+        raise TTShapeError(f"tt_linear supports at most {MAX_CORES} cores, got {d}")
+    tt_flops, groups = _best_groups(batch, row_modes, col_modes, ranks)
     M, N = math.prod(row_modes), math.prod(col_modes)
     dense_flops = 2 * batch * M * N
     prefix = 1
     for k in range(d):
         dense_flops += 2 * prefix * ranks[k] * row_modes[k] * col_modes[k] * ranks[k + 1]
         prefix *= row_modes[k] * col_modes[k]
-    if dense_flops <= DENSE_SPEEDUP * tt_flops:
-        return Plan("dense", tt_flops, dense_flops, None)
-    expression = opt_einsum.contract_expression(eq, *shapes, optimize=path)
-    return Plan("tt", tt_flops, dense_flops, expression)
+    kind: Literal["tt", "dense"] = "dense" if dense_flops <= DENSE_SPEEDUP * tt_flops else "tt"
+    return Plan(kind, tt_flops, dense_flops, groups)
+
+
+@torch.compiler.assume_constant_result
+def _planned(
+    batch: int, row_modes: tuple[int, ...], col_modes: tuple[int, ...], ranks: tuple[int, ...]
+) -> tuple[tuple[int, int], ...]:
+    """The ``tt`` blocks of :func:`plan`, or ``()`` for the dense path: plain ints for dynamo."""
+    p = plan(batch, row_modes, col_modes, ranks)
+    return p.groups if p.kind == "tt" else ()
+
+
+def _merge_block(cores: Sequence[torch.Tensor], k0: int, k1: int) -> torch.Tensor:
+    """Cores ``k0..k1-1`` merged into one ``(r, M_blk, N_blk, s)`` block."""
+    blk = cores[k0]
+    for core in cores[k0 + 1 : k1]:
+        r, m, n, _ = blk.shape
+        _, m2, n2, t = core.shape
+        blk = torch.einsum("amns,sxyt->amxnyt", blk, core).reshape(r, m * m2, n * n2, t)
+    return blk
+
+
+Dims = tuple[tuple[int, int, int, int], ...]  # per block (R_prev, M_j, N_j, R_j)
+
+
+def _sweep(
+    x: torch.Tensor, dims: Dims, mats: Sequence[torch.Tensor], stop: int = 0
+) -> list[torch.Tensor]:
+    """Run the blocks from last to ``stop``; return each step's input and the last output.
+
+    ``x`` is ``(B, N)``; ``mats[j]`` is block ``j`` as an ``(R_{j-1} M_j, N_j R_j)`` matrix. The
+    input of step ``j`` is laid out ``(B N_{<j}, N_j R_j, M_{>j})``.
+    """
+    batch = x.shape[0]
+    n_before = math.prod(n for _, _, n, _ in dims)
+    q = 1
+    t = x
+    states = []
+    for j in range(len(dims) - 1, stop - 1, -1):
+        r0, m, n, r1 = dims[j]
+        n_before //= n
+        p = batch * n_before
+        states.append(t)
+        if q == 1:
+            t = t.reshape(p, n * r1) @ mats[j].mT
+        else:
+            t = torch.matmul(mats[j], t.reshape(p, n * r1, q))
+        q *= m
+    states.append(t)
+    return states
+
+
+class _TTLinear(torch.autograd.Function):
+    """``y = x @ W.T`` through the block sweep; backward recomputes the intermediates."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, dims: Dims, *mats: torch.Tensor) -> torch.Tensor:
+        ctx.dims = dims
+        ctx.save_for_backward(x, *mats)
+        return _sweep(x, dims, mats)[-1].reshape(x.shape[0], -1)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, *mats = ctx.saved_tensors
+        dims: Dims = ctx.dims
+        g_count = len(dims)
+        # step inputs, first block's input last; the first block's output (y) is not needed
+        states = _sweep(x, dims, mats, stop=1)[::-1] if g_count > 1 else [x]
+        batch = x.shape[0]
+        need_mats = any(ctx.needs_input_grad[2:])
+        grads: list[torch.Tensor | None] = [None] * g_count
+        n_before, q = 1, math.prod(m for _, m, _, _ in dims)
+        g = grad.contiguous()
+        for j in range(g_count):
+            r0, m, n, r1 = dims[j]
+            q //= m
+            p = batch * n_before
+            t = states[j]
+            if q == 1:
+                g2 = g.reshape(p, r0 * m)
+                if need_mats and ctx.needs_input_grad[2 + j]:
+                    grads[j] = g2.mT @ t.reshape(p, n * r1)
+                if j + 1 < g_count or ctx.needs_input_grad[0]:
+                    g = g2 @ mats[j]
+            else:
+                g3 = g.reshape(p, r0 * m, q)
+                if need_mats and ctx.needs_input_grad[2 + j]:
+                    grads[j] = torch.einsum("prq,pkq->rk", g3, t.reshape(p, n * r1, q))
+                if j + 1 < g_count or ctx.needs_input_grad[0]:
+                    g = torch.matmul(mats[j].mT, g3)
+            n_before *= n
+        dx = g.reshape(x.shape) if ctx.needs_input_grad[0] else None
+        return (dx, None, *grads)
 
 
 def dense_weight(cores: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -142,9 +273,14 @@ def tt_linear(
         )
     lead = x.shape[:-1]
     batch = math.prod(lead)
-    p = plan(max(batch, 1), row_modes, col_modes, ranks_of(cores))
-    if p.kind == "dense" or batch == 0:
+    groups = _planned(max(batch, 1), row_modes, col_modes, ranks_of(cores)) if batch else ()
+    if not groups:
         y = x @ dense_weight(cores).T
     else:
-        y = p.expression(x.reshape(batch, *col_modes), *cores, backend="torch").reshape(*lead, M)
+        blocks = [_merge_block(cores, k0, k1) for k0, k1 in groups]
+        dims = tuple(
+            (int(b.shape[0]), int(b.shape[1]), int(b.shape[2]), int(b.shape[3])) for b in blocks
+        )
+        mats = [b.reshape(b.shape[0] * b.shape[1], -1) for b in blocks]
+        y = _TTLinear.apply(x.reshape(batch, N), dims, *mats).reshape(*lead, M)
     return y if bias is None else y + bias
