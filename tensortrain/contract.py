@@ -155,6 +155,9 @@ def _merge_block(cores: Sequence[torch.Tensor], k0: int, k1: int) -> torch.Tenso
     return blk
 
 
+#: Recompute the sweep's intermediates in the backward pass instead of storing them.
+RECOMPUTE = True
+
 Dims = tuple[tuple[int, int, int, int], ...]  # per block (R_prev, M_j, N_j, R_j)
 
 
@@ -191,16 +194,22 @@ class _TTLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, dims: Dims, *mats: torch.Tensor) -> torch.Tensor:
         ctx.dims = dims
-        ctx.save_for_backward(x, *mats)
-        return _sweep(x, dims, mats)[-1].reshape(x.shape[0], -1)
+        states = _sweep(x, dims, mats)
+        ctx.n_states = 0 if RECOMPUTE else len(states) - 2
+        ctx.save_for_backward(x, *mats, *states[1 : 1 + ctx.n_states])
+        return states[-1].reshape(x.shape[0], -1)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, *mats = ctx.saved_tensors
         dims: Dims = ctx.dims
         g_count = len(dims)
-        # step inputs, first block's input last; the first block's output (y) is not needed
-        states = _sweep(x, dims, mats, stop=1)[::-1] if g_count > 1 else [x]
+        x, *rest = ctx.saved_tensors
+        mats = rest[:g_count]
+        # step inputs, first block's input first; the first block's output (y) is not needed
+        if ctx.n_states or g_count == 1:
+            states = [*rest[g_count:][::-1], x]
+        else:
+            states = _sweep(x, dims, mats, stop=1)[::-1]
         batch = x.shape[0]
         need_mats = any(ctx.needs_input_grad[2:])
         grads: list[torch.Tensor | None] = [None] * g_count
@@ -220,7 +229,8 @@ class _TTLinear(torch.autograd.Function):
             else:
                 g3 = g.reshape(p, r0 * m, q)
                 if need_mats and ctx.needs_input_grad[2 + j]:
-                    grads[j] = torch.einsum("prq,pkq->rk", g3, t.reshape(p, n * r1, q))
+                    t3 = t.reshape(p, n * r1, q).transpose(0, 1).reshape(n * r1, p * q)
+                    grads[j] = g3.transpose(0, 1).reshape(r0 * m, p * q) @ t3.mT
                 if j + 1 < g_count or ctx.needs_input_grad[0]:
                     g = torch.matmul(mats[j].mT, g3)
             n_before *= n
