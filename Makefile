@@ -26,3 +26,16 @@ lint: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV)
+
+# Core TT operations against tensorly, tensorly-torch, tntorch, torchTT and quimb (benchmarks/README.md).
+BENCH_VENV ?= .venv-bench
+$(BENCH_VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q -c constraints.txt torch packaging
+	$(BENCH_VENV)/bin/pip install -q -c constraints.txt tensorly tensorly-torch tntorch quimb torchtt opt_einsum
+	$(BENCH_VENV)/bin/pip install -q --no-deps -e .
+	touch $@
+
+.PHONY: bench-core
+bench-core: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python benchmarks/core_bench.py

@@ -16,10 +16,11 @@ The table replaces only the ``## Core operations`` section of ``docs/benchmarks.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import sys
 
-_THREADS = "2"
+_THREADS = "1"
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(_var, _THREADS)
 
@@ -103,11 +104,20 @@ def _peers() -> dict[str, Any]:
     ]:
         try:
             mods[name] = __import__(imp, fromlist=["_"])
-        except Exception as exc:  # noqa: BLE001 -- report any import failure in the table
+        except Exception as exc:  # report any import failure in the table
             mods[name] = exc
     if not isinstance(mods["tensorly"], Exception):
         mods["tensorly"].set_backend("pytorch")
     return mods
+
+
+def _version(dist: str, mod: Any) -> str:
+    if isinstance(mod, Exception):
+        return f"unavailable ({type(mod).__name__})"
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
 
 
 def _quimb_cores(mps: Any) -> list[torch.Tensor]:
@@ -374,7 +384,7 @@ def run_case(case: Case, warmup: int, repeats: int) -> None:
             for _ in range(warmup):
                 result = entry.run()
             entry.err = entry.error(result)
-        except Exception as exc:  # noqa: BLE001 -- a failing peer is reported, not fatal
+        except Exception as exc:  # a failing peer is reported, not fatal
             case.skipped[name] = f"failed: {type(exc).__name__}: {str(exc)[:80]}"
             del case.entries[name]
     for _ in range(repeats):
@@ -400,8 +410,9 @@ def table(cases: list[Case], mods: dict[str, Any]) -> str:
                 passes = 3 if "backward" in case.name else 1  # y; then dx and dW
                 gf = f"{passes * 2 * 256 * 4096 * 4096 / med[name] / 1e6:.1f}"
             ratio = med[name] / best
+            label = f"**{name}**" if name == "tensortrain" else name
             lines.append(
-                f"| {case.name if first else ''} | {'**' + name + '**' if name == 'tensortrain' else name}"
+                f"| {case.name if first else ''} | {label}"
                 f" | {med[name]:.2f} | {ratio:.2f}x | {case.entries[name].err:.1e} | {gf} |"
             )
             first = False
@@ -451,10 +462,7 @@ def main() -> None:
         run_case(case, args.warmup, repeats)
         cases.append(case)
         print(table([case], mods).split("\n", 2)[2], flush=True)
-    versions = ", ".join(
-        f"{n} {getattr(m, '__version__', '?') if not isinstance(m, Exception) else 'unavailable'}"
-        for n, m in mods.items()
-    )
+    versions = ", ".join(f"{n} {_version(n, m)}" for n, m in mods.items())
     load = os.getloadavg()[0]
     text = f"""{SECTION}
 

@@ -5,8 +5,9 @@ small ``p x p`` matrix ``A A^T`` instead of an SVD of ``A``, which on CPU is man
 ``q >= 2 p``. Its eigenvalues carry an absolute error of about ``p * eps_mach * ||A||^2``, so that
 path is taken only where this cannot move the rank decision nor the error bound: the tolerance
 ``delta`` must be far above that error (``delta^2 >= GRAM_MIN_DELTA2 * ||A||^2``; the error margin
-is then subtracted from ``delta^2``), or zero with a rank cap below ``p`` that truncates anyway. Everywhere else (exact decompositions, tiny tolerances, float32 and half precision) the
-plain SVD runs.
+is then subtracted from ``delta^2``), or zero with a rank cap below ``p`` that truncates anyway.
+Everywhere else (exact decompositions, tiny tolerances, float32 and half precision, and whenever
+autograd is recording) the plain SVD runs.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ without forming the dense matrix, unless the cost model says that forming it is 
 
 The ``tt`` path groups consecutive cores into blocks ``(R_{j-1}, M_j, N_j, R_j)`` (merging the cores
 of a block is cheap: the blocks stay far smaller than the matrix) and sweeps the blocks from last to
-first. The running tensor keeps the layout ``(B, N_1..N_{j-1}, N_j R_j, M_{j+1}..M_G)``, so each step
-is one matrix product (a single GEMM for the last block, a batched one with the block's
+first. The running tensor keeps the layout ``(B, N_1..N_{j-1}, N_j R_j, M_{j+1}..M_G)``, so each
+step is one matrix product (a single GEMM for the last block, a batched one with the block's
 ``(R_{j-1} M_j, N_j R_j)`` matrix broadcast otherwise) and no step permutes or copies its input.
 
 The plan, made once per ``(batch, row_modes, col_modes, ranks)`` and cached:
@@ -175,7 +175,7 @@ def _sweep(
     t = x
     states = []
     for j in range(len(dims) - 1, stop - 1, -1):
-        r0, m, n, r1 = dims[j]
+        _, m, n, r1 = dims[j]
         n_before //= n
         p = batch * n_before
         states.append(t)

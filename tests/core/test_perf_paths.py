@@ -87,7 +87,7 @@ def test_gram_side_matches_svd(cap, delta_rel):
     a = a + 1e-4 * torch.randn(6, 200, generator=gen, dtype=torch.float64)
     delta = delta_rel * float(torch.linalg.norm(a))
     u, s, vh = truncated_svd(a, delta, cap)
-    u0, s0, _ = torch.linalg.svd(a, full_matrices=False)
+    s0 = torch.linalg.svdvals(a)
     r = s.shape[0]
     assert_close(u.mT @ u, torch.eye(r, dtype=a.dtype))
     err = torch.linalg.norm(a - u @ (s[:, None] * vh))
