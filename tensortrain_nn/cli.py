@@ -7,6 +7,8 @@ Example:
     $ tensortrain                                   # MiniLM on Rotten Tomatoes, LoRETTA_rep
     $ tensortrain finetune --method lora --epochs 1
     $ tensortrain finetune --compare rep,adp,lora,head --seeds 0,1,2
+    $ torchrun --nproc_per_node 2 -m tensortrain_nn.cli finetune --checkpoint-every 50 \\
+          --output-dir runs/ddp            # data-parallel; rerun with --resume after a crash
     $ echo "a gorgeous film" | tensortrain predict --adapter runs/lora-20250101-120000
 """
 
@@ -101,6 +103,18 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--output-dir", help="default runs/<method>-<timestamp>")
     ft.add_argument("--device", default="auto")
     ft.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ft.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        metavar="K",
+        help="write a resumable checkpoint every K steps and at the end (default 0: none)",
+    )
+    ft.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest valid checkpoint in --output-dir",
+    )
     for name, text in (("predict", "label new text"), ("evaluate", "score a saved run")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--adapter", required=True, help="a run folder written by finetune")
@@ -151,8 +165,13 @@ def _finetune(args: argparse.Namespace, argv: Sequence[str]) -> int:
         output_dir=args.output_dir,
         device=args.device,
         progress=not args.no_progress,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
     )
+    main_rank = int(os.environ.get("RANK", "0")) == 0
     if args.compare or args.seeds:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError("--compare and --seeds run in one process; under torchrun run one job")
         methods = args.compare.split(",") if args.compare else [args.method]
         command = "tensortrain " + shlex.join(argv)
         results, _ = compare(
@@ -166,7 +185,9 @@ def _finetune(args: argparse.Namespace, argv: Sequence[str]) -> int:
         print((folder / "compare.md").read_text())
         print(f"written to {folder}/compare.md, compare.json, compare.png")
         return 0
-    print(format_report(run(config)))
+    result = run(config)
+    if main_rank:
+        print(format_report(result))
     return 0
 
 

@@ -51,6 +51,10 @@ class FinetuneConfig:
         eval_every_epoch: Evaluate after each epoch (else only after the last).
         progress: Show a tqdm progress bar.
         save: Save the adapter and label mapping into ``output_dir``.
+        checkpoint_every: Write a resumable checkpoint into ``output_dir/checkpoints`` every this
+            many optimizer steps and after the last (0: none).
+        resume: Continue from the newest valid checkpoint in ``output_dir/checkpoints`` (needs
+            ``output_dir``); without one, start from step 0.
     """
 
     method: str = "rep"
@@ -78,6 +82,8 @@ class FinetuneConfig:
     eval_every_epoch: bool = True
     progress: bool = True
     save: bool = True
+    checkpoint_every: int = 0
+    resume: bool = False
 
     def __post_init__(self) -> None:
         get_method(self.method)
@@ -100,6 +106,10 @@ class FinetuneConfig:
             (isinstance(size, float) and not 0 < size < 1) or (isinstance(size, int) and size < 1)
         ):
             raise FinetuneError(f"test_size must be an int >= 1 or a float in (0, 1), got {size}")
+        if self.checkpoint_every < 0:
+            raise FinetuneError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        if self.resume and self.output_dir is None:
+            raise FinetuneError("resume needs output_dir: the run folder whose checkpoints to use")
         if not isinstance(self.method_options, dict):
             raise FinetuneError(f"method_options must be a dict, got {self.method_options!r}")
 
@@ -149,6 +159,10 @@ class Result:
         labels: Label names, index = id.
         seed: Training seed.
         output_dir: The run's folder, or None when not saved.
+        world_size: Processes that trained (data-parallel; 1: not distributed).
+        allreduce_bytes_per_step: Gradient bytes DDP all-reduces per step (the trainable
+            tensors' bytes; 0 when not distributed).
+        resumed_from_step: The checkpoint step the run resumed from, or None.
     """
 
     method: str
@@ -170,6 +184,9 @@ class Result:
     labels: list[str]
     seed: int
     output_dir: str | None
+    world_size: int = 1
+    allreduce_bytes_per_step: int = 0
+    resumed_from_step: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The result as a JSON-ready dict."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,15 @@ import torch
 from torch import nn
 
 from tensortrain_nn.finetune import data as data_mod
+from tensortrain_nn.finetune.checkpoint import checkpoint_dir
 from tensortrain_nn.finetune.config import FinetuneConfig, Result
+from tensortrain_nn.finetune.distributed import (
+    DistInfo,
+    broadcast,
+    device_for,
+    init_from_env,
+    shutdown,
+)
 from tensortrain_nn.finetune.errors import AdapterError
 from tensortrain_nn.finetune.methods import get_method
 from tensortrain_nn.finetune.models import (
@@ -88,11 +96,18 @@ def _count(model: nn.Module) -> dict[str, int]:
     return counts
 
 
-def run(config: FinetuneConfig) -> Result:
+def run(
+    config: FinetuneConfig, *, on_step: Callable[[int, nn.Module], None] | None = None
+) -> Result:
     """Fine-tune ``config.model`` on ``config.data`` with ``config.method``; report and save.
+
+    Under ``torchrun`` (``WORLD_SIZE > 1`` in the environment, or a process group the caller
+    initialised) the run is data-parallel: every rank trains on its shard of each global batch,
+    rank 0 alone evaluates, saves and writes checkpoints; every rank returns the same metrics.
 
     Args:
         config: The job (see :class:`FinetuneConfig`).
+        on_step: Called after every optimizer step with the global step and the model.
 
     Returns:
         The measured :class:`Result` (also written as ``report.json`` / ``report.md`` when saving).
@@ -101,6 +116,21 @@ def run(config: FinetuneConfig) -> Result:
         FileNotFoundError: A data or model path does not exist.
         FinetuneError: Bad data, model, method or options (a ``ValueError``).
     """
+    info = init_from_env(pick_device(config.device))
+    clean = False
+    try:
+        result = _run(config, info, on_step)
+        clean = True
+        return result
+    finally:
+        shutdown(info, clean=clean)
+
+
+def _run(
+    config: FinetuneConfig,
+    info: DistInfo,
+    on_step: Callable[[int, nn.Module], None] | None,
+) -> Result:
     method = get_method(config.method)
     split = build_split(config)
     spec = resolve_model(config.model)
@@ -108,12 +138,15 @@ def run(config: FinetuneConfig) -> Result:
     model, tokenizer = load_model(spec, len(split.labels), labels=split.labels)
     base_fingerprint = fingerprint(model)
     model, description = method.setup(model, dict(config.method_options))
-    device = pick_device(config.device)
+    device = device_for(info, pick_device(config.device))
     model.to(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     counts = _count(model)
     eval_batch = 4 * config.batch_size
+    # One folder for all ranks (a timestamped default could differ by a second between them).
+    out_dir = Path(broadcast(str(config.resolved_output_dir()), info))
+    use_checkpoints = config.checkpoint_every > 0 or config.resume
 
     def evaluate() -> dict[str, float]:
         ids = predict_ids(
@@ -122,13 +155,22 @@ def run(config: FinetuneConfig) -> Result:
         return metrics(ids, split.test_labels, len(split.labels))
 
     stats = train(
-        model, tokenizer, split.train_texts, split.train_labels, config, evaluate=evaluate
+        model,
+        tokenizer,
+        split.train_texts,
+        split.train_labels,
+        config,
+        evaluate=evaluate,
+        info=info,
+        checkpoints=checkpoint_dir(out_dir) if use_checkpoints else None,
+        on_step=on_step,
     )
     final = stats["history"][-1]
     out: Path | None = None
     adapter_bytes = 0
     if config.save:
-        out = config.resolved_output_dir()
+        out = out_dir
+    if out is not None and info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         method.save(model, out / ADAPTER_DIR)
         adapter_bytes = _folder_bytes(out / ADAPTER_DIR)
@@ -142,6 +184,7 @@ def run(config: FinetuneConfig) -> Result:
         (out / RUN_FILE).write_text(json.dumps(saved, indent=2) + "\n")
         label2id = {name: i for i, name in enumerate(split.labels)}
         (out / "labels.json").write_text(json.dumps(label2id, indent=2) + "\n")
+    adapter_bytes = broadcast(adapter_bytes, info)
     result = Result(
         method=config.method,
         description=description,
@@ -162,8 +205,11 @@ def run(config: FinetuneConfig) -> Result:
         labels=split.labels,
         seed=config.seed,
         output_dir=str(out) if out is not None else None,
+        world_size=info.world_size,
+        allreduce_bytes_per_step=stats["allreduce_bytes"],
+        resumed_from_step=stats["resumed_from"],
     )
-    if out is not None:
+    if out is not None and info.is_main:
         write_report(result, out)
     return result
 

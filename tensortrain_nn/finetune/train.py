@@ -12,14 +12,29 @@ import random
 import resource
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from tensortrain_nn.finetune.checkpoint import Position, resume, write_checkpoint
 from tensortrain_nn.finetune.config import FinetuneConfig
+from tensortrain_nn.finetune.distributed import (
+    SINGLE,
+    DistInfo,
+    all_sum,
+    barrier,
+    broadcast,
+    frozen_inactive_adapters,
+    shard,
+    trainable_bytes,
+    unused_parameters,
+    wrap,
+)
 from tensortrain_nn.finetune.models import is_tt_core
 
 
@@ -120,21 +135,49 @@ def train(
     config: FinetuneConfig,
     *,
     evaluate: Callable[[], dict[str, float]],
+    info: DistInfo = SINGLE,
+    checkpoints: Path | None = None,
+    on_step: Callable[[int, nn.Module], None] | None = None,
 ) -> dict[str, Any]:
-    """Train ``model`` in place on ``(texts, labels)``.
+    """Train ``model`` in place on ``(texts, labels)``, data-parallel when ``info`` says so.
+
+    Each step takes ``config.batch_size`` examples (the global batch) from the epoch's
+    permutation; with several processes each rank trains on its shard of them (see
+    :func:`~tensortrain_nn.finetune.distributed.shard`) under DDP. Trainable parameters of
+    inactive tensortrain adapters are frozen for the duration (they take no part in forward).
 
     Args:
         model: A model whose trainable parameters have ``requires_grad``; on its device already.
         tokenizer: Its tokenizer.
         texts: Training texts.
         labels: Their label ids.
-        config: Epochs, batch size, learning rate, schedule, clipping, seed, progress bar.
-        evaluate: Called after each epoch (after the last only, unless ``eval_every_epoch``);
-            returns metrics such as accuracy.
+        config: Epochs, batch size, learning rate, schedule, clipping, seed, progress bar,
+            ``checkpoint_every`` and ``resume``.
+        evaluate: Called after each epoch (after the last only, unless ``eval_every_epoch``) on
+            rank 0 only; returns metrics such as accuracy (broadcast to the other ranks).
+        info: This process's place in a distributed job (default: alone).
+        checkpoints: Folder of the run's checkpoints; needed for ``checkpoint_every`` / ``resume``.
+        on_step: Called after every optimizer step with the global step and the (unwrapped) model.
 
     Returns:
-        ``{"history": [...], "steps": n, "train_seconds": s, "seconds_per_step": s}``.
+        ``{"history": [...], "steps": n, "train_seconds": s, "seconds_per_step": s,
+        "allreduce_bytes": b, "resumed_from": step or None}``.
     """
+    with frozen_inactive_adapters(model):
+        return _train(model, tokenizer, texts, labels, config, evaluate, info, checkpoints, on_step)
+
+
+def _train(
+    model: nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    labels: Sequence[int],
+    config: FinetuneConfig,
+    evaluate: Callable[[], dict[str, float]],
+    info: DistInfo,
+    folder: Path | None,
+    on_step: Callable[[int, nn.Module], None] | None,
+) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
@@ -149,46 +192,95 @@ def train(
     )
     trainable = [p for p in model.parameters() if p.requires_grad]
     generator = torch.Generator().manual_seed(config.seed)
-    history: list[dict[str, Any]] = []
-    train_seconds = 0.0
-    for epoch in range(1, config.epochs + 1):
+    pos = Position()
+    if config.resume and folder is not None:
+        pos = resume(folder, config, model, optimizer, scheduler, generator, info)
+    elif info.rank > 0:
+        torch.manual_seed(config.seed + info.rank)  # own dropout masks per rank
+    resumed_from = pos.global_step if pos.global_step else None
+
+    def batch_of(global_idx: Sequence[int]) -> tuple[Any, torch.Tensor, list[int], float]:
+        idx, weight = shard(global_idx, info)
+        batch = encode(tokenizer, [texts[i] for i in idx], config.max_length, device)
+        return batch, torch.tensor([labels[i] for i in idx], device=device), idx, weight
+
+    find_unused = False
+    if info.enabled and pos.global_step < total:
+        probe, target, _, _ = batch_of(list(range(min(len(texts), config.batch_size))))
         model.train()
-        order = torch.randperm(len(texts), generator=generator).tolist()
+        unused = unused_parameters(
+            model, lambda m: nn.functional.cross_entropy(m(**probe).logits.float(), target)
+        )
+        if unused:
+            warnings.warn(
+                f"{len(unused)} trainable parameters get no gradient ({', '.join(unused[:3])}); "
+                "DDP runs with find_unused_parameters=True",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            find_unused = True
+    runner = wrap(model, info, find_unused=find_unused)
+    sync_bytes = trainable_bytes(model) if info.enabled else 0
+    every = config.checkpoint_every
+    for epoch in range(pos.epoch, config.epochs + 1):
+        model.train()
+        if pos.order is None:
+            pos.order = torch.randperm(len(texts), generator=generator).tolist()
         bar = tqdm(
             total=steps_per_epoch,
+            initial=pos.step,
             desc=f"epoch {epoch}/{config.epochs}",
-            disable=not config.progress,
+            disable=not (config.progress and info.is_main),
             dynamic_ncols=True,
         )
-        loss_sum, seen, start = 0.0, 0, time.perf_counter()
-        for step in range(steps_per_epoch):
-            idx = order[step * config.batch_size : (step + 1) * config.batch_size]
-            batch = encode(tokenizer, [texts[i] for i in idx], config.max_length, device)
-            target = torch.tensor([labels[i] for i in idx], device=device)
-            loss = nn.functional.cross_entropy(model(**batch).logits.float(), target)
-            loss.backward()
+        start = time.perf_counter()
+        for step in range(pos.step, steps_per_epoch):
+            global_idx = pos.order[step * config.batch_size : (step + 1) * config.batch_size]
+            batch, target, idx, weight = batch_of(global_idx)
+            loss = nn.functional.cross_entropy(runner(**batch).logits.float(), target)
+            (loss * weight if info.enabled else loss).backward()
             if config.max_grad_norm > 0:
                 nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            loss_sum += loss.item() * len(idx)
-            seen += len(idx)
-            elapsed = time.perf_counter() - start
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", ex_s=f"{seen / elapsed:.1f}")
+            if weight > 0:
+                pos.loss_sum += loss.item() * len(idx)
+                pos.seen += len(idx)
+            pos.step, pos.global_step = step + 1, pos.global_step + 1
+            if on_step is not None:
+                on_step(pos.global_step, model)
+            if (
+                folder is not None
+                and every
+                and (pos.global_step % every == 0 or pos.global_step == total)
+            ):
+                tick = time.perf_counter()
+                pos.train_seconds += tick - start
+                write_checkpoint(folder, config, model, optimizer, scheduler, generator, pos, info)
+                start = time.perf_counter()
+            elapsed = pos.train_seconds + time.perf_counter() - start
+            bar.set_postfix(loss=f"{pos.loss_sum / max(1, pos.seen):.4f}", step_s=f"{elapsed:.1f}")
             bar.update()
         bar.close()
-        train_seconds += time.perf_counter() - start
-        record: dict[str, Any] = {"epoch": epoch, "loss": loss_sum / max(1, seen)}
+        pos.train_seconds += time.perf_counter() - start
+        seen = all_sum(float(pos.seen), info)
+        mean_loss = all_sum(pos.loss_sum, info) / max(1.0, seen)
+        record: dict[str, Any] = {"epoch": epoch, "loss": mean_loss}
         if config.eval_every_epoch or epoch == config.epochs:
-            record.update(evaluate())
-            if config.progress:
+            scores = evaluate() if info.is_main else None
+            record.update(broadcast(scores, info))
+            if config.progress and info.is_main:
                 shown = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k != "epoch")
                 tqdm.write(f"epoch {epoch}: {shown}")
-        history.append(record)
+        pos.history.append(record)
+        pos.next_epoch()
+    barrier(info)
     return {
-        "history": history,
+        "history": pos.history,
         "steps": total,
-        "train_seconds": train_seconds,
-        "seconds_per_step": train_seconds / max(1, total),
+        "train_seconds": pos.train_seconds,
+        "seconds_per_step": pos.train_seconds / max(1, total),
+        "allreduce_bytes": sync_bytes,
+        "resumed_from": resumed_from,
     }

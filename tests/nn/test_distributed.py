@@ -1,0 +1,140 @@
+"""Data-parallel fine-tuning: 2 CPU processes (gloo) against 1, two named adapters, FSDP, accelerate.
+
+The 2-process job runs as two subprocesses with torchrun's environment variables (``RANK``,
+``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``), on a tiny BERT without dropout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from _dist_helpers import make_tiny_bert, make_tiny_csv, minilm_folder, trainable
+
+from tensortrain_nn.finetune import FinetuneConfig, run
+from tensortrain_nn.finetune.distributed import DistInfo, shard, trainable_bytes
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A dropout-free tiny BERT and a 48-row CSV (32 train, 16 test)."""
+    if minilm_folder() is None:
+        pytest.skip("the packaged MiniLM (its tokenizer) is not installed")
+    root = tmp_path_factory.mktemp("dist")
+    return {
+        "model": make_tiny_bert(root / "bert", dropout=0.0),
+        "data": make_tiny_csv(root / "tiny.csv"),
+    }
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _values(assets: dict[str, str], out: Path, **extra: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "method": "rep",
+        "model": assets["model"],
+        "data": assets["data"],
+        "text_column": "review",
+        "label_column": "sentiment",
+        "test_size": 16,
+        "epochs": 2,
+        "batch_size": 8,
+        "max_length": 16,
+        "method_options": {"dropout": 0.0},
+        "progress": False,
+        "device": "cpu",
+        "output_dir": str(out),
+    }
+    values.update(extra)
+    return values
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_shard_covers_the_global_batch_once() -> None:
+    batch = [5, 1, 7, 2, 0]
+    parts = [shard(batch, DistInfo(rank=r, world_size=2)) for r in range(2)]
+    assert parts == [([5, 7, 0], 1.2), ([1, 2], 0.8)]
+    # A last batch smaller than the world: the empty rank reruns an example at weight 0.
+    assert shard([9], DistInfo(rank=1, world_size=2)) == ([9], 0.0)
+    assert shard(batch, DistInfo()) == (batch, 1.0)
+
+
+def test_two_processes_match_one(assets: dict[str, str], tmp_path: Path, one_thread: None) -> None:
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps(_values(assets, tmp_path / "ddp_run", checkpoint_every=4)))
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+    env.update(WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", PYTHONWARNINGS="ignore")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(HERE / "_dist_helpers.py"), "ddp", str(config_file), str(tmp_path)],
+            env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for rank in range(2)
+    ]
+    outputs = [p.communicate(timeout=240)[0].decode() for p in procs]
+    for proc, text in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, text[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+    # Identical trainable tensors on both ranks after every one of the 2 x 4 steps.
+    assert len(ranks[0]["digests"]) == 8
+    assert ranks[0]["digests"] == ranks[1]["digests"]
+    # The same metrics everywhere (rank 0 evaluated and broadcast them); only rank 0 saved.
+    assert ranks[0]["result"]["history"] == ranks[1]["result"]["history"]
+    out = tmp_path / "ddp_run"
+    assert (out / "report.json").is_file() and (out / "checkpoints/step-00000008.ckpt").is_file()
+    report = json.loads((out / "report.json").read_text())
+    assert report["world_size"] == 2
+
+    # One process with the same global batch of 8 follows the same trajectory.
+    final: dict[str, torch.Tensor] = {}
+    single = run(
+        FinetuneConfig(**_values(assets, tmp_path / "single")),
+        on_step=lambda step, model: final.update(trainable(model)),
+    )
+    assert single.world_size == 1 and single.allreduce_bytes_per_step == 0
+    assert report["allreduce_bytes_per_step"] == 4 * single.trainable_params
+    assert final.keys() == ranks[0]["tensors"].keys()
+    for name, tensor in final.items():
+        torch.testing.assert_close(ranks[0]["tensors"][name], tensor, rtol=1e-5, atol=1e-6)
+    losses = [h["loss"] for h in single.history]
+    assert [h["loss"] for h in report["history"]] == pytest.approx(losses, rel=1e-5)
+
+    # Two named adapters, both left trainable: the inactive one is frozen while training (with
+    # a warning), so DDP neither fails on step 2 nor skips averaging; flags come back after.
+    two = [torch.load(tmp_path / f"two{r}.pt", weights_only=False) for r in range(2)]
+    assert len(two[0]["digests"]) == 8 and two[0]["digests"] == two[1]["digests"]
+    assert all(t["b_unchanged"] and t["b_trainable_again"] for t in two)
+    assert any("inactive adapters" in w for w in two[0]["warnings"])
+
+
+def test_trainable_bytes_counts_only_trainable() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    model[0].requires_grad_(False)
+    assert trainable_bytes(model) == 4 * (3 * 2 + 2)
