@@ -182,7 +182,8 @@ def _sweep(
         if q == 1:
             t = t.reshape(p, n * r1) @ mats[j].mT
         else:
-            t = torch.matmul(mats[j], t.reshape(p, n * r1, q))
+            a = mats[j]  # broadcast over the batch without a copy: bmm writes (P, R, Q) contiguous
+            t = torch.bmm(a.expand(p, *a.shape), t.reshape(p, n * r1, q))
         q *= m
     states.append(t)
     return states
@@ -232,7 +233,8 @@ class _TTLinear(torch.autograd.Function):
                     t3 = t.reshape(p, n * r1, q).transpose(0, 1).reshape(n * r1, p * q)
                     grads[j] = g3.transpose(0, 1).reshape(r0 * m, p * q) @ t3.mT
                 if j + 1 < g_count or ctx.needs_input_grad[0]:
-                    g = torch.matmul(mats[j].mT, g3)
+                    a = mats[j].mT
+                    g = torch.bmm(a.expand(p, *a.shape), g3)
             n_before *= n
         dx = g.reshape(x.shape) if ctx.needs_input_grad[0] else None
         return (dx, None, *grads)
