@@ -233,7 +233,7 @@ def _train(
             disable=not (config.progress and info.is_main),
             dynamic_ncols=True,
         )
-        start = time.perf_counter()
+        start = epoch_start = time.perf_counter()
         for step in range(pos.step, steps_per_epoch):
             global_idx = pos.order[step * config.batch_size : (step + 1) * config.batch_size]
             batch, target, idx, weight = batch_of(global_idx)
@@ -248,8 +248,6 @@ def _train(
                 pos.loss_sum += loss.item() * len(idx)
                 pos.seen += len(idx)
             pos.step, pos.global_step = step + 1, pos.global_step + 1
-            if on_step is not None:
-                on_step(pos.global_step, model)
             if (
                 folder is not None
                 and every
@@ -259,8 +257,10 @@ def _train(
                 pos.train_seconds += tick - start
                 write_checkpoint(folder, config, model, optimizer, scheduler, generator, pos, info)
                 start = time.perf_counter()
-            elapsed = pos.train_seconds + time.perf_counter() - start
-            bar.set_postfix(loss=f"{pos.loss_sum / max(1, pos.seen):.4f}", step_s=f"{elapsed:.1f}")
+            if on_step is not None:
+                on_step(pos.global_step, model)
+            rate = pos.seen / max(1e-9, time.perf_counter() - epoch_start)
+            bar.set_postfix(loss=f"{pos.loss_sum / max(1, pos.seen):.4f}", ex_s=f"{rate:.1f}")
             bar.update()
         bar.close()
         pos.train_seconds += time.perf_counter() - start

@@ -111,6 +111,73 @@ def _ddp(config_path: str, out: Path) -> None:
     torch.save(saved, out / f"rank{rank}.pt")
     two = _two_adapters(config_path, out)
     torch.save(two, out / f"two{rank}.pt")
+    torch.save(_fsdp(out), out / f"fsdp{rank}.pt")
+
+
+def tiny_patched_bert(seed: int = 0) -> nn.Module:
+    """A 2-layer BERT classifier (vocabulary 100, no dropout) with LoRETTA_rep on query/value."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    import tensortrain_nn
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=32,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    model = BertForSequenceClassification(config)
+    tensortrain_nn.patch(model, mode="rep", dropout=0.0)
+    return model
+
+
+def _fsdp(out: Path) -> dict[str, Any]:
+    """FSDP2 ``fully_shard`` over 2 ranks, each on half of a batch of 8, vs 1 local process."""
+    import copy
+
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    dist.init_process_group(
+        "gloo", init_method=f"file://{out / 'store_fsdp'}", rank=rank, world_size=world
+    )
+    model = tiny_patched_bert()
+    reference = copy.deepcopy(model)
+    mesh = init_device_mesh("cpu", (world,))
+    for layer in model.bert.encoder.layer:  # type: ignore[union-attr]
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 100, (8, 10), generator=generator)
+    target = torch.arange(8) % 2
+    mine = slice(rank * 8 // world, (rank + 1) * 8 // world)
+    optimizers = [
+        torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2)
+        for m in (model, reference)
+    ]
+    for _ in range(3):
+        for m, opt, rows in ((model, optimizers[0], mine), (reference, optimizers[1], slice(0, 8))):
+            logits = m(input_ids=ids[rows]).logits
+            nn.functional.cross_entropy(logits, target[rows]).backward()
+            opt.step()
+            opt.zero_grad()
+    diff = 0.0
+    sharded = False
+    for a, b in zip(model.parameters(), reference.parameters(), strict=True):
+        if b.requires_grad:
+            full = a.full_tensor() if hasattr(a, "full_tensor") else a
+            sharded = sharded or hasattr(a, "full_tensor")
+            diff = max(diff, float((full.detach() - b.detach()).abs().max()))
+    dist.barrier()
+    dist.destroy_process_group()
+    return {"max_diff": diff, "sharded": sharded}
 
 
 def _two_adapters(config_path: str, out: Path) -> dict[str, Any]:
@@ -179,7 +246,7 @@ def _pause(config_path: str, pause_step: int) -> None:
             time.sleep(600)
         return path
 
-    checkpoint.save_checkpoint = save_then_pause  # type: ignore[assignment]
+    checkpoint.save_checkpoint = save_then_pause
     run(_config(config_path))
 
 

@@ -90,7 +90,13 @@ def test_two_processes_match_one(assets: dict[str, str], tmp_path: Path, one_thr
     env.update(WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", PYTHONWARNINGS="ignore")
     procs = [
         subprocess.Popen(
-            [sys.executable, str(HERE / "_dist_helpers.py"), "ddp", str(config_file), str(tmp_path)],
+            [
+                sys.executable,
+                str(HERE / "_dist_helpers.py"),
+                "ddp",
+                str(config_file),
+                str(tmp_path),
+            ],
             env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -133,8 +139,40 @@ def test_two_processes_match_one(assets: dict[str, str], tmp_path: Path, one_thr
     assert all(t["b_unchanged"] and t["b_trainable_again"] for t in two)
     assert any("inactive adapters" in w for w in two[0]["warnings"])
 
+    # FSDP2 fully_shard over the 2 ranks (each on half the batch) matches one local process.
+    fsdp = [torch.load(tmp_path / f"fsdp{r}.pt", weights_only=False) for r in range(2)]
+    assert all(f["sharded"] and f["max_diff"] < 1e-5 for f in fsdp), fsdp
+
 
 def test_trainable_bytes_counts_only_trainable() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
     model[0].requires_grad_(False)
     assert trainable_bytes(model) == 4 * (3 * 2 + 2)
+
+
+def test_accelerate_trains_a_patched_model(one_thread: None) -> None:
+    """HF accelerate's ``Accelerator.prepare`` / ``backward`` with a LoRETTA_rep model."""
+    accelerate = pytest.importorskip("accelerate")
+    from _dist_helpers import tiny_patched_bert
+
+    ids = torch.randint(0, 100, (8, 10), generator=torch.Generator().manual_seed(1))
+    target = torch.arange(8) % 2
+    finals = []
+    for use_accelerate in (True, False):
+        model = tiny_patched_bert()
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        accelerator = accelerate.Accelerator(cpu=True) if use_accelerate else None
+        if accelerator is not None:
+            model, opt = accelerator.prepare(model, opt)
+        for _ in range(3):
+            loss = torch.nn.functional.cross_entropy(model(input_ids=ids).logits, target)
+            if accelerator is not None:
+                accelerator.backward(loss)
+            else:
+                loss.backward()
+            opt.step()
+            opt.zero_grad()
+        finals.append(trainable(model))
+    assert finals[0].keys() == finals[1].keys() and len(finals[0]) > 2
+    for name, tensor in finals[1].items():
+        torch.testing.assert_close(finals[0][name], tensor, rtol=0, atol=0)
