@@ -6,6 +6,7 @@ from typing import Literal, cast
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from tensortrain.errors import TTValueError
 from tensortrain.init import linear_init_std
@@ -55,6 +56,8 @@ class TTUpdate(nn.Module):
         if init not in ("zero", "paper"):
             raise TTValueError(f"init must be 'zero' or 'paper', got {init!r}")
         self.r, self.alpha, self.form, self.init = r, float(alpha), form, init
+        #: Recompute the update in backward instead of storing its intermediates (see forward).
+        self.recompute = True
         self.scaling = self.alpha / r
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         zero = -1 if init == "zero" else None
@@ -97,11 +100,24 @@ class TTUpdate(nn.Module):
         return (b.full() * self.scaling) @ a.full()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(alpha / r) dW dropout(x)`` for ``x (..., in)``: thin factors materialised once."""
+        """``(alpha / r) dW dropout(x)`` for ``x (..., in)``.
+
+        In the factor form the thin factors ``A (r, in)`` and ``B (out, r)`` are materialised once
+        and applied as two thin matmuls. When training, the update is recomputed in backward
+        (activation checkpointing, dropout mask included): only ``x``, which the caller holds
+        anyway, is kept, so the layer stores less for backward than LoRA does, for about one extra
+        thin forward (``2 r (in + out)`` FLOPs a token) in backward.
+        """
+        if self.recompute and torch.is_grad_enabled() and self.B.cores[0].requires_grad:
+            out = checkpoint(self._update, x, use_reentrant=False)
+            return cast(torch.Tensor, out)
+        return self._update(x)
+
+    def _update(self, x: torch.Tensor) -> torch.Tensor:
         x = self.dropout(cast_like(x, self.B.cores[0]))
         if self.A is None:
             return self.B(x) * self.scaling
-        return (x @ self.A.weight.T) @ (self.B.weight.T * self.scaling)
+        return ((x @ self.A.weight.T) * self.scaling) @ self.B.weight.T
 
 
 def _sync_merged(module: nn.Module, incompatible_keys: object) -> None:

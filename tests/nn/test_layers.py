@@ -292,7 +292,8 @@ def test_reparam_bad_arguments(kwargs, error, match):
 
 def test_reparam_rejects_unsupported_module():
     with pytest.raises(
-        TTTypeError, match=r"base_layer must be an nn\.Linear or a transformers Conv1D, got Embedding"
+        TTTypeError,
+        match=r"base_layer must be an nn\.Linear or a transformers Conv1D, got Embedding",
     ):
         TTReparam(nn.Embedding(4, 4))
 
@@ -402,3 +403,37 @@ def test_state_dict_names_are_stable_plain_tensors():
     ] or all(type(v) is torch.Tensor for v in layer.state_dict().values())
     assert all(type(v) is torch.Tensor for v in layer.state_dict().values())
     assert math.prod(layer.adapters["default"].A.in_modes) == 8
+
+
+def test_reparam_recompute_gives_the_same_output_and_gradients_with_dropout():
+    _, layer = reparam_pair(dropout=0.5, init="paper")
+    x = torch.randn(4, 5, 24, dtype=torch.float64)
+    results = []
+    for recompute in (True, False):
+        layer.adapters["default"].recompute = recompute
+        layer.zero_grad()
+        torch.manual_seed(3)
+        y = layer(x)
+        y.pow(2).sum().backward()
+        results.append(
+            (y.detach(), [p.grad.clone() for p in layer.adapters["default"].parameters()])
+        )
+    assert torch.equal(results[0][0], results[1][0])
+    for a, b in zip(results[0][1], results[1][1]):
+        assert_close(a, b, rtol=1e-12)
+
+
+def test_reparam_saves_no_more_for_backward_than_its_input():
+    _, layer = reparam_pair(256, 256, dtype=torch.float32, init="paper")
+    x = torch.randn(8, 32, 256)
+    params = {p.untyped_storage().data_ptr() for p in layer.parameters()}
+    saved = {}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in params:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        layer(x).sum()
+    assert sum(saved.values()) <= x.numel() * x.element_size()
