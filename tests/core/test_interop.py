@@ -36,7 +36,9 @@ def test_tensorly_round_trip_and_same_dense(tt):
 def test_tensorly_matrix_same_dense(w):
     tl = pytest.importorskip("tensorly")
     theirs = to_tensorly(w)
-    np.testing.assert_allclose(tl.tt_matrix_to_tensor(theirs).reshape(w.shape), w.full().numpy(), atol=1e-10)
+    np.testing.assert_allclose(
+        tl.tt_matrix_to_tensor(theirs).reshape(w.shape), w.full().numpy(), atol=1e-10
+    )
 
 
 def test_assert_close_fails_on_wrong_result():
