@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--method", default="rep", help="rep, adp, lora, head or full (default rep)")
     ft.add_argument("--compare", help="comma-separated methods to run side by side")
     ft.add_argument("--seeds", type=_ints, help="comma-separated training seeds (e.g. 0,1,2)")
+    ft.add_argument(
+        "--jobs", type=int, default=1, help="runs of --compare/--seeds at a time (processes)"
+    )
     ft.add_argument("--model", default="minilm", help="minilm, smollm2, a model folder or .gguf")
     ft.add_argument("--data", help="CSV or JSONL file (default: built-in Rotten Tomatoes)")
     ft.add_argument("--text-column", default="text")
@@ -180,6 +183,7 @@ def _finetune(args: argparse.Namespace, argv: Sequence[str]) -> int:
             seeds=args.seeds or [args.seed],
             method_options=by_method,
             command=command,
+            jobs=args.jobs,
         )
         folder = Path(results[0].output_dir or ".").parent
         print((folder / "compare.md").read_text())

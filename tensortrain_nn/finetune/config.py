@@ -145,9 +145,11 @@ class Result:
         accuracy: Accuracy on the held-out set after the last epoch (0..1).
         macro_f1: Macro-averaged F1 on the held-out set after the last epoch (0..1).
         history: Per evaluated epoch: ``{"epoch", "accuracy", "macro_f1", "loss"}``.
-        trainable_params: Every trainable parameter (adapter plus head).
-        adapter_params: Trainable parameters outside the task head.
+        trainable_params: Every trainable parameter (adapter, head and other).
+        adapter_params: Trainable parameters of the adapter (TT cores, LoRA factors).
         head_params: Trainable parameters of the task head.
+        other_params: Other trainable parameters: norms, biases, or the base model's weights
+            when it trains in full.
         total_params: All parameters of the model being trained (base plus adapter).
         trainable_share: ``trainable_params / total_params``.
         adapter_bytes: Size on disk of the saved adapter folder (0 when not saved).
@@ -173,6 +175,7 @@ class Result:
     trainable_params: int
     adapter_params: int
     head_params: int
+    other_params: int
     total_params: int
     trainable_share: float
     adapter_bytes: int

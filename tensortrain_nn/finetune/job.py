@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from tensortrain_nn.finetune.distributed import (
     init_from_env,
     shutdown,
 )
-from tensortrain_nn.finetune.errors import AdapterError
+from tensortrain_nn.finetune.errors import AdapterError, FinetuneError
 from tensortrain_nn.finetune.methods import get_method
 from tensortrain_nn.finetune.models import (
     ModelSpec,
@@ -85,15 +86,24 @@ def _folder_bytes(folder: Path) -> int:
 
 def _count(model: nn.Module) -> dict[str, int]:
     seen: set[int] = set()
-    counts = {"total": 0, "adapter": 0, "head": 0}
+    counts = {"total": 0, "adapter": 0, "head": 0, "other": 0}
     for name, param in model.named_parameters():
         if id(param) in seen:
             continue
         seen.add(id(param))
         counts["total"] += param.numel()
         if param.requires_grad:
-            counts["head" if is_head_parameter(name) else "adapter"] += param.numel()
+            counts[_kind(name)] += param.numel()
     return counts
+
+
+def _kind(name: str) -> str:
+    """``head``, ``adapter`` (TT adapters, LoRA) or ``other`` (norms, biases, base weights)."""
+    if is_head_parameter(name):
+        return "head"
+    if ".adapters." in f".{name}" or "lora_" in name:
+        return "adapter"
+    return "other"
 
 
 def run(
@@ -191,11 +201,12 @@ def _run(
         accuracy=final["accuracy"],
         macro_f1=final["macro_f1"],
         history=stats["history"],
-        trainable_params=counts["adapter"] + counts["head"],
+        trainable_params=counts["adapter"] + counts["head"] + counts["other"],
         adapter_params=counts["adapter"],
         head_params=counts["head"],
+        other_params=counts["other"],
         total_params=counts["total"],
-        trainable_share=(counts["adapter"] + counts["head"]) / counts["total"],
+        trainable_share=(counts["adapter"] + counts["head"] + counts["other"]) / counts["total"],
         adapter_bytes=adapter_bytes,
         seconds_per_step=stats["seconds_per_step"],
         train_seconds=stats["train_seconds"],
@@ -221,6 +232,7 @@ def compare(
     seeds: Sequence[int] = (0,),
     method_options: dict[str, dict[str, Any]] | None = None,
     command: str | None = None,
+    jobs: int = 1,
 ) -> tuple[list[Result], list[dict[str, Any]]]:
     """Run several methods (and seeds) on the same split and budget; write the comparison.
 
@@ -233,6 +245,8 @@ def compare(
         method_options: Per-method options, e.g. ``{"rep": {"rank": 5}}`` (replace
             ``config.method_options`` for that method).
         command: The command line, recorded in ``compare.md``.
+        jobs: Runs at a time, each in its own process with ``cpu_count // jobs`` torch threads
+            (results are the same as one at a time: every run is seeded on its own).
 
     Returns:
         ``(results, summary_rows)``; ``compare.md``, ``compare.json`` and ``compare.png`` are
@@ -240,25 +254,45 @@ def compare(
     """
     for name in methods:
         get_method(name)
+    if jobs < 1:
+        raise FinetuneError(f"jobs must be >= 1, got {jobs}")
     base = config.output_dir or str(Path("runs") / f"compare-{_stamp()}")
+    configs = [
+        dataclasses.replace(
+            config,
+            method=name,
+            seed=seed,
+            method_options=(method_options or {}).get(name, {}),
+            output_dir=str(Path(base) / f"{name}-seed{seed}"),
+            save=True,
+            progress=config.progress and jobs == 1,
+        )
+        for name in methods
+        for seed in seeds
+    ]
     results: list[Result] = []
-    for name in methods:
-        options = (method_options or {}).get(name, {})
-        for seed in seeds:
+    if jobs == 1:
+        for one in configs:
             if config.progress:
-                print(f"== {name}, seed {seed} ==", flush=True)
-            one = dataclasses.replace(
-                config,
-                method=name,
-                seed=seed,
-                method_options=options,
-                output_dir=str(Path(base) / f"{name}-seed{seed}"),
-                save=True,
-            )
+                print(f"== {one.method}, seed {one.seed} ==", flush=True)
             results.append(run(one))
             gc.collect()
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(jobs, mp_context=context) as pool:
+            results = list(pool.map(_run_with_threads, configs, [threads] * len(configs)))
     rows = write_comparison(results, Path(base), command=command)
     return results, rows
+
+
+def _run_with_threads(config: FinetuneConfig, threads: int) -> Result:
+    """One run in a worker process of :func:`compare`, with ``threads`` torch threads."""
+    torch.set_num_threads(threads)
+    return run(config)
 
 
 def _stamp() -> str:

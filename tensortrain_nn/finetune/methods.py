@@ -26,6 +26,12 @@ Load = Callable[[nn.Module, Path], nn.Module]
 
 #: Default learning rate of each method (``FinetuneConfig.lr`` overrides it).
 DEFAULT_LR: dict[str, float] = {"head": 1e-3, "lora": 1e-3, "full": 5e-5, "rep": 2e-3, "adp": 1e-3}
+#: LoRETTA options used unless ``method_options`` sets them: norms train too, as in the LoRETTA
+#: code (the settings compared on the default task are in docs/finetune.md).
+TT_DEFAULTS: dict[str, dict[str, Any]] = {
+    "rep": {"trainable_norms": True},
+    "adp": {"trainable_norms": True},
+}
 #: peft LoRA options used unless ``method_options`` sets them.
 LORA_DEFAULTS: dict[str, Any] = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05}
 #: Attention projections that LoRA targets, by the names a model's modules use.
@@ -160,6 +166,7 @@ def _tensortrain_nn() -> Any:
 
 def _tt_setup(mode: str) -> Setup:
     def setup(model: nn.Module, options: dict[str, Any]) -> tuple[nn.Module, str]:
+        options = {**TT_DEFAULTS[mode], **options}
         patched = _tensortrain_nn().patch(model, mode=mode, **options)
         model = patched if isinstance(patched, nn.Module) else model
         shown = ", ".join(f"{k}={v}" for k, v in options.items())

@@ -109,7 +109,9 @@ def test_run_saves_and_reloads(tiny_bert: str, tiny_csv: str, tmp_path: Path, me
     assert json.loads((out / "labels.json").read_text()) == {"neg": 0, "pos": 1}
     assert result.labels == ["neg", "pos"] and result.num_test == 16 and result.num_train == 32
     assert len(result.history) == 2 and result.adapter_bytes > 0
-    assert result.trainable_params == result.adapter_params + result.head_params
+    assert (
+        result.trainable_params == result.adapter_params + result.head_params + result.other_params
+    )
     assert result.head_params == 32 * 2 + 2
     assert 0 < result.trainable_share <= 1
     # Reloading the saved run reproduces the reported accuracy exactly.
@@ -252,5 +254,6 @@ def test_loretta_methods(tiny_bert: str, tiny_csv: str, tmp_path: Path, method: 
     config = _config(tiny_bert, tiny_csv, tmp_path, method=method, epochs=1, method_options=options)
     result = run(config)
     assert 0 < result.adapter_params < 32 * 32 * 8
+    assert result.other_params == 2 * 32 * (2 * 2 + 1)  # LayerNorms train by default: 5 of them
     assert result.adapter_bytes > 0
     assert evaluate(result.output_dir or "")["accuracy"] == pytest.approx(result.accuracy)
