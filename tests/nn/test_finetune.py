@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib.util
 import json
 import random
@@ -156,6 +157,22 @@ def test_compare_writes_table_and_plot(tiny_bert: str, tiny_csv: str, tmp_path: 
     for name in ("compare.md", "compare.json", "compare.png"):
         assert (tmp_path / "cmp" / name).stat().st_size > 0
     assert "± " in (tmp_path / "cmp" / "compare.md").read_text()
+
+
+def test_compare_in_parallel_processes_matches_one_at_a_time(
+    tiny_bert: str, tiny_csv: str, tmp_path: Path
+) -> None:
+    one = _config(tiny_bert, tiny_csv, tmp_path, epochs=1, output_dir=str(tmp_path / "one"))
+    two = dataclasses.replace(one, output_dir=str(tmp_path / "two"))
+    serial, _ = compare(one, ["rep", "head"], seeds=[0])
+    parallel, _ = compare(two, ["rep", "head"], seeds=[0], jobs=2)
+    assert [r.method for r in parallel] == ["rep", "head"]
+    for a, b in zip(serial, parallel):
+        assert a.accuracy == b.accuracy and a.history[-1]["loss"] == pytest.approx(
+            b.history[-1]["loss"]
+        )
+    with pytest.raises(FinetuneError, match="jobs must be >= 1, got 0"):
+        compare(one, ["head"], jobs=0)
 
 
 def test_evaluate_unseen_label(tiny_bert: str, tiny_csv: str, tmp_path: Path) -> None:
