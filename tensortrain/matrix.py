@@ -71,12 +71,19 @@ class TTMatrix(TTBase):
         return TTMatrix([c.transpose(1, 2) for c in self._cores])
 
     def full(self) -> torch.Tensor:
-        """Materialise the dense ``(M, N)`` matrix: ``O(M N r)`` time, ``O(M N)`` memory."""
-        d = self.d
-        dense = ops.full(self._merged())  # (m_1 n_1, ..., m_d n_d)
-        dense = dense.reshape([s for c in self._cores for s in c.shape[1:3]])
-        perm = [2 * k for k in range(d)] + [2 * k + 1 for k in range(d)]
-        return dense.permute(perm).reshape(self.shape)
+        """Materialise the dense ``(M, N)`` matrix: ``O(M N r)`` time, ``O(M N)`` memory.
+
+        The cores are split into a left and a right half, each reconstructed as a small block
+        ``(M_1, N_1, r)`` and ``(r, M_2, N_2)``; one batched matmul over ``(M_1, M_2)`` then writes
+        the result directly in row-major ``(M, N)`` order, with no transpose of the big matrix.
+        """
+        if self.d == 1:
+            return self._cores[0][0, :, :, 0]
+        k = self.d // 2
+        left = _block(self._cores[:k])[0]  # (M_1, N_1, r)
+        right = _block(self._cores[k:])[..., 0]  # (r, M_2, N_2)
+        dense = torch.matmul(left.unsqueeze(1), right.transpose(0, 1).unsqueeze(0))
+        return dense.reshape(self.shape)  # (M_1, M_2, N_1, N_2) is row-major (M, N)
 
     to_dense = full
 
@@ -145,6 +152,16 @@ class TTMatrix(TTBase):
         from tensortrain.contract import tt_linear
 
         return tt_linear(x, self)
+
+
+def _block(cores: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Consecutive TT-matrix cores as one ``(r_first, prod m, prod n, r_last)`` block."""
+    out = cores[0]
+    for core in cores[1:]:
+        a, rows, cols, _ = out.shape
+        _, m, n, r = core.shape
+        out = torch.einsum("aMNb,bmnr->aMmNnr", out, core).reshape(a, rows * m, cols * n, r)
+    return out
 
 
 def _unravel(i: int, modes: Sequence[int]) -> list[int]:
