@@ -17,7 +17,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from _dist_helpers import make_tiny_bert, make_tiny_csv, minilm_folder
+from _helpers import make_tiny_bert, make_tiny_csv, minilm_folder
 
 from tensortrain_nn.finetune import FinetuneConfig, FinetuneError, run
 from tensortrain_nn.finetune.checkpoint import (
@@ -199,7 +199,7 @@ def test_sigkill_then_resume_is_bit_exact(
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         env.pop(name, None)
-    script = [sys.executable, str(HERE / "_dist_helpers.py"), "pause", str(config_file), "6"]
+    script = [sys.executable, str(HERE / "_helpers.py"), "pause", str(config_file), "6"]
     proc = subprocess.Popen(script, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     marker = killed / "checkpoints" / "PAUSED"
     deadline = time.monotonic() + 180

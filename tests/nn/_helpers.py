@@ -1,9 +1,9 @@
-"""Tiny models and data for the distributed and checkpoint tests, and their subprocess worker.
+"""Tiny models and data shared by the fine-tuning tests, and the distributed tests' subprocess worker.
 
 Run as a script, this file is one process of a test job (the test sets torchrun's variables):
 
-    python _dist_helpers.py ddp CONFIG_JSON OUT_DIR       # one rank of a 2-process run
-    python _dist_helpers.py pause CONFIG_JSON STEP         # a run that hangs after checkpoint STEP
+    python _helpers.py ddp CONFIG_JSON OUT_DIR       # one rank of a 2-process run
+    python _helpers.py pause CONFIG_JSON STEP         # a run that hangs after checkpoint STEP
 """
 
 from __future__ import annotations
