@@ -119,10 +119,17 @@ def layer_variants(n: int) -> dict[str, nn.Module]:
 def bench_layer(n: int, tokens: tuple[int, int], repeats: int) -> list[str]:
     models = layer_variants(n)
     x = torch.randn(*tokens, n)
+    return training_rows(models, lambda: x, f"{n}x{n}, x {tokens}", repeats)
+
+
+def training_rows(
+    models: dict[str, nn.Module], inputs: Callable[[], torch.Tensor | dict], case: str, repeats: int
+) -> list[str]:
+    """Time one training step of each model (interleaved) and count what it saves for backward."""
     steps, fwds = {}, {}
     for name, m in models.items():
         m.train()
-        steps[name], fwds[name] = train_step(m, lambda: x)
+        steps[name], fwds[name] = train_step(m, inputs)
     times = time_interleaved(steps, repeats)
     ref = times["LoRA (peft)"]
     rows = []
@@ -130,7 +137,7 @@ def bench_layer(n: int, tokens: tuple[int, int], repeats: int) -> list[str]:
         trainable = sum(p.numel() for p in m.parameters() if p.requires_grad)
         act = saved_bytes(fwds[name], m)
         rows.append(
-            f"| {n}x{n}, x {tokens} | {name} | {trainable:,} | {times[name]:.2f} | "
+            f"| {case} | {name} | {trainable:,} | {times[name]:.2f} | "
             f"{times[name] / ref:.2f}x | {act / 2**20:.2f} |"
         )
     return rows
@@ -169,20 +176,7 @@ def bench_model(repeats: int) -> list[str]:
     for n, p in head.named_parameters():
         p.requires_grad_(n.startswith("classifier"))
     models = {"LoRETTA_rep": rep, "LoRA (peft)": lora, "LoRETTA_adp": adp, "head only": head}
-    steps, fwds = {}, {}
-    for name, m in models.items():
-        m.train()
-        steps[name], fwds[name] = train_step(m, lambda: batch)
-    times = time_interleaved(steps, repeats)
-    ref = times["LoRA (peft)"]
-    rows = []
-    for name, m in models.items():
-        trainable = sum(p.numel() for p in m.parameters() if p.requires_grad)
-        act = saved_bytes(fwds[name], m)
-        rows.append(
-            f"| MiniLM, batch 16 x 64 | {name} | {trainable:,} | {times[name]:.1f} | "
-            f"{times[name] / ref:.2f}x | {act / 2**20:.1f} |"
-        )
+    rows = training_rows(models, lambda: batch, "MiniLM, batch 16 x 64", repeats)
     # Inference: the plain model against rep merged back into plain linears.
     plain = copy.deepcopy(base).eval()
     merged = tensortrain_nn.merge_and_unload(rep).eval()
