@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tensortrain_nn import TTAdapter, TTReparam
+from tensortrain_nn import TTAdapter, TTLinear, TTReparam
 
 HIDDEN = (384, 768, 1024, 2048, 4096, 5120, 8192)
 
@@ -26,7 +26,7 @@ def row(h: int) -> str:
         adp = count(TTAdapter(nn.Linear(h, h), bottleneck=64, tt_rank=5))
         rep8 = count(TTReparam(nn.Linear(h, h), r=8, tt_rank=5))
         rep16 = count(TTReparam(nn.Linear(h, h), r=16, tt_rank=8))
-        modes = TTReparam(nn.Linear(h, h), r=16, tt_rank=8).adapters["default"].A.in_modes
+        modes = TTLinear(h, 16, rank=8).in_modes  # the modes of h that TTReparam's A uses
     dense_adp = 2 * h * 64 + 64 + h
     lora8, lora16 = 2 * 8 * h, 2 * 16 * h
     return (
