@@ -152,7 +152,7 @@ def comparison_markdown(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def plot_comparison(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    """Accuracy against trainable parameters (adapter plus head, log x) as a PNG."""
+    """Accuracy against all trainable parameters (log x) as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -166,7 +166,7 @@ def plot_comparison(rows: Sequence[dict[str, Any]], path: Path) -> None:
             r["method"], (x, 100 * r["accuracy_mean"]), textcoords="offset points", xytext=(6, 4)
         )
     ax.set_xscale("log")
-    ax.set_xlabel("trainable parameters (adapter + head, log scale)")
+    ax.set_xlabel("trainable parameters (adapter + head + norms, log scale)")
     ax.set_ylabel("held-out accuracy (%)")
     ax.set_title("accuracy vs trainable parameters")
     ax.grid(True, which="both", alpha=0.3)
