@@ -73,6 +73,26 @@ def make_tiny_csv(path: Path, n: int = 24) -> str:
     return str(path)
 
 
+def tiny_values(model: str, data: str, out: Path, **extra: Any) -> dict[str, Any]:
+    """``FinetuneConfig`` fields of a short rep run of a tiny model on the tiny CSV."""
+    values: dict[str, Any] = {
+        "method": "rep",
+        "model": model,
+        "data": data,
+        "text_column": "review",
+        "label_column": "sentiment",
+        "test_size": 16,
+        "epochs": 2,
+        "batch_size": 8,
+        "max_length": 16,
+        "progress": False,
+        "device": "cpu",
+        "output_dir": str(out),
+    }
+    values.update(extra)
+    return values
+
+
 def digest(model: nn.Module) -> str:
     """sha256 of every trainable tensor's bytes, in parameter order."""
     h = hashlib.sha256()

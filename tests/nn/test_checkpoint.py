@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from _helpers import make_tiny_bert, make_tiny_csv, minilm_folder
+from _helpers import make_tiny_bert, make_tiny_csv, minilm_folder, tiny_values
 
 from tensortrain_nn.finetune import FinetuneConfig, FinetuneError, run
 from tensortrain_nn.finetune.checkpoint import (
@@ -45,32 +44,8 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     }
 
 
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _values(assets: dict[str, str], out: Path, **extra: Any) -> dict[str, Any]:
-    values: dict[str, Any] = {
-        "method": "rep",
-        "model": assets["model"],
-        "data": assets["data"],
-        "text_column": "review",
-        "label_column": "sentiment",
-        "test_size": 16,
-        "epochs": 2,
-        "batch_size": 8,
-        "max_length": 16,
-        "progress": False,
-        "device": "cpu",
-        "output_dir": str(out),
-        "checkpoint_every": 1,
-    }
-    values.update(extra)
-    return values
+    return tiny_values(assets["model"], assets["data"], out, **{"checkpoint_every": 1, **extra})
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from _helpers import make_tiny_bert, make_tiny_csv, minilm_folder, trainable
+from _helpers import make_tiny_bert, make_tiny_csv, minilm_folder, tiny_values, trainable
 
 from tensortrain_nn.finetune import FinetuneConfig, run
 from tensortrain_nn.finetune.distributed import DistInfo, shard, trainable_bytes
@@ -40,32 +39,10 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     }
 
 
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _values(assets: dict[str, str], out: Path, **extra: Any) -> dict[str, Any]:
-    values: dict[str, Any] = {
-        "method": "rep",
-        "model": assets["model"],
-        "data": assets["data"],
-        "text_column": "review",
-        "label_column": "sentiment",
-        "test_size": 16,
-        "epochs": 2,
-        "batch_size": 8,
-        "max_length": 16,
-        "method_options": {"dropout": 0.0},
-        "progress": False,
-        "device": "cpu",
-        "output_dir": str(out),
-    }
-    values.update(extra)
-    return values
+    return tiny_values(
+        assets["model"], assets["data"], out, **{"method_options": {"dropout": 0.0}, **extra}
+    )
 
 
 def _free_port() -> int:
