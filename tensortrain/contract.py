@@ -41,7 +41,7 @@ import torch
 
 from tensortrain._cores import check_cores, ranks_of
 from tensortrain.errors import TTShapeError, TTTypeError
-from tensortrain.matrix import TTMatrix
+from tensortrain.matrix import TTMatrix, dense
 
 #: How many times more FLOP/s a dense GEMM achieves than the TT contraction chain (cost model).
 DENSE_SPEEDUP = 2.0
@@ -240,11 +240,6 @@ class _TTLinear(torch.autograd.Function):
         return (dx, None, *grads)
 
 
-def dense_weight(cores: Sequence[torch.Tensor]) -> torch.Tensor:
-    """The dense ``(M, N)`` matrix of TT-matrix cores (materialises it: ``O(M N)`` memory)."""
-    return TTMatrix(cores).full()
-
-
 def tt_linear(
     x: torch.Tensor,
     weight: TTMatrix | Sequence[torch.Tensor],
@@ -287,7 +282,7 @@ def tt_linear(
     batch = math.prod(lead)
     groups = _planned(max(batch, 1), row_modes, col_modes, ranks_of(cores)) if batch else ()
     if not groups:
-        y = x @ dense_weight(cores).T
+        y = x @ dense(cores).T  # the planned dense path: reconstruct, then one GEMM
     else:
         blocks = [_merge_block(cores, k0, k1) for k0, k1 in groups]
         dims = tuple(

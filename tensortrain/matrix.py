@@ -77,13 +77,7 @@ class TTMatrix(TTBase):
         ``(M_1, N_1, r)`` and ``(r, M_2, N_2)``; one batched matmul over ``(M_1, M_2)`` then writes
         the result directly in row-major ``(M, N)`` order, with no transpose of the big matrix.
         """
-        if self.d == 1:
-            return self._cores[0][0, :, :, 0]
-        k = self.d // 2
-        left = _block(self._cores[:k])[0]  # (M_1, N_1, r)
-        right = _block(self._cores[k:])[..., 0]  # (r, M_2, N_2)
-        dense = torch.matmul(left.unsqueeze(1), right.transpose(0, 1).unsqueeze(0))
-        return dense.reshape(self.shape)  # (M_1, M_2, N_1, N_2) is row-major (M, N)
+        return dense(self._cores)
 
     to_dense = full
 
@@ -152,6 +146,21 @@ class TTMatrix(TTBase):
         from tensortrain.contract import tt_linear
 
         return tt_linear(x, self)
+
+
+def dense(cores: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The dense ``(M, N)`` matrix of already validated TT-matrix cores (see :meth:`TTMatrix.full`).
+
+    For hot paths (a layer rebuilding its weight every forward): no validation, no object.
+    """
+    if len(cores) == 1:
+        return cores[0][0, :, :, 0]
+    k = len(cores) // 2
+    left = _block(cores[:k])[0]  # (M_1, N_1, r)
+    right = _block(cores[k:])[..., 0]  # (r, M_2, N_2)
+    out = torch.matmul(left.unsqueeze(1), right.transpose(0, 1).unsqueeze(0))
+    # (M_1, M_2, N_1, N_2) is row-major (M, N)
+    return out.reshape(out.shape[0] * out.shape[1], out.shape[2] * out.shape[3])
 
 
 def _block(cores: Sequence[torch.Tensor]) -> torch.Tensor:

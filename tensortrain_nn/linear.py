@@ -11,6 +11,7 @@ from torch import nn
 from tensortrain import TTMatrix, tt_linear, tt_matrix_svd
 from tensortrain.errors import TTShapeError, TTTypeError, TTValueError
 from tensortrain.init import linear_init_std, random_cores
+from tensortrain.matrix import dense
 from tensortrain.shapes import choose_modes, resolve_ranks
 
 
@@ -126,7 +127,7 @@ class TTLinear(nn.Module):
     @property
     def weight(self) -> torch.Tensor:
         """The dense ``(out_features, in_features)`` weight. Materialises it: ``O(M N)`` memory."""
-        return self.tt.full()
+        return dense(list(self.cores))
 
     @property
     def num_parameters(self) -> int:
