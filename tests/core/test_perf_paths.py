@@ -20,13 +20,13 @@ def _cores(rows, cols, rank, gen, dtype=torch.float64, grad=False):
     ]
 
 
-@pytest.mark.parametrize("recompute", [True, False])
+@pytest.mark.parametrize("chunk_bytes", [1, contract.CHUNK_BYTES])
 @pytest.mark.parametrize(("rows", "cols"), [((4, 4, 4), (4, 4, 4)), ((3, 3, 3, 3), (3, 3, 3, 3))])
-def test_gradcheck_block_sweep(monkeypatch, recompute, rows, cols):
-    monkeypatch.setattr(contract, "RECOMPUTE", recompute)
+def test_gradcheck_block_sweep(monkeypatch, chunk_bytes, rows, cols):
+    monkeypatch.setattr(contract, "CHUNK_BYTES", chunk_bytes)  # 1: one row per chunk
     gen = torch.Generator().manual_seed(0)
     cores = _cores(rows, cols, 2, gen, grad=True)
-    x = torch.randn(2, TTMatrix(cores).shape[1], generator=gen, dtype=torch.float64)
+    x = torch.randn(3, TTMatrix(cores).shape[1], generator=gen, dtype=torch.float64)
     x.requires_grad_()
     assert plan(2, rows, cols, TTMatrix(cores).ranks).kind == "tt"
     assert torch.autograd.gradcheck(lambda x, *c: tt_linear(x, list(c)), (x, *cores))
@@ -37,9 +37,13 @@ def test_square_ttm_plan_groups_in_two_blocks():
     assert p.kind == "tt" and p.groups == ((0, 2), (2, 4))
 
 
-@pytest.mark.parametrize("recompute", [True, False])
-def test_block_sweep_matches_dense_with_grads(monkeypatch, recompute):
-    monkeypatch.setattr(contract, "RECOMPUTE", recompute)
+@pytest.mark.parametrize("chunk_bytes", [1, 3 * 8 * 48, contract.CHUNK_BYTES])
+def test_block_sweep_matches_dense_with_grads(monkeypatch, chunk_bytes):
+    # one row per chunk; 3 rows per chunk (35 rows: a short last chunk); one chunk
+    monkeypatch.setattr(contract, "CHUNK_BYTES", chunk_bytes)
+    assert contract._chunk_rows(
+        torch.zeros(35, 64, dtype=torch.float64), ((1, 16, 16, 3), (3, 4, 4, 1))
+    ) in (1, 3, 35)
     gen = torch.Generator().manual_seed(1)
     cores = _cores((4, 4, 4), (4, 4, 4), 3, gen, grad=True)
     x = torch.randn(5, 7, 64, generator=gen, dtype=torch.float64, requires_grad=True)
@@ -53,28 +57,33 @@ def test_block_sweep_matches_dense_with_grads(monkeypatch, recompute):
         assert_close(a, b)
 
 
-def test_recompute_saves_less_than_storing(monkeypatch):
+def test_backward_stores_only_input_and_blocks():
+    """The sweep's intermediates (8x the input here) are recomputed in backward, not stored."""
     gen = torch.Generator().manual_seed(2)
     cores = _cores((8, 8, 8, 8), (8, 8, 8, 8), 8, gen, dtype=torch.float32, grad=True)
     x = torch.randn(32, 4096, generator=gen)
+    saved = {}
 
-    def saved_bytes() -> int:
-        total = 0
+    def pack(t):
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
 
-        def pack(t):
-            nonlocal total
-            total += t.numel() * t.element_size()
-            return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = tt_linear(x, cores)
+    blocks = sum(64 * 64 * 8 * 4 for _ in range(2))
+    core_bytes = sum(c.numel() * 4 for c in cores)
+    assert sum(saved.values()) <= x.numel() * 4 + blocks + core_bytes
+    assert y.numel() * 8 > x.numel() * 4 + blocks + core_bytes  # an intermediate would not fit
 
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            tt_linear(x, cores)
-        return total
 
-    monkeypatch.setattr(contract, "RECOMPUTE", True)
-    light = saved_bytes()
-    monkeypatch.setattr(contract, "RECOMPUTE", False)
-    heavy = saved_bytes()
-    assert light < heavy / 4
+def test_chunked_forward_matches_one_chunk(monkeypatch):
+    gen = torch.Generator().manual_seed(6)
+    cores = _cores((8, 8, 8, 8), (8, 8, 8, 8), 8, gen, dtype=torch.float32)
+    x = torch.randn(70, 4096, generator=gen)
+    assert contract._chunk_rows(x, ((1, 64, 64, 8), (8, 64, 64, 1))) == 8
+    chunked = tt_linear(x, cores)
+    monkeypatch.setattr(contract, "CHUNK_BYTES", 1 << 40)
+    assert_close(chunked, tt_linear(x, cores))
 
 
 @pytest.mark.parametrize("cap", [None, 3])
