@@ -30,7 +30,7 @@ def _use_gram(mat: torch.Tensor, delta: float | torch.Tensor, cap: int | None) -
     return float(delta) > 0.0
 
 
-def _rank(tail2: torch.Tensor, delta2: torch.Tensor, cap: int | None) -> int:
+def rank_from_tail(tail2: torch.Tensor, delta2: torch.Tensor, cap: int | None) -> int:
     rank = max(1, int((tail2 > delta2).sum()))
     return rank if cap is None else min(rank, cap)
 
@@ -50,7 +50,7 @@ def _gram_svd(
         return None  # a tolerance this small needs the SVD's accuracy to pick the rank
     evals = evals.clamp_min(0)
     tail2 = torch.flip(torch.cumsum(torch.flip(evals, (0,)), 0), (0,))
-    rank = _rank(tail2, (delta2 - margin).clamp_min(0), cap)
+    rank = rank_from_tail(tail2, (delta2 - margin).clamp_min(0), cap)
     u = evecs[:, :rank]
     rest = u.mT @ mat  # = diag(s) @ vh, exactly the projection
     s = torch.linalg.vector_norm(rest, dim=1)
@@ -83,7 +83,7 @@ def truncated_svd(
     u, s, vh = torch.linalg.svd(work, full_matrices=False)
     tail2 = torch.flip(torch.cumsum(torch.flip(s.detach() ** 2, (0,)), 0), (0,))
     delta2 = torch.as_tensor(delta, dtype=tail2.dtype, device=tail2.device) ** 2
-    rank = _rank(tail2, delta2, cap)
+    rank = rank_from_tail(tail2, delta2, cap)
     u, s, vh = u[:, :rank], s[:rank], vh[:rank]
     if work is not mat:
         u, s, vh = u.to(mat.dtype), s.to(mat.dtype), vh.to(mat.dtype)

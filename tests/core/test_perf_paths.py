@@ -1,21 +1,31 @@
-"""The fast paths: block-grouped tt_linear with its custom backward, Gram-side truncated SVD."""
+"""The fast paths: chunked block sweep of tt_linear, Gram-side truncated SVD and rounding."""
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 import tensortrain.contract as contract
-from tensortrain import TTMatrix, plan, tt_linear, tt_svd
+from tensortrain import TTMatrix, ops, plan, round_cores, tt_linear, tt_svd
 from tensortrain._svd import truncated_svd
-from tensortrain.testing import assert_close
+from tensortrain.testing import assert_close, tt_tensors
 
 
-def _cores(rows, cols, rank, gen, dtype=torch.float64, grad=False):
+def _cores(rows, cols, rank, gen, dtype=torch.float64, grad=False, tensor=False):
+    """TT-matrix cores ``(r, m, n, r')``, or TT tensor cores ``(r, m, r')`` with ``tensor``."""
     d = len(rows)
     ranks = [1] + [rank] * (d - 1) + [1]
     return [
         torch.randn(
-            ranks[k], rows[k], cols[k], ranks[k + 1], generator=gen, dtype=dtype, requires_grad=grad
+            ranks[k],
+            rows[k],
+            *(() if tensor else (cols[k],)),
+            ranks[k + 1],
+            generator=gen,
+            dtype=dtype,
+            requires_grad=grad,
         )
+        / (rows[k] * ranks[k]) ** 0.5
         for k in range(d)
     ]
 
@@ -119,3 +129,97 @@ def test_compile_does_not_trace_planning():
     x = torch.randn(6, 64, generator=gen)
     compiled = torch.compile(lambda x: tt_linear(x, cores), backend="eager", fullgraph=True)
     assert_close(compiled(x), tt_linear(x, cores))
+
+
+# ------------------------------------------------------------------ Gram-path rounding
+
+
+def _exact_round(cores, **kw):
+    """Rounding through the QR and SVD sweeps only."""
+    from unittest import mock
+
+    with mock.patch.object(ops, "_gram_round_applies", return_value=False):
+        return round_cores(cores, **kw)
+
+
+def _rel_err(cores, ref_dense):
+    return float(
+        torch.linalg.vector_norm(ops.full(cores) - ref_dense) / torch.linalg.vector_norm(ref_dense)
+    )
+
+
+@st.composite
+def _sums(draw):
+    """A TT plus a smaller one (as rounding meets it after addition), float64, 2-5 cores."""
+    a = draw(tt_tensors(min_ndim=2, max_ndim=5, max_rank=4))
+    b = draw(tt_tensors(shape=a.shape, max_rank=4))
+    weight = draw(st.sampled_from([0.0, 1e-6, 1e-2, 1.0]))
+    return ops.add(a.cores, ops.scale(b.cores, weight))
+
+
+@given(_sums(), st.integers(1, 4), st.sampled_from([None, 1e-3, 0.1, 0.5]))
+def test_gram_rounding_keeps_the_error_of_the_exact_sweeps(cores, cap, eps):
+    dense = ops.full(cores)
+    if float(torch.linalg.vector_norm(dense)) < 1e-12:
+        return
+    got = ops._gram_round(cores, eps, [cap] * (len(cores) - 1))
+    exact = _exact_round(cores, eps=eps, max_rank=cap)
+    err_exact = _rel_err(exact, dense)
+    if got is None:  # declined (a tiny discarded part at a tiny gap): the exact sweeps answer
+        assert eps is None
+        assert_close(ops.full(round_cores(cores, max_rank=cap)), ops.full(exact), rtol=0.0)
+        return
+    err = _rel_err(got, dense)
+    assert max(c.shape[-1] for c in got[:-1]) <= cap
+    assert err <= err_exact * (1 + 1e-4) + 1e-7
+    if eps is not None and all(c.shape[-1] < cap for c in got[:-1]):  # the cap never bound
+        assert err <= eps * (1 + 1e-9)
+    for core in got[:-1]:  # left-orthonormal cores: the result is a projection of the input
+        mat = core.reshape(-1, core.shape[-1])
+        assert_close(mat.mT @ mat, torch.eye(mat.shape[1], dtype=mat.dtype), rtol=1e-12)
+
+
+def test_gram_rounding_matches_exact_sweeps_on_the_benchmark_case():
+    gen = torch.Generator().manual_seed(2)
+    main, small = (_cores([16] * 6, None, r, gen, tensor=True) for r in (8, 24))
+    a = ops.add(main, ops.scale(small, 1e-2))
+    got = ops._gram_round(a, None, [8] * 5)
+    assert got is not None  # this case is taken by the Gram path
+    exact = _exact_round(a, max_rank=8)
+    assert [c.shape for c in got] == [c.shape for c in exact]
+    # the same truncation: equal up to float64 round-off (the Gram matrices square it)
+    assert_close(ops.full(got), ops.full(exact), rtol=1e-10)
+
+
+def test_gram_rounding_declines_a_tiny_tail_without_gap_and_falls_back():
+    # bond 1 singular values (1, 1e-9, 1e-9): a cap of 2 drops 1e-9 right at a zero gap
+    gen = torch.Generator().manual_seed(7)
+    u = torch.linalg.qr(torch.randn(6, 3, generator=gen, dtype=torch.float64))[0]
+    v = torch.linalg.qr(torch.randn(6, 3, generator=gen, dtype=torch.float64))[0]
+    s = torch.tensor([1.0, 1e-9, 1e-9], dtype=torch.float64)
+    cores = [u.reshape(1, 6, 3), (s[:, None] * v.mT).reshape(3, 6, 1)]
+    assert ops._gram_round(cores, None, [2]) is None
+    got = round_cores(cores, max_rank=2)  # the QR and SVD sweeps answer instead
+    assert abs(_rel_err(got, ops.full(cores)) - 1e-9) < 1e-15
+
+
+def test_gram_rounding_is_skipped_for_float32_autograd_and_tiny_eps():
+    gen = torch.Generator().manual_seed(8)
+    cores = _cores([4] * 4, None, 3, gen, tensor=True)
+    assert ops._gram_round_applies(cores, 0.1)
+    assert not ops._gram_round_applies(cores, 1e-6)  # eps^2 / (d - 1) below GRAM_MIN_DELTA2
+    assert not ops._gram_round_applies([c.float() for c in cores], 0.1)
+    assert not ops._gram_round_applies([c.requires_grad_() for c in cores], 0.1)
+    with torch.no_grad():
+        assert ops._gram_round_applies(cores, 0.1)
+
+
+@pytest.mark.parametrize("magnitude", [1e-280, 1e250])
+def test_gram_rounding_with_extreme_core_magnitudes(magnitude):
+    gen = torch.Generator().manual_seed(9)
+    cores = _cores([5] * 4, None, 4, gen, tensor=True)
+    ref = _exact_round(cores, max_rank=2)
+    scaled = [cores[0] * magnitude, cores[1] / magnitude, *cores[2:]]  # the same tensor
+    got = ops._gram_round(scaled, None, [2] * 3)
+    assert got is not None
+    assert_close(ops.full(got), ops.full(ref), rtol=1e-10)
