@@ -36,6 +36,12 @@ $(BENCH_VENV)/.installed: pyproject.toml constraints.txt
 	$(BENCH_VENV)/bin/pip install -q --no-deps -e .
 	touch $@
 
-.PHONY: bench-core
+.PHONY: bench-core bench-layers
 bench-core: $(BENCH_VENV)/.installed
 	$(BENCH_VENV)/bin/python benchmarks/core_bench.py
+
+# LoRETTA layers against peft's LoRA on the packaged MiniLM (the project environment has peft).
+bench-layers: $(VENV)/.installed
+	$(BIN)/python benchmarks/layer_bench.py
+
+bench: bench-core bench-layers

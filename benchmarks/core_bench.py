@@ -20,7 +20,7 @@ import importlib.metadata
 import os
 import sys
 
-_THREADS = "1"
+_THREADS = "1"  # the OpenMP pool's start size; each table sets torch's thread count itself
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(_var, _THREADS)
 
@@ -436,14 +436,13 @@ def write_section(text: str, path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=int(_THREADS))
+    ap.add_argument("--threads", default="1,2", help="torch thread counts, one table each")
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="3 repeats, print only")
     ap.add_argument("--only", default="", help="comma-separated case indices (0-5)")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
     repeats = 3 if args.quick else args.repeats
     mods = _peers()
     makers = [
@@ -456,21 +455,27 @@ def main() -> None:
     ]
     if args.only:
         makers = [makers[int(i)] for i in args.only.split(",")]
-    cases = []
-    for make in makers:
-        case = make(mods)
-        run_case(case, args.warmup, repeats)
-        cases.append(case)
-        print(table([case], mods).split("\n", 2)[2], flush=True)
+    tables = []
+    for threads in (int(t) for t in args.threads.split(",")):
+        torch.set_num_threads(threads)
+        cases = []
+        for make in makers:
+            case = make(mods)
+            run_case(case, args.warmup, repeats)
+            cases.append(case)
+            print(f"[{threads} thread(s)]", table([case], mods).split("\n", 2)[2], flush=True)
+        plural = "" if threads == 1 else "s"
+        tables.append(
+            f"### {threads} thread{plural}\n\n`torch.set_num_threads({threads})`; 1-minute load "
+            f"average at the end: {os.getloadavg()[0]:.2f}.\n\n{table(cases, mods)}\n"
+        )
     versions = ", ".join(f"{n} {_version(n, m)}" for n, m in mods.items())
-    load = os.getloadavg()[0]
     text = f"""{SECTION}
 
 Produced by `benchmarks/core_bench.py` (`make bench-core`); one run, {repeats} repeats per
-library after {args.warmup} warm-up calls, interleaved round-robin, median wall time. torch
-{torch.__version__} on {platform.processor() or platform.machine()} with
-`torch.set_num_threads({args.threads})` (and `OMP_NUM_THREADS={os.environ["OMP_NUM_THREADS"]}`);
-1-minute load average at the end of the run: {load:.2f}. Peers: {versions}.
+library after {args.warmup} warm-up calls, interleaved round-robin, median wall time; one table
+per torch thread count, every library under the same count. torch {torch.__version__} on
+{platform.processor() or platform.machine()}. Peers: {versions}.
 
 "Ratio" is this library's median over the fastest peer's (tensortrain and the dense matmul are not
 peers). "Relative error" is `||result - reference|| / ||reference||` against a float64 reference:
@@ -479,10 +484,10 @@ the TT-matrix cases, `x @ W.T` in float64, or the worst of the gradients with re
 each core (backward), or the dense float64 matrix. GFLOP/s for the TT-matrix cases counts a
 nominal {_ttm_flops(256) / 1e9:.2f} GFLOP per forward (the cheapest contraction order), three times
 that for forward + backward, and the core-by-core reconstruction for to-dense; the dense matmul row
-counts its own `2 B M N` (three times that with backward: `y`, `dx` and `dW`).
+counts its own `2 B M N` (three times that with backward: `y`, `dx` and `dW`): the dense rows show
+how many FLOP/s one large GEMM reaches on this machine in the same run.
 
-{table(cases, mods)}
-"""
+{chr(10).join(tables)}"""
     if args.quick:
         print(text)
         return

@@ -8,9 +8,12 @@ Cases (float32, CPU, median of repeated steps after warm-up, methods interleaved
 * the packaged MiniLM, batch 16 x sequence 64, targets query/value: one training step of rep, LoRA,
   adp and head-only, and inference of the plain model against rep after ``merge_and_unload``.
 
-Activation memory is the bytes of the tensors autograd saves for backward (unique storages,
-parameters excluded), measured with ``torch.autograd.graph.saved_tensors_hooks``: deterministic,
-unlike process RSS.
+Memory, two ways: the bytes of the tensors autograd saves for backward (unique storages,
+parameters excluded, ``torch.autograd.graph.saved_tensors_hooks``: deterministic), and the peak
+resident memory of a training step above the loaded model, each method in a fresh process (Linux:
+the peak is reset through ``/proc/self/clear_refs`` after a warm-up step and read from ``VmHWM``;
+``MALLOC_MMAP_THRESHOLD_`` makes large buffers go back to the system when freed, so the peak tracks
+live tensors rather than the allocator's cache).
 
     python benchmarks/layer_bench.py [--threads 1] [--repeats 15] [--quick]
 """
@@ -19,9 +22,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import importlib.util
+import math
 import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +39,9 @@ from torch import nn
 import tensortrain_nn
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+PLOT = DOC.parent / "results" / "layers.png"
 HEADING = "## Layers"
+Inputs = Callable[[], torch.Tensor | dict]
 
 
 def saved_bytes(step: Callable[[], torch.Tensor], model: nn.Module) -> int:
@@ -52,12 +61,13 @@ def saved_bytes(step: Callable[[], torch.Tensor], model: nn.Module) -> int:
 
 
 def time_interleaved(steps: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median milliseconds of each callable, calling them round-robin after two warm-ups."""
+    """Median milliseconds of each callable, called round-robin after two warm-ups each."""
     for fn in steps.values():
         fn(), fn()
     times: dict[str, list[float]] = {k: [] for k in steps}
-    for _ in range(repeats):
-        for name, fn in steps.items():
+    order = list(steps.items())
+    for i in range(repeats):  # the order rotates, so no method always follows the same one
+        for name, fn in order[i % len(order) :] + order[: i % len(order)]:
             t0 = time.perf_counter()
             fn()
             times[name].append((time.perf_counter() - t0) * 1e3)
@@ -96,51 +106,163 @@ class Holder(nn.Module):
         return self.proj(x)
 
 
-def layer_variants(n: int) -> dict[str, nn.Module]:
+METHODS = ("LoRETTA_rep", "LoRA (peft)", "LoRETTA_adp")
+MODEL_METHODS = (*METHODS, "head only")
+SINGLE = {"384": (384, (16, 64)), "4096": (4096, (4, 128))}
+
+
+def build(case: str, method: str) -> tuple[nn.Module, Inputs]:
+    """The model of one method for one case, and its inputs; deterministic (seed 0)."""
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(0)
-    base = Holder(n)
-    for p in base.parameters():
-        p.requires_grad_(False)
-    lora = get_peft_model(
-        copy.deepcopy(base),
-        LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["proj"]),
-    )
-    rep = tensortrain_nn.patch(
-        copy.deepcopy(base), mode="rep", target_modules=["proj"], init="paper"
-    )
-    adp = tensortrain_nn.patch(
-        copy.deepcopy(base), mode="adp", target_modules=["proj"], init="paper"
-    )
-    return {"LoRETTA_rep": rep, "LoRA (peft)": lora, "LoRETTA_adp": adp}
+    if case in SINGLE:
+        n, tokens = SINGLE[case]
+        base: nn.Module = Holder(n)
+        for p in base.parameters():
+            p.requires_grad_(False)
+        x = torch.randn(*tokens, n)
+        inputs: Inputs = lambda: x  # noqa: E731
+        targets, task = ["proj"], None
+    else:
+        base = minilm()
+        ids = torch.randint(1000, 20000, (16, 64))
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        inputs = lambda: batch  # noqa: E731
+        targets, task = ["query", "value"], "SEQ_CLS"
+    if method == "LoRA (peft)":
+        cfg = LoraConfig(
+            r=8, lora_alpha=16, lora_dropout=0.05, target_modules=targets, task_type=task
+        )
+        return get_peft_model(base, cfg), inputs
+    if method == "head only":
+        for name, p in base.named_parameters():
+            p.requires_grad_(name.startswith("classifier"))
+        return base, inputs
+    mode = "rep" if method == "LoRETTA_rep" else "adp"
+    kw = {"target_modules": targets} if case in SINGLE else {}
+    return tensortrain_nn.patch(base, mode=mode, init="paper", **kw), inputs
 
 
-def bench_layer(n: int, tokens: tuple[int, int], repeats: int) -> list[str]:
-    models = layer_variants(n)
-    x = torch.randn(*tokens, n)
-    return training_rows(models, lambda: x, f"{n}x{n}, x {tokens}", repeats)
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
 
 
-def training_rows(
-    models: dict[str, nn.Module], inputs: Callable[[], torch.Tensor | dict], case: str, repeats: int
-) -> list[str]:
-    """Time one training step of each model (interleaved) and count what it saves for backward."""
-    steps, fwds = {}, {}
-    for name, m in models.items():
+def peak_step_mib(case: str, method: str, threads: int) -> float:
+    """Peak resident memory of two training steps above the state before them (MiB); in a child."""
+    torch.set_num_threads(threads)
+    model, inputs = build(case, method)
+    model.train()
+    step, _ = train_step(model, inputs)
+    step()  # warm-up: optimiser state and one-time initialisation
+    gc.collect()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current resident size
+        before = _status_kib("VmRSS")
+    except OSError:
+        return math.nan
+    step()
+    step()
+    return (_status_kib("VmHWM") - before) / 1024
+
+
+def peak_in_fresh_process(case: str, method: str, threads: int) -> float:
+    """:func:`peak_step_mib` in a fresh interpreter (large buffers unmapped when freed)."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 16)}  # read by glibc at start
+    cmd = [sys.executable, __file__, "--peak", case, method, "--threads", str(threads)]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def training_rows(case: str, label: str, methods: tuple[str, ...], repeats: int, threads: int):
+    """Step time (interleaved), saved-for-backward bytes and peak step memory of each method."""
+    steps, fwds, models = {}, {}, {}
+    for name in methods:
+        m, inputs = build(case, name)
         m.train()
+        models[name] = m
         steps[name], fwds[name] = train_step(m, inputs)
     times = time_interleaved(steps, repeats)
     ref = times["LoRA (peft)"]
-    rows = []
+    peaks = {name: peak_in_fresh_process(case, name, threads) for name in methods}
+    rows, data = [], []
     for name, m in models.items():
         trainable = sum(p.numel() for p in m.parameters() if p.requires_grad)
-        act = saved_bytes(fwds[name], m)
+        act = saved_bytes(fwds[name], m) / 2**20
         rows.append(
-            f"| {case} | {name} | {trainable:,} | {times[name]:.2f} | "
-            f"{times[name] / ref:.2f}x | {act / 2**20:.2f} |"
+            f"| {label} | {name} | {trainable:,} | {times[name]:.2f} | "
+            f"{times[name] / ref:.2f}x | {act:.2f} | {peaks[name]:.1f} | "
+            f"{peaks[name] / peaks['LoRA (peft)']:.2f}x |"
         )
-    return rows
+        data.append((name, times[name], peaks[name]))
+    return rows, data
+
+
+def inference_rows(repeats: int) -> list[str]:
+    """The plain MiniLM against LoRETTA_rep merged back into plain linears, and unmerged.
+
+    Fresh copies of the same weights run a few percent slower on CPU than the weights as loaded
+    from the checkpoint (a memory-placement effect), so the plain model is timed both ways.
+    """
+    plain, inputs = build("minilm", "head only")
+    rep, _ = build("minilm", "LoRETTA_rep")
+    unmerged = copy.deepcopy(rep).eval()
+    merged = tensortrain_nn.merge_and_unload(rep).eval()
+    batch = inputs()
+    assert isinstance(batch, dict)
+
+    def infer(m: nn.Module) -> Callable[[], object]:
+        def run() -> object:
+            with torch.no_grad():
+                return m(**batch).logits
+
+        return run
+
+    models = {
+        "plain": plain.eval(),
+        "copy": copy.deepcopy(plain),
+        "merged": merged,
+        "unmerged": unmerged,
+    }
+    inf = time_interleaved({k: infer(m) for k, m in models.items()}, repeats)
+    return [
+        f"| MiniLM inference, batch 16 x 64 | {label} | {inf[key]:.1f} | {inf[key] / inf['copy']:.2f}x |"
+        for key, label in (
+            ("plain", "plain model, as loaded"),
+            ("copy", "plain model, deep copy"),
+            ("merged", "LoRETTA_rep after merge_and_unload"),
+            ("unmerged", "LoRETTA_rep, not merged"),
+        )
+    ]
+
+
+def plot(data: list[tuple[str, float, float]], path: Path) -> None:
+    """Step time and peak step memory of each method on MiniLM, as two bar panels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [d[0] for d in data]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for ax, col, title in (
+        (axes[0], 1, "training step (ms)"),
+        (axes[1], 2, "peak step memory (MiB)"),
+    ):
+        ax.barh(names, [d[col] for d in data], color=["C0", "C1", "C2", "C7"][: len(data)])
+        ax.invert_yaxis()
+        ax.set_title(title)
+        ax.grid(True, axis="x", alpha=0.3)
+    fig.suptitle("MiniLM, batch 16 x 64, float32, CPU: LoRETTA against LoRA (peft)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def minilm(num_labels: int = 2) -> nn.Module:
@@ -155,84 +277,50 @@ def minilm(num_labels: int = 2) -> nn.Module:
     return AutoModelForSequenceClassification.from_pretrained(folder, num_labels=num_labels)
 
 
-def bench_model(repeats: int) -> tuple[list[str], list[str]]:
-    from peft import LoraConfig, get_peft_model
-
-    torch.manual_seed(0)
-    base = minilm()
-    ids = torch.randint(1000, 20000, (16, 64))
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    lora = get_peft_model(
-        copy.deepcopy(base),
-        LoraConfig(
-            r=8,
-            lora_alpha=16,
-            lora_dropout=0.05,
-            target_modules=["query", "value"],
-            task_type="SEQ_CLS",
-        ),
-    )
-    rep = tensortrain_nn.patch(copy.deepcopy(base), mode="rep", init="paper")
-    adp = tensortrain_nn.patch(copy.deepcopy(base), mode="adp", init="paper")
-    head = copy.deepcopy(base)
-    for n, p in head.named_parameters():
-        p.requires_grad_(n.startswith("classifier"))
-    models = {"LoRETTA_rep": rep, "LoRA (peft)": lora, "LoRETTA_adp": adp, "head only": head}
-    rows = training_rows(models, lambda: batch, "MiniLM, batch 16 x 64", repeats)
-    # Inference: the plain model against rep merged back into plain linears.
-    plain = copy.deepcopy(base).eval()
-    merged = tensortrain_nn.merge_and_unload(rep).eval()
-    unmerged = tensortrain_nn.patch(copy.deepcopy(base), mode="rep", init="paper").eval()
-
-    def infer(m: nn.Module) -> Callable[[], object]:
-        def run() -> object:
-            with torch.no_grad():
-                return m(**batch).logits
-
-        return run
-
-    inf = time_interleaved(
-        {"plain": infer(plain), "merged": infer(merged), "unmerged": infer(unmerged)}, repeats
-    )
-    inf_rows = [
-        f"| MiniLM inference, batch 16 x 64 | {label} | {inf[key]:.1f} | {inf[key] / inf['plain']:.2f}x |"
-        for key, label in (
-            ("plain", "plain model"),
-            ("merged", "LoRETTA_rep after merge_and_unload"),
-            ("unmerged", "LoRETTA_rep, not merged"),
-        )
-    ]
-    return rows, inf_rows
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--quick", action="store_true", help="3 repeats, print only")
+    parser.add_argument("--peak", nargs=2, metavar=("CASE", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.peak:  # the child of peak_in_fresh_process
+        print(peak_step_mib(*args.peak, args.threads))
+        return
     torch.set_num_threads(args.threads)
     repeats = 3 if args.quick else args.repeats
-    rows = bench_layer(384, (16, 64), repeats) + bench_layer(4096, (4, 128), repeats)
-    model_rows, inf_rows = bench_model(repeats)
+    rows: list[str] = []
+    for case, (n, tokens) in SINGLE.items():
+        rows += training_rows(case, f"{n}x{n}, x {tokens}", METHODS, repeats, args.threads)[0]
+    model_rows, data = training_rows(
+        "minilm", "MiniLM, batch 16 x 64", MODEL_METHODS, repeats, args.threads
+    )
+    inf_rows = inference_rows(repeats)
     load = os.getloadavg()[0]
     section = "\n".join(
         [
             HEADING,
             "",
-            f"Produced by `benchmarks/layer_bench.py`: one run, {repeats} repeats after 2 warm-ups, methods",
-            f"interleaved round-robin, median wall time; torch {torch.__version__}, {args.threads} thread(s),",
-            f"float32; 1-minute load average at the end: {load:.2f}. A step is forward, backward and AdamW",
-            'on the trainable tensors. "Saved for backward" counts the unique non-parameter storages that',
-            'autograd keeps (activation memory). TT layers use `init="paper"` so that every core has a',
-            "gradient (the zero init would make the first steps cheaper than steady state).",
+            f"Produced by `benchmarks/layer_bench.py` (`make bench-layers`): one run, {repeats} repeats after",
+            f"2 warm-ups, methods interleaved round-robin, median wall time; torch {torch.__version__},",
+            f"{args.threads} thread(s), float32; 1-minute load average at the end: {load:.2f}. A step is",
+            'forward, backward and AdamW on the trainable tensors. "Saved for backward" counts the unique',
+            'non-parameter storages that autograd keeps (activation memory); "peak step memory" is the',
+            "peak resident memory of two steps above the state before them, each method in a fresh",
+            'process (see the script\'s docstring). TT layers use `init="paper"` so that every core has a',
+            "gradient (the zero init would make the first steps cheaper than steady state). Inference",
+            "is compared with a deep copy of the plain model: freshly allocated copies of the same",
+            "weights run a few percent slower on CPU than the weights as loaded, merged or not.",
             "",
-            "| case | method | trainable | step ms | vs LoRA | saved for backward (MiB) |",
-            "| --- | --- | ---: | ---: | ---: | ---: |",
+            "| case | method | trainable | step ms | vs LoRA | saved for backward (MiB) "
+            "| peak step memory (MiB) | vs LoRA |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
             *rows,
             *model_rows,
             "",
-            "| case | model | forward ms | vs plain |",
+            f"![MiniLM step time and peak memory per method]({PLOT.relative_to(DOC.parent)})",
+            "",
+            "| case | model | forward ms | vs plain copy |",
             "| --- | --- | ---: | ---: |",
             *inf_rows,
             "",
@@ -241,6 +329,7 @@ def main() -> None:
     print(section)
     if args.quick:
         return
+    plot(data, PLOT)
     text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
     start = text.find(HEADING)
     if start >= 0:
