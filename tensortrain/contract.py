@@ -9,18 +9,24 @@ first. The running tensor keeps the layout ``(B, N_1..N_{j-1}, N_j R_j, M_{j+1}.
 step is one matrix product (a single GEMM for the last block, a batched one with the block's
 ``(R_{j-1} M_j, N_j R_j)`` matrix broadcast otherwise) and no step permutes or copies its input.
 
-The plan, made once per ``(batch, row_modes, col_modes, ranks)`` and cached:
+The plan, made once per ``(batch, row_modes, col_modes, ranks)`` and cached, compares modelled
+times, not bare FLOPs: on CPU a product with a narrow operand runs far below the GEMM peak (a
+``(B N, 8) @ (8, 16)`` step costs several times its FLOPs), so the FLOP-minimal grouping is often
+not the fastest. Each matrix product ``(a, k) @ (k, q)`` is charged
 
-* ``tt`` cost: the smallest FLOP count over all groupings of the cores into at least two
-  consecutive blocks (one block when ``d = 1``), counting the merges inside each block,
-  ``2 r M_a N_a s m n t`` per merged core, and the sweep, ``2 B N_{<j} (N_j R_j) (R_{j-1} M_j)
-  M_{>j}`` per block.
-* ``dense`` cost: the FLOPs to reconstruct the ``(M, N)`` matrix core by core,
-  ``sum_k 2 (prod_{j<k} m_j n_j) r_{k-1} m_k n_k r_k``, plus ``2 B M N`` for the matmul.
-* The dense path is taken when its cost is at most ``DENSE_SPEEDUP = 2`` times the ``tt`` cost:
-  one large GEMM runs about twice as many FLOP/s as a chain of smaller products (measured on CPU:
-  ``benchmarks/``). This happens for large batches with small or thin matrices; large square
-  TT-matrices at moderate batch sizes stay in TT form.
+    ``2 a k q (1 + SMALL_K / k + SMALL_A / a + SMALL_Q / q) + CALL``
+
+FLOP-equivalents (``CALL`` once per matrix of a batched product), with constants fitted to
+single-thread timings of 220 random products (median error 21%; ``benchmarks/README.md``):
+
+* ``tt`` cost: the cheapest grouping of the cores into at least two consecutive blocks (one block
+  when ``d = 1``), by dynamic programming: the merges inside each block (``2 r M_a N_a s m n t``
+  FLOPs per merged core) plus the sweep, per block one batched product of ``B N_{<j}`` matrices
+  ``(R_{j-1} M_j, N_j R_j) @ (N_j R_j, M_{>j})`` (a single GEMM for the last block).
+* ``dense`` cost: reconstructing the ``(M, N)`` matrix core by core,
+  ``sum_k 2 (prod_{j<k} m_j n_j) r_{k-1} m_k n_k r_k`` FLOPs, plus the ``(B, N) @ (N, M)`` GEMM.
+* The cheaper one runs. Large batches with small or thin matrices densify; large TT-matrices at
+  moderate batch sizes stay in TT form.
 
 On CPU the ``tt`` path sweeps the batch in chunks of rows sized so that the intermediates stay
 in cache (:data:`CHUNK_BYTES`): every step is independent per row, so the result is the same, and a
@@ -49,8 +55,9 @@ from tensortrain._cores import check_cores, ranks_of
 from tensortrain.errors import TTShapeError, TTTypeError
 from tensortrain.matrix import TTMatrix, dense
 
-#: How many times more FLOP/s a dense GEMM achieves than the TT contraction chain (cost model).
-DENSE_SPEEDUP = 2.0
+#: Cost model of one matrix product ``(a, k) @ (k, q)`` (see the module docstring): the relative
+#: surcharges of a narrow inner, row and column dimension, and the fixed cost of one matrix.
+SMALL_K, SMALL_A, SMALL_Q, CALL = 10.0, 10.0, 20.0, 9.5e3
 #: Most cores a TT-matrix may have in :func:`tt_linear` (the grouping search is ``O(d^2)``).
 MAX_CORES = 64
 
@@ -62,15 +69,25 @@ class Plan:
     Attributes:
         kind: ``"tt"`` (contract blocks of cores with the input) or ``"dense"`` (reconstruct, then
             matmul).
-        tt_flops: FLOPs of the best TT grouping (merges plus sweep).
+        tt_flops: FLOPs of the chosen TT grouping (merges plus sweep).
         dense_flops: FLOPs of reconstruction plus dense matmul.
         groups: the blocks of the ``tt`` path as ``(start, stop)`` core ranges, in order.
+        tt_cost: modelled cost of the ``tt`` path, in FLOP-equivalents.
+        dense_cost: modelled cost of the dense path, in FLOP-equivalents.
     """
 
     kind: Literal["tt", "dense"]
     tt_flops: int
     dense_flops: int
     groups: tuple[tuple[int, int], ...]
+    tt_cost: float
+    dense_cost: float
+
+
+def product_cost(count: int, a: int, k: int, q: int) -> float:
+    """Modelled cost of ``count`` products ``(a, k) @ (k, q)``, in FLOP-equivalents."""
+    flops = 2.0 * a * k * q
+    return count * (flops * (1.0 + SMALL_K / k + SMALL_A / a + SMALL_Q / q) + CALL)
 
 
 def _block_cost(
@@ -86,11 +103,12 @@ def _block_cost(
 
 def _best_groups(
     batch: int, row_modes: Sequence[int], col_modes: Sequence[int], ranks: Sequence[int]
-) -> tuple[int, tuple[tuple[int, int], ...]]:
-    """The cheapest grouping into consecutive blocks (at least two when ``d > 1``), by DP.
+) -> tuple[float, int, tuple[tuple[int, int], ...]]:
+    """The grouping into consecutive blocks (at least two when ``d > 1``) of least modelled cost.
 
-    A block's step cost depends only on the ``N`` before it and the ``M`` after it, so
-    ``best[k]``, the cheapest cover of cores ``k..d-1``, needs only ``best[k1]`` for ``k1 > k``.
+    Dynamic programming: a block's step depends only on the ``N`` before it and the ``M`` after
+    it, so ``best[k]``, the cheapest cover of cores ``k..d-1``, needs only ``best[k1]``,
+    ``k1 > k``. Returns the cost, the grouping's FLOPs and the blocks.
     """
     d = len(row_modes)
     pre_n = [1] * (d + 1)  # prod of col modes before k
@@ -100,21 +118,30 @@ def _best_groups(
     for k in range(d - 1, -1, -1):
         suf_m[k] = suf_m[k + 1] * row_modes[k]
 
-    def cost(k0: int, k1: int) -> int:
-        n_blk, m_blk = pre_n[k1] // pre_n[k0], suf_m[k0] // suf_m[k1]
-        step = 2 * batch * pre_n[k0] * n_blk * ranks[k1] * ranks[k0] * m_blk * suf_m[k1]
-        return step + _block_cost(k0, k1, row_modes, col_modes, ranks)
+    def step(k0: int, k1: int) -> tuple[float, int]:
+        merge = _block_cost(k0, k1, row_modes, col_modes, ranks)
+        p = batch * pre_n[k0]
+        a = ranks[k0] * suf_m[k0] // suf_m[k1]
+        k = pre_n[k1] // pre_n[k0] * ranks[k1]
+        q = suf_m[k1]
+        cost = product_cost(1, p, k, a) if q == 1 else product_cost(p, a, k, q)
+        return merge + cost, merge + 2 * p * a * k * q
 
-    best, nxt = [0] * (d + 1), [d] * (d + 1)
+    best: list[tuple[float, int]] = [(0.0, 0)] * (d + 1)
+    nxt = [d] * (d + 1)
     for k0 in range(d - 1, -1, -1):
-        best[k0], nxt[k0] = min((cost(k0, k1) + best[k1], k1) for k1 in range(k0 + 1, d + 1))
-    if d > 1:  # the whole matrix as one block is the dense path: exclude it
-        best[0], nxt[0] = min((cost(0, k1) + best[k1], k1) for k1 in range(1, d))
+        stops = range(k0 + 1, d + 1) if k0 or d == 1 else range(1, d)  # one block is dense
+        options = []
+        for k1 in stops:
+            c, f = step(k0, k1)
+            options.append((c + best[k1][0], f + best[k1][1], k1))
+        cost, flops, nxt[k0] = min(options)
+        best[k0] = (cost, flops)
     groups, k = [], 0
     while k < d:
         groups.append((k, nxt[k]))
         k = nxt[k]
-    return best[0], tuple(groups)
+    return best[0][0], best[0][1], tuple(groups)
 
 
 @functools.lru_cache(maxsize=512)
@@ -131,15 +158,15 @@ def plan(
     d = len(row_modes)
     if d > MAX_CORES:
         raise TTShapeError(f"tt_linear supports at most {MAX_CORES} cores, got {d}")
-    tt_flops, groups = _best_groups(batch, row_modes, col_modes, ranks)
+    tt_cost, tt_flops, groups = _best_groups(batch, row_modes, col_modes, ranks)
     M, N = math.prod(row_modes), math.prod(col_modes)
-    dense_flops = 2 * batch * M * N
-    prefix = 1
+    rebuild, prefix = 0, 1
     for k in range(d):
-        dense_flops += 2 * prefix * ranks[k] * row_modes[k] * col_modes[k] * ranks[k + 1]
+        rebuild += 2 * prefix * ranks[k] * row_modes[k] * col_modes[k] * ranks[k + 1]
         prefix *= row_modes[k] * col_modes[k]
-    kind: Literal["tt", "dense"] = "dense" if dense_flops <= DENSE_SPEEDUP * tt_flops else "tt"
-    return Plan(kind, tt_flops, dense_flops, groups)
+    dense_cost = rebuild + product_cost(1, batch, N, M)
+    kind: Literal["tt", "dense"] = "dense" if dense_cost <= tt_cost else "tt"
+    return Plan(kind, tt_flops, rebuild + 2 * batch * M * N, groups, tt_cost, dense_cost)
 
 
 @torch.compiler.assume_constant_result
