@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
@@ -56,8 +56,8 @@ class TTUpdate(nn.Module):
         if init not in ("zero", "paper"):
             raise TTValueError(f"init must be 'zero' or 'paper', got {init!r}")
         self.r, self.alpha, self.form, self.init = r, float(alpha), form, init
-        #: Recompute the update in backward instead of storing its intermediates (see forward).
-        self.recompute = True
+        #: Store less for backward than plain autograd would (see forward).
+        self.lean_backward = True
         self.scaling = self.alpha / r
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         zero = -1 if init == "zero" else None
@@ -103,21 +103,70 @@ class TTUpdate(nn.Module):
         """``(alpha / r) dW dropout(x)`` for ``x (..., in)``.
 
         In the factor form the thin factors ``A (r, in)`` and ``B (out, r)`` are materialised once
-        and applied as two thin matmuls. When training, the update is recomputed in backward
-        (activation checkpointing, dropout mask included): only ``x``, which the caller holds
-        anyway, is kept, so the layer stores less for backward than LoRA does, for about one extra
-        thin forward (``2 r (in + out)`` FLOPs a token) in backward.
+        and applied as two thin matmuls. When training (``lean_backward``, the default), the factor
+        form runs through one autograd function that keeps ``x`` (which the caller holds anyway),
+        the dropout mask (1 byte an entry) and the ``r``-wide ``dropout(x) A^T``, and rebuilds
+        ``dropout(x)`` from the mask in backward: less than LoRA stores (``dropout(x)`` in full
+        precision plus its mask), and no second draw of the mask. The full form recomputes the
+        update in backward instead (activation checkpointing, dropout replayed).
         """
-        if self.recompute and torch.is_grad_enabled() and self.B.cores[0].requires_grad:
-            out = checkpoint(self._update, x, use_reentrant=False)
-            return cast(torch.Tensor, out)
-        return self._update(x)
+        if not (self.lean_backward and torch.is_grad_enabled()):
+            return self._update(x)
+        if self.A is None:
+            return cast(torch.Tensor, checkpoint(self._update, x, use_reentrant=False))
+        x = cast_like(x, self.B.cores[0])
+        p = self.dropout.p if isinstance(self.dropout, nn.Dropout) and self.training else 0.0
+        mask = torch.empty_like(x, dtype=torch.bool).bernoulli_(1 - p) if p > 0 else None
+        out = _FactorUpdate.apply(x, self.A.weight, self.B.weight, mask, p, self.scaling)
+        return cast(torch.Tensor, out)
 
     def _update(self, x: torch.Tensor) -> torch.Tensor:
         x = self.dropout(cast_like(x, self.B.cores[0]))
         if self.A is None:
             return self.B(x) * self.scaling
         return ((x @ self.A.weight.T) * self.scaling) @ self.B.weight.T
+
+
+class _FactorUpdate(torch.autograd.Function):
+    """``y = s (dropout(x) A^T) B^T``, saving ``x``, the boolean mask and ``h = dropout(x) A^T``.
+
+    ``dropout(x) = x * mask / (1 - p)`` is exactly what ``nn.Dropout`` computes from the same mask
+    (``bernoulli_(1 - p)``), so the output equals the plain path's under the same random state.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        a: torch.Tensor,
+        b: torch.Tensor,
+        mask: torch.Tensor | None,
+        p: float,
+        scaling: float,
+    ) -> torch.Tensor:
+        xd = x if mask is None else x * mask * (1 / (1 - p))
+        h = xd @ a.mT
+        ctx.save_for_backward(x, a, b, mask, h)
+        ctx.p, ctx.scaling = p, scaling
+        return (h * scaling) @ b.mT
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, a, b, mask, h = ctx.saved_tensors
+        p, scaling = ctx.p, ctx.scaling
+        g = grad.reshape(-1, grad.shape[-1])
+        gh = (g @ b) * scaling  # (tokens, r)
+        da = db = dx = None
+        if ctx.needs_input_grad[2]:
+            db = g.mT @ (h.reshape(-1, h.shape[-1]) * scaling)
+        if ctx.needs_input_grad[1]:
+            xd = x if mask is None else x * mask * (1 / (1 - p))
+            da = gh.mT @ xd.reshape(-1, x.shape[-1])
+        if ctx.needs_input_grad[0]:
+            dx = (gh @ a).reshape(x.shape)
+            if mask is not None:
+                dx = dx * mask * (1 / (1 - p))
+        return dx, da, db, None, None, None
 
 
 def _sync_merged(module: nn.Module, incompatible_keys: object) -> None:
