@@ -34,6 +34,7 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
+from _doc import replace_section  # noqa: E402
 
 from tensortrain import TTMatrix, plan, round_cores, tt_linear, tt_svd  # noqa: E402
 from tensortrain import ops as tt_ops  # noqa: E402
@@ -421,19 +422,6 @@ def table(cases: list[Case], mods: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str, path: Path) -> None:
-    """Replace the ``## Core operations`` section of ``path`` (create the file if needed)."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    if SECTION in old:
-        head, rest = old.split(SECTION, 1)
-        nxt = rest.find("\n## ")
-        tail = rest[nxt + 1 :] if nxt >= 0 else ""
-    else:
-        head, tail = old.rstrip("\n") + "\n\n", ""
-    new = head + text.rstrip("\n") + "\n" + ("\n" + tail if tail else "")
-    path.write_text(new)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", default="1,2", help="torch thread counts, one table each")
@@ -491,7 +479,7 @@ how many FLOP/s one large GEMM reaches on this machine in the same run.
     if args.quick:
         print(text)
         return
-    write_section(text, args.out)
+    replace_section(SECTION, text, args.out)
     print(f"wrote {args.out}", file=sys.stderr)
 
 

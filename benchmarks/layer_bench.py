@@ -34,11 +34,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from _doc import DOC, replace_section
 from torch import nn
 
 import tensortrain_nn
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 PLOT = DOC.parent / "results" / "layers.png"
 HEADING = "## Layers"
 Inputs = Callable[[], torch.Tensor | dict]
@@ -330,14 +330,7 @@ def main() -> None:
     if args.quick:
         return
     plot(data, PLOT)
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    start = text.find(HEADING)
-    if start >= 0:
-        end = text.find("\n## ", start + len(HEADING))
-        text = text[:start] + section + (text[end + 1 :] if end >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    DOC.write_text(text)
+    replace_section(HEADING, section)
 
 
 if __name__ == "__main__":

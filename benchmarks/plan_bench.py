@@ -19,14 +19,13 @@ import random
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import torch
+from _doc import replace_section
 
 from tensortrain import contract, plan
 from tensortrain.matrix import dense
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 HEADING = "## Planning"
 Groups = tuple[tuple[int, int], ...]
 
@@ -162,14 +161,7 @@ def main() -> None:
     print(section)
     if args.quick:
         return
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    at = text.find(HEADING)
-    if at >= 0:
-        end = text.find("\n## ", at + len(HEADING))
-        text = text[:at] + section + (text[end + 1 :] if end >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    DOC.write_text(text)
+    replace_section(HEADING, section)
 
 
 if __name__ == "__main__":
