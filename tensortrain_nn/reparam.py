@@ -130,8 +130,11 @@ class TTUpdate(nn.Module):
 class _FactorUpdate(torch.autograd.Function):
     """``y = s (dropout(x) A^T) B^T``, saving ``x``, the boolean mask and ``h = dropout(x) A^T``.
 
-    ``dropout(x) = x * mask / (1 - p)`` is exactly what ``nn.Dropout`` computes from the same mask
-    (``bernoulli_(1 - p)``), so the output equals the plain path's under the same random state.
+    ``dropout(x) = where(mask, x, 0) / (1 - p)`` with the mask ``nn.Dropout`` draws
+    (``bernoulli_(1 - p)``), so under the same random state the output equals the plain path's to
+    round-off (the ``1 / (1 - p)`` is applied to the ``r``-wide products, not to ``x``). Each pass
+    over an ``x``-sized tensor is a ``where`` on the boolean mask: three in all, as for LoRA's
+    dropout, and none materialises the mask as floats.
     """
 
     @staticmethod
@@ -144,8 +147,8 @@ class _FactorUpdate(torch.autograd.Function):
         p: float,
         scaling: float,
     ) -> torch.Tensor:
-        xd = x if mask is None else x * mask * (1 / (1 - p))
-        h = xd @ a.mT
+        kept = x if mask is None else torch.where(mask, x, 0.0)
+        h = (kept @ a.mT) * (1 / (1 - p))
         ctx.save_for_backward(x, a, b, mask, h)
         ctx.p, ctx.scaling = p, scaling
         return (h * scaling) @ b.mT
@@ -155,17 +158,17 @@ class _FactorUpdate(torch.autograd.Function):
         x, a, b, mask, h = ctx.saved_tensors
         p, scaling = ctx.p, ctx.scaling
         g = grad.reshape(-1, grad.shape[-1])
-        gh = (g @ b) * scaling  # (tokens, r)
+        gh = (g @ b) * (scaling / (1 - p))  # (tokens, r): d/d(where(mask, x, 0))
         da = db = dx = None
         if ctx.needs_input_grad[2]:
             db = g.mT @ (h.reshape(-1, h.shape[-1]) * scaling)
         if ctx.needs_input_grad[1]:
-            xd = x if mask is None else x * mask * (1 / (1 - p))
-            da = gh.mT @ xd.reshape(-1, x.shape[-1])
+            kept = x if mask is None else torch.where(mask, x, 0.0)
+            da = gh.mT @ kept.reshape(-1, x.shape[-1])
         if ctx.needs_input_grad[0]:
             dx = (gh @ a).reshape(x.shape)
             if mask is not None:
-                dx = dx * mask * (1 / (1 - p))
+                dx = torch.where(mask, dx, 0.0)
         return dx, da, db, None, None, None
 
 
