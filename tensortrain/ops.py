@@ -219,7 +219,7 @@ def _gram_round(
     below ``1e-4`` of the error itself); else this returns None and the QR and SVD sweeps run.
 
     One GEMM sweep, then one small QR and ``eigh`` per bond, replaces a QR sweep and an SVD per bond
-    (about 2x faster at ranks 64, modes 16: ``benchmarks/core_bench.py``).
+    (about 1.5x faster at ranks 64, modes 16, one thread).
     """
     d = len(cores)
     units, log_scale = _unit_cores(cores)
