@@ -57,33 +57,25 @@ def time_paths(cores: list[torch.Tensor], x: torch.Tensor) -> dict[Groups | str,
     """Seconds of the dense path and of the block sweep under every grouping."""
     out: dict[Groups | str, float] = {"dense": median_s(lambda: x @ dense(cores).T)}
     for groups in groupings(len(cores)):
-
-        def run(groups: Groups = groups) -> torch.Tensor:
-            blocks = [contract._merge_block(cores, a, b) for a, b in groups]
-            dims = tuple((b.shape[0], b.shape[1], b.shape[2], b.shape[3]) for b in blocks)
-            mats = [b.reshape(b.shape[0] * b.shape[1], -1) for b in blocks]
-            return contract._TTLinear.apply(x, dims, *mats)
-
-        out[groups] = median_s(run)
+        out[groups] = median_s(lambda groups=groups: contract._sweep_groups(x, cores, groups))
     return out
 
 
 def flop_rule(batch: int, rows: tuple, cols: tuple, ranks: tuple) -> Groups | str:
-    """The FLOP-only rule: fewest-FLOP grouping; dense when at most 2x the TT FLOPs."""
-    best: tuple[float, Groups] | None = None
-    d = len(rows)
-    for groups in groupings(d):
-        flops = 0
-        for k0, k1 in groups:
-            n_before, m_after = math.prod(cols[:k0]), math.prod(rows[k1:])
-            n_blk, m_blk = math.prod(cols[k0:k1]), math.prod(rows[k0:k1])
-            flops += 2 * batch * n_before * n_blk * ranks[k1] * ranks[k0] * m_blk * m_after
-            flops += contract._block_cost(k0, k1, rows, cols, ranks)
-        if best is None or flops < best[0]:
-            best = (flops, groups)
-    assert best is not None
-    p = plan(batch, rows, cols, ranks)
-    return "dense" if p.dense_flops <= 2 * best[0] else best[1]
+    """The FLOP-only rule: fewest-FLOP grouping; dense when at most 2x the TT FLOPs.
+
+    The planner's own search with the cost model's surcharges set to zero counts bare FLOPs.
+    """
+    names = ("SMALL_K", "SMALL_A", "SMALL_Q", "CALL")
+    saved = {n: getattr(contract, n) for n in names}
+    try:
+        for n in names:
+            setattr(contract, n, 0.0)
+        _, flops, groups = contract._best_groups(batch, rows, cols, ranks)
+    finally:
+        for n, v in saved.items():
+            setattr(contract, n, v)
+    return "dense" if plan(batch, rows, cols, ranks).dense_flops <= 2 * flops else groups
 
 
 def random_shape(rng: random.Random) -> tuple[tuple, tuple, tuple, int] | None:

@@ -47,7 +47,7 @@ import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 
@@ -84,7 +84,7 @@ class Plan:
     dense_cost: float
 
 
-def product_cost(count: int, a: int, k: int, q: int) -> float:
+def _product_cost(count: int, a: int, k: int, q: int) -> float:
     """Modelled cost of ``count`` products ``(a, k) @ (k, q)``, in FLOP-equivalents."""
     flops = 2.0 * a * k * q
     return count * (flops * (1.0 + SMALL_K / k + SMALL_A / a + SMALL_Q / q) + CALL)
@@ -124,7 +124,7 @@ def _best_groups(
         a = ranks[k0] * suf_m[k0] // suf_m[k1]
         k = pre_n[k1] // pre_n[k0] * ranks[k1]
         q = suf_m[k1]
-        cost = product_cost(1, p, k, a) if q == 1 else product_cost(p, a, k, q)
+        cost = _product_cost(1, p, k, a) if q == 1 else _product_cost(p, a, k, q)
         return merge + cost, merge + 2 * p * a * k * q
 
     best: list[tuple[float, int]] = [(0.0, 0)] * (d + 1)
@@ -164,7 +164,7 @@ def plan(
     for k in range(d):
         rebuild += 2 * prefix * ranks[k] * row_modes[k] * col_modes[k] * ranks[k + 1]
         prefix *= row_modes[k] * col_modes[k]
-    dense_cost = rebuild + product_cost(1, batch, N, M)
+    dense_cost = rebuild + _product_cost(1, batch, N, M)
     kind: Literal["tt", "dense"] = "dense" if dense_cost <= tt_cost else "tt"
     return Plan(kind, tt_flops, rebuild + 2 * batch * M * N, groups, tt_cost, dense_cost)
 
@@ -276,6 +276,18 @@ def _backward_chunk(
     return g.reshape(x.shape) if need_dx else None
 
 
+def _sweep_groups(
+    x: torch.Tensor, cores: Sequence[torch.Tensor], groups: tuple[tuple[int, int], ...]
+) -> torch.Tensor:
+    """``x (B, N) @ W.T`` through the block sweep with the cores merged into ``groups``."""
+    blocks = [_merge_block(cores, k0, k1) for k0, k1 in groups]
+    dims = tuple(
+        (int(b.shape[0]), int(b.shape[1]), int(b.shape[2]), int(b.shape[3])) for b in blocks
+    )
+    mats = [b.reshape(b.shape[0] * b.shape[1], -1) for b in blocks]
+    return cast(torch.Tensor, _TTLinear.apply(x, dims, *mats))
+
+
 class _TTLinear(torch.autograd.Function):
     """``y = x @ W.T`` through the block sweep, chunk by chunk; backward recomputes the sweep."""
 
@@ -358,10 +370,5 @@ def tt_linear(
     if not groups:
         y = x @ dense(cores).T  # the planned dense path: reconstruct, then one GEMM
     else:
-        blocks = [_merge_block(cores, k0, k1) for k0, k1 in groups]
-        dims = tuple(
-            (int(b.shape[0]), int(b.shape[1]), int(b.shape[2]), int(b.shape[3])) for b in blocks
-        )
-        mats = [b.reshape(b.shape[0] * b.shape[1], -1) for b in blocks]
-        y = _TTLinear.apply(x.reshape(batch, N), dims, *mats).reshape(*lead, M)
+        y = _sweep_groups(x.reshape(batch, N), cores, groups).reshape(*lead, M)
     return y if bias is None else y + bias

@@ -32,6 +32,12 @@ def _positive(s: torch.Tensor) -> torch.Tensor:
     return torch.where(s > 0, s, torch.ones_like(s))
 
 
+def _normalised(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``t / max|t|`` and ``log(max|t|)`` in float64 (``t`` and 0 for a zero tensor)."""
+    m = _positive(t.detach().abs().max())
+    return t / m, torch.log(m.double())
+
+
 def safe_norm(t: torch.Tensor) -> torch.Tensor:
     """Frobenius norm that neither overflows nor underflows: ``max|t| * ||t / max|t|||``."""
     m = _positive(t.detach().abs().max())
@@ -86,13 +92,9 @@ def inner(a: Cores, b: Cores) -> torch.Tensor:
     v = a[0].new_ones(1, 1)
     log_scale = a[0].new_zeros((), dtype=torch.float64).real
     for ca, cb in zip(a, b, strict=True):
-        sa, sb = _positive(ca.detach().abs().max()), _positive(cb.detach().abs().max())
-        v = torch.einsum("ab,anc,bnd->cd", v, (ca / sa).conj(), cb / sb)
-        sv = _positive(v.detach().abs().max())
-        v = v / sv
-        log_scale = (
-            log_scale + torch.log(sa.double()) + torch.log(sb.double()) + torch.log(sv.double())
-        )
+        (ca, la), (cb, lb) = _normalised(ca), _normalised(cb)
+        v, lv = _normalised(torch.einsum("ab,anc,bnd->cd", v, ca.conj(), cb))
+        log_scale = log_scale + la + lb + lv
     return v.reshape(()) * torch.exp(log_scale).to(v.real.dtype)
 
 
@@ -113,9 +115,8 @@ def _orthogonalize(cores: Cores) -> tuple[list[torch.Tensor], torch.Tensor]:
         log_scale = log_scale + torch.log(s.double())
         out[k] = q.mT.reshape(-1, n, r)
         out[k - 1] = torch.einsum("anb,cb->anc", out[k - 1], rr)
-    s0 = _positive(out[0].detach().abs().max())
-    out[0] = out[0] / s0
-    return out, log_scale + torch.log(s0.double())
+    out[0], log_s0 = _normalised(out[0])
+    return out, log_scale + log_s0
 
 
 def orthogonalize(cores: Cores) -> list[torch.Tensor]:
@@ -193,12 +194,6 @@ def _unit_cores(cores: Cores) -> tuple[list[torch.Tensor], torch.Tensor]:
             core, log_scale = core / peak, log_scale + math.log(peak)
         out.append(core)
     return out, log_scale
-
-
-def _normalised(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``t / max|t|`` and ``log(max|t|)`` (``t`` and 0 for a zero matrix); for small matrices."""
-    m = _positive(t.abs().max())
-    return t / m, torch.log(m)
 
 
 def _gram_round(

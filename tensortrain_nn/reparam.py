@@ -107,10 +107,11 @@ class TTUpdate(nn.Module):
         form runs through one autograd function that keeps ``x`` (which the caller holds anyway),
         the dropout mask (1 byte an entry) and the ``r``-wide ``dropout(x) A^T``, and rebuilds
         ``dropout(x)`` from the mask in backward: less than LoRA stores (``dropout(x)`` in full
-        precision plus its mask), and no second draw of the mask. The full form recomputes the
+        precision), and no second draw of the mask. The full form recomputes the
         update in backward instead (activation checkpointing, dropout replayed).
         """
-        if not (self.lean_backward and torch.is_grad_enabled()):
+        training = torch.is_grad_enabled() and self.B.cores[0].requires_grad
+        if not (self.lean_backward and training):
             return self._update(x)
         if self.A is None:
             return cast(torch.Tensor, checkpoint(self._update, x, use_reentrant=False))

@@ -59,18 +59,38 @@ def make_tiny_bert(folder: Path, *, dropout: float) -> str:
     return str(folder)
 
 
+def texts(rng: random.Random, words: list[str], n: int) -> list[str]:
+    """``n`` four-word texts: two of ``words`` and two of :data:`NEUTRAL`."""
+    return [" ".join(rng.sample(words, 2) + rng.sample(NEUTRAL, 2)) for _ in range(n)]
+
+
 def make_tiny_csv(path: Path, n: int = 24) -> str:
     """``2 n`` rows of two classes (``pos`` / ``neg``) in columns ``review`` and ``sentiment``."""
     rng = random.Random(0)
     rows = []
     for words, label in ((POSITIVE, "pos"), (NEGATIVE, "neg")):
-        for _ in range(n):
-            rows.append((" ".join(rng.sample(words, 2) + rng.sample(NEUTRAL, 2)), label))
+        rows += [(text, label) for text in texts(rng, words, n)]
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["review", "sentiment"])
         writer.writerows(rows)
     return str(path)
+
+
+def tiny_assets(factory: Any, name: str, *, dropout: float) -> dict[str, str]:
+    """A tiny BERT (``model``) and a 48-row CSV (``data``) in a fresh folder of ``factory``.
+
+    Skips the calling test when the packaged MiniLM (whose tokenizer they use) is missing.
+    """
+    import pytest
+
+    if minilm_folder() is None:
+        pytest.skip("the packaged MiniLM (its tokenizer) is not installed")
+    root = factory.mktemp(name)
+    return {
+        "model": make_tiny_bert(root / "bert", dropout=dropout),
+        "data": make_tiny_csv(root / "tiny.csv"),
+    }
 
 
 def tiny_values(model: str, data: str, out: Path, **extra: Any) -> dict[str, Any]:

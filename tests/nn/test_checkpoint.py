@@ -16,7 +16,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from _helpers import make_tiny_bert, make_tiny_csv, minilm_folder, tiny_values
+from _helpers import tiny_assets, tiny_values
 
 from tensortrain_nn.finetune import FinetuneConfig, FinetuneError, run
 from tensortrain_nn.finetune.checkpoint import (
@@ -35,13 +35,7 @@ HERE = Path(__file__).parent
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """A tiny BERT *with* dropout (so resuming must restore the RNG) and a 48-row CSV."""
-    if minilm_folder() is None:
-        pytest.skip("the packaged MiniLM (its tokenizer) is not installed")
-    root = tmp_path_factory.mktemp("ckpt")
-    return {
-        "model": make_tiny_bert(root / "bert", dropout=0.1),
-        "data": make_tiny_csv(root / "tiny.csv"),
-    }
+    return tiny_assets(tmp_path_factory, "ckpt", dropout=0.1)
 
 
 def _values(assets: dict[str, str], out: Path, **extra: Any) -> dict[str, Any]:

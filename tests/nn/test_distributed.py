@@ -19,7 +19,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from _helpers import make_tiny_bert, make_tiny_csv, minilm_folder, tiny_values, trainable
+from _helpers import tiny_assets, tiny_values, trainable
 
 from tensortrain_nn.finetune import FinetuneConfig, run
 from tensortrain_nn.finetune.distributed import DistInfo, shard, trainable_bytes
@@ -30,13 +30,7 @@ HERE = Path(__file__).parent
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """A dropout-free tiny BERT and a 48-row CSV (32 train, 16 test)."""
-    if minilm_folder() is None:
-        pytest.skip("the packaged MiniLM (its tokenizer) is not installed")
-    root = tmp_path_factory.mktemp("dist")
-    return {
-        "model": make_tiny_bert(root / "bert", dropout=0.0),
-        "data": make_tiny_csv(root / "tiny.csv"),
-    }
+    return tiny_assets(tmp_path_factory, "dist", dropout=0.0)
 
 
 def _values(assets: dict[str, str], out: Path, **extra: Any) -> dict[str, Any]:

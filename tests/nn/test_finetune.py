@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import importlib.util
 import json
@@ -14,7 +13,16 @@ import pytest
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from _helpers import make_tiny_bert, minilm_folder
+from _helpers import (
+    NEGATIVE,
+    NEUTRAL,
+    POSITIVE,
+    make_tiny_bert,
+    make_tiny_csv,
+    minilm_folder,
+    texts,
+    tiny_values,
+)
 
 from tensortrain_nn.finetune import (
     DEFAULT_LR,
@@ -34,10 +42,6 @@ from tensortrain_nn.finetune.data import label_names, load_builtin, load_table, 
 from tensortrain_nn.finetune.models import resolve_model
 from tensortrain_nn.finetune.train import linear_schedule, metrics, parameter_groups
 
-POSITIVE = ["good", "great", "fine", "lovely", "superb", "warm"]
-NEGATIVE = ["bad", "awful", "dull", "poor", "boring", "cold"]
-NEUTRAL = ["film", "movie", "plot", "actor", "scene", "story"]
-
 
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> str:
@@ -47,40 +51,16 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> str:
     return make_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), dropout=0.1)
 
 
-def _texts(rng: random.Random, words: list[str], n: int) -> list[str]:
-    return [" ".join(rng.sample(words, 2) + rng.sample(NEUTRAL, 2)) for _ in range(n)]
-
-
 @pytest.fixture(scope="session")
 def tiny_csv(tmp_path_factory: pytest.TempPathFactory) -> str:
     """48 rows, two classes (``pos`` / ``neg``), columns ``review`` and ``sentiment``."""
-    rng = random.Random(0)
-    rows = [(t, "pos") for t in _texts(rng, POSITIVE, 24)]
-    rows += [(t, "neg") for t in _texts(rng, NEGATIVE, 24)]
-    path = tmp_path_factory.mktemp("data") / "tiny.csv"
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "review", "sentiment"])
-        writer.writerows((i, t, y) for i, (t, y) in enumerate(rows))
-    return str(path)
+    return make_tiny_csv(tmp_path_factory.mktemp("data") / "tiny.csv")
 
 
 def _config(model: str, data: str, tmp_path: Path, **overrides: object) -> FinetuneConfig:
-    values: dict = {
-        "model": model,
-        "data": data,
-        "text_column": "review",
-        "label_column": "sentiment",
-        "test_size": 16,
-        "epochs": 2,
-        "batch_size": 8,
-        "max_length": 16,
-        "progress": False,
-        "output_dir": str(tmp_path / "run"),
-        "method": "head",
-    }
-    values.update(overrides)
-    return FinetuneConfig(**values)
+    return FinetuneConfig(
+        **tiny_values(model, data, tmp_path / "run", **{"method": "head", **overrides})
+    )
 
 
 @pytest.mark.parametrize("method", ["head", "lora", "full"])
@@ -123,7 +103,7 @@ def test_three_classes_jsonl(tiny_bert: str, tmp_path: Path) -> None:
     path = tmp_path / "three.jsonl"
     with path.open("w") as handle:
         for words, label in ((POSITIVE, 2), (NEGATIVE, 0), (NEUTRAL, 1)):
-            for text in _texts(rng, words, 10):
+            for text in texts(rng, words, 10):
                 handle.write(json.dumps({"review": text, "sentiment": label}) + "\n")
     result = run(_config(tiny_bert, str(path), tmp_path, epochs=1, test_size=0.3))
     assert result.labels == ["0", "1", "2"] and result.num_test == 9
