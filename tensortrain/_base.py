@@ -8,7 +8,7 @@ everything else lives here.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 
@@ -24,6 +24,8 @@ class TTBase:
     """Common base of the TT formats. Not instantiated directly."""
 
     _cores: list[torch.Tensor]
+    #: Dimensions of one core: 3 for a TT tensor, 4 for a TT-matrix.
+    core_ndim: ClassVar[int]
 
     def _merged(self) -> list[torch.Tensor]:
         raise NotImplementedError

@@ -51,9 +51,10 @@ from typing import Any, Literal, cast
 
 import torch
 
+from tensortrain._base import TTBase
+from tensortrain._blocks import dense, merge_block
 from tensortrain._cores import check_cores, ranks_of
 from tensortrain.errors import TTShapeError, TTTypeError
-from tensortrain.matrix import TTMatrix, dense
 
 #: Cost model of one matrix product ``(a, k) @ (k, q)`` (see the module docstring): the relative
 #: surcharges of a narrow inner, row and column dimension, and the fixed cost of one matrix.
@@ -178,16 +179,6 @@ def _planned(
     return p.groups if p.kind == "tt" else ()
 
 
-def _merge_block(cores: Sequence[torch.Tensor], k0: int, k1: int) -> torch.Tensor:
-    """Cores ``k0..k1-1`` merged into one ``(r, M_blk, N_blk, s)`` block."""
-    blk = cores[k0]
-    for core in cores[k0 + 1 : k1]:
-        r, m, n, _ = blk.shape
-        _, m2, n2, t = core.shape
-        blk = torch.einsum("amns,sxyt->amxnyt", blk, core).reshape(r, m * m2, n * n2, t)
-    return blk
-
-
 #: On CPU the batch is swept in chunks whose largest intermediate holds about this many bytes per
 #: torch thread, so that each step reads the previous step's output from cache (the 4096x4096
 #: rank-8 TT-matrix at batch 256 runs its forward about 1.6x faster than unchunked; 1 MiB per
@@ -280,7 +271,7 @@ def _sweep_groups(
     x: torch.Tensor, cores: Sequence[torch.Tensor], groups: tuple[tuple[int, int], ...]
 ) -> torch.Tensor:
     """``x (B, N) @ W.T`` through the block sweep with the cores merged into ``groups``."""
-    blocks = [_merge_block(cores, k0, k1) for k0, k1 in groups]
+    blocks = [merge_block(cores, k0, k1) for k0, k1 in groups]
     dims = tuple(
         (int(b.shape[0]), int(b.shape[1]), int(b.shape[2]), int(b.shape[3])) for b in blocks
     )
@@ -328,27 +319,45 @@ class _TTLinear(torch.autograd.Function):
 
 def tt_linear(
     x: torch.Tensor,
-    weight: TTMatrix | Sequence[torch.Tensor],
+    weight: TTBase | Sequence[torch.Tensor],
     bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``y = x @ W.T + bias`` with ``W`` a TT-matrix, planned by shape and cached.
 
+    Elementwise like ``torch.nn.functional.linear``: NaN or inf in ``x``, the cores or ``bias``
+    propagate to the entries they touch, as in a dense matmul.
+
     Args:
         x: dense input of shape ``(..., N)``, ``N = prod(col_modes)``; same dtype and device as the
             cores.
-        weight: a :class:`TTMatrix` of shape ``(M, N)`` or its cores ``(r_{k-1}, m_k, n_k, r_k)``.
-        bias: optional ``(M,)``.
+        weight: a :class:`~tensortrain.TTMatrix` of shape ``(M, N)`` or its cores
+            ``(r_{k-1}, m_k, n_k, r_k)``.
+        bias: optional ``(M,)``, same dtype and device as ``x`` (never cast: a float64 bias with
+            float32 ``x`` is refused, as a float64 ``x`` with float32 cores is).
 
     Returns:
-        ``(..., M)``.
+        ``(..., M)``, in the dtype of ``x``.
+
+    Raises:
+        TTTypeError: ``weight`` is not a TT-matrix (or its cores), ``x`` or ``bias`` is not a
+            tensor, or their dtypes or devices differ from the cores'.
+        TTShapeError: ``x`` is not ``(..., N)`` or ``bias`` is not ``(M,)``.
 
     Example:
+        >>> from tensortrain import TTMatrix
         >>> w = TTMatrix([torch.randn(1, 4, 4, 3), torch.randn(3, 4, 4, 1)])
         >>> x = torch.randn(2, 5, 16)
         >>> tt_linear(x, w).shape
         torch.Size([2, 5, 16])
     """
-    cores = weight.cores if isinstance(weight, TTMatrix) else check_cores(weight, 4, "weight")
+    if isinstance(weight, TTBase):
+        if weight.core_ndim != 4:
+            raise TTTypeError(
+                f"weight must be a TTMatrix or its cores, got a {type(weight).__name__}"
+            )
+        cores = weight.cores
+    else:
+        cores = check_cores(weight, 4, "weight")
     if not isinstance(x, torch.Tensor):
         raise TTTypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     row_modes = tuple(int(c.shape[1]) for c in cores)
@@ -364,6 +373,8 @@ def tt_linear(
             f"x has dtype {x.dtype} on {x.device} but weight has {cores[0].dtype} on "
             f"{cores[0].device}"
         )
+    if bias is not None:
+        _check_bias(bias, M, x)
     lead = x.shape[:-1]
     batch = math.prod(lead)
     groups = _planned(max(batch, 1), row_modes, col_modes, ranks_of(cores)) if batch else ()
@@ -372,3 +383,17 @@ def tt_linear(
     else:
         y = _sweep_groups(x.reshape(batch, N), cores, groups).reshape(*lead, M)
     return y if bias is None else y + bias
+
+
+def _check_bias(bias: object, rows: int, x: torch.Tensor) -> None:
+    """Raise unless ``bias`` is an ``(M,)`` tensor of the dtype and device of ``x``."""
+    if not isinstance(bias, torch.Tensor):
+        raise TTTypeError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
+    if tuple(bias.shape) != (rows,):
+        raise TTShapeError(
+            f"bias must have shape (M,) = ({rows},) to match weight's rows, got {tuple(bias.shape)}"
+        )
+    if bias.dtype != x.dtype or bias.device != x.device:
+        raise TTTypeError(
+            f"bias has dtype {bias.dtype} on {bias.device} but x has {x.dtype} on {x.device}"
+        )

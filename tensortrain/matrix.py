@@ -10,7 +10,9 @@ import torch
 
 from tensortrain import ops
 from tensortrain._base import TTBase
+from tensortrain._blocks import dense
 from tensortrain._cores import check_cores, merge_modes, split_modes
+from tensortrain.contract import tt_linear
 from tensortrain.errors import TTShapeError, TTTypeError
 from tensortrain.tensor import TTTensor
 
@@ -32,6 +34,8 @@ class TTMatrix(TTBase):
         >>> torch.allclose(w.apply(x), x @ w.full().T, atol=1e-5)
         True
     """
+
+    core_ndim = 4
 
     def __init__(self, cores: Sequence[torch.Tensor]) -> None:
         self._cores = check_cores(cores, 4)
@@ -73,9 +77,8 @@ class TTMatrix(TTBase):
     def full(self) -> torch.Tensor:
         """Materialise the dense ``(M, N)`` matrix: ``O(M N r)`` time, ``O(M N)`` memory.
 
-        The cores are split into a left and a right half, each reconstructed as a small block
-        ``(M_1, N_1, r)`` and ``(r, M_2, N_2)``; one batched matmul over ``(M_1, M_2)`` then writes
-        the result directly in row-major ``(M, N)`` order, with no transpose of the big matrix.
+        Built by :func:`tensortrain._blocks.dense` from two merged halves of the cores, written
+        directly in row-major ``(M, N)`` order.
         """
         return dense(self._cores)
 
@@ -143,34 +146,7 @@ class TTMatrix(TTBase):
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """``x @ self.T`` for a dense batch ``x[..., N] -> y[..., M]`` (see :func:`tt_linear`)."""
-        from tensortrain.contract import tt_linear
-
         return tt_linear(x, self)
-
-
-def dense(cores: Sequence[torch.Tensor]) -> torch.Tensor:
-    """The dense ``(M, N)`` matrix of already validated TT-matrix cores (see :meth:`TTMatrix.full`).
-
-    For hot paths (a layer rebuilding its weight every forward): no validation, no object.
-    """
-    if len(cores) == 1:
-        return cores[0][0, :, :, 0]
-    k = len(cores) // 2
-    left = _block(cores[:k])[0]  # (M_1, N_1, r)
-    right = _block(cores[k:])[..., 0]  # (r, M_2, N_2)
-    out = torch.matmul(left.unsqueeze(1), right.transpose(0, 1).unsqueeze(0))
-    # (M_1, M_2, N_1, N_2) is row-major (M, N)
-    return out.reshape(out.shape[0] * out.shape[1], out.shape[2] * out.shape[3])
-
-
-def _block(cores: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Consecutive TT-matrix cores as one ``(r_first, prod m, prod n, r_last)`` block."""
-    out = cores[0]
-    for core in cores[1:]:
-        a, rows, cols, _ = out.shape
-        _, m, n, r = core.shape
-        out = torch.einsum("aMNb,bmnr->aMmNnr", out, core).reshape(a, rows * m, cols * n, r)
-    return out
 
 
 def _unravel(i: int, modes: Sequence[int]) -> list[int]:

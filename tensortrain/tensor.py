@@ -31,6 +31,8 @@ class TTTensor(TTBase):
         torch.Size([4, 5, 6])
     """
 
+    core_ndim = 3
+
     def __init__(self, cores: Sequence[torch.Tensor]) -> None:
         self._cores = check_cores(cores, 3)
 
