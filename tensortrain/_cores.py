@@ -5,12 +5,12 @@ This is the one place that checks core shapes, rank chaining, boundary ranks, dt
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 
-from tensortrain.errors import TTShapeError, TTTypeError, TTValueError
+from tensortrain._checks import check_int, check_number
+from tensortrain.errors import TTShapeError, TTTypeError
 
 
 def check_cores(
@@ -73,14 +73,9 @@ def ranks_of(cores: Sequence[torch.Tensor]) -> tuple[int, ...]:
     return (1, *(int(c.shape[-1]) for c in cores))
 
 
-def check_eps(eps: float | None) -> None:
-    """Raise if ``eps`` is given and is not a finite non-negative number."""
-    if eps is None:
-        return
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
-        raise TTTypeError(f"eps must be a float or None, got {type(eps).__name__}")
-    if not math.isfinite(eps) or eps < 0:
-        raise TTValueError(f"eps must be finite and >= 0, got {eps}")
+def check_eps(eps: float | None) -> float | None:
+    """``eps`` as a float if it is a finite number ``>= 0``, or None; else raise naming ``eps``."""
+    return None if eps is None else check_number("eps", eps, minimum=0.0)
 
 
 def bond_caps(max_rank: int | Sequence[int] | None, d: int) -> list[int | None]:
@@ -90,7 +85,7 @@ def bond_caps(max_rank: int | Sequence[int] | None, d: int) -> list[int | None]:
     if isinstance(max_rank, bool):
         raise TTTypeError("max_rank must be an int, a sequence of ints or None, got bool")
     if isinstance(max_rank, int):
-        caps: list[int] = [max_rank] * (d - 1)
+        caps: list[int] = [check_int("max_rank", max_rank)] * (d - 1)
     elif isinstance(max_rank, Sequence):
         caps = list(max_rank)
         if len(caps) == d + 1:
@@ -104,10 +99,7 @@ def bond_caps(max_rank: int | Sequence[int] | None, d: int) -> list[int | None]:
         raise TTTypeError(
             f"max_rank must be an int, a sequence of ints or None, got {type(max_rank).__name__}"
         )
-    for k, cap in enumerate(caps):
-        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
-            raise TTValueError(f"max_rank must be positive ints, got {cap!r} for bond {k + 1}")
-    return list(caps)
+    return [check_int(f"max_rank[{k}]", cap) for k, cap in enumerate(caps)]
 
 
 def same_family(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor], what: str) -> None:

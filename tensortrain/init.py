@@ -7,8 +7,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from tensortrain._checks import check_int, check_number
 from tensortrain.errors import TTShapeError, TTTypeError, TTValueError
-from tensortrain.shapes import _check_int, check_ranks
+from tensortrain.shapes import check_ranks
 
 __all__ = ["linear_init_std", "random_cores"]
 
@@ -44,8 +45,8 @@ def linear_init_std(fan_in: int, fan_out: int, scheme: str = "torch") -> float:
         >>> linear_init_std(768, 768, "lecun") == 1 / 768**0.5
         True
     """
-    _check_int("fan_in", fan_in)
-    _check_int("fan_out", fan_out)
+    check_int("fan_in", fan_in)
+    check_int("fan_out", fan_out)
     if scheme not in _STD_SCHEMES:
         raise TTValueError(f"scheme must be one of {sorted(_STD_SCHEMES)}, got {scheme!r}")
     return _STD_SCHEMES[scheme](fan_in, fan_out)
@@ -53,7 +54,7 @@ def linear_init_std(fan_in: int, fan_out: int, scheme: str = "torch") -> float:
 
 def _check_mode_shapes(mode_shapes: Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
     shapes = [
-        tuple(_check_int(f"mode_shapes[{k}][{j}]", n) for j, n in enumerate(shape))
+        tuple(check_int(f"mode_shapes[{k}][{j}]", n) for j, n in enumerate(shape))
         for k, shape in enumerate(mode_shapes)
     ]
     if not shapes:
@@ -111,9 +112,8 @@ def random_cores(
     shapes = _check_mode_shapes(mode_shapes)
     d = len(shapes)
     full = check_ranks(ranks, d)
-    if not (math.isfinite(std) and std >= 0):
-        raise TTValueError(f"std must be finite and >= 0, got {std}")
-    if zero_core is not None and not -d <= zero_core < d:
+    check_number("std", std, minimum=0.0)
+    if zero_core is not None and not -d <= check_int("zero_core", zero_core, minimum=None) < d:
         raise TTValueError(f"zero_core must be in [{-d}, {d - 1}] for {d} cores, got {zero_core}")
     dtype = torch.get_default_dtype() if dtype is None else dtype
     if not dtype.is_floating_point:

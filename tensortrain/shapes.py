@@ -11,7 +11,8 @@ import math
 from collections.abc import Sequence
 from functools import lru_cache
 
-from tensortrain.errors import TTShapeError, TTTypeError, TTValueError
+from tensortrain._checks import check_int
+from tensortrain.errors import TTShapeError, TTValueError
 
 __all__ = [
     "check_ranks",
@@ -29,17 +30,8 @@ TARGET_MODE_SIZE = 8
 MIN_CORES, MAX_CORES = 2, 6
 
 
-def _check_int(name: str, value: object, minimum: int = 1) -> int:
-    """Return ``value`` if it is an int (not a bool) ``>= minimum``, else raise naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TTTypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise TTValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
 def _check_mode_sizes(mode_sizes: Sequence[int]) -> tuple[int, ...]:
-    sizes = tuple(_check_int(f"mode_sizes[{k}]", n) for k, n in enumerate(mode_sizes))
+    sizes = tuple(check_int(f"mode_sizes[{k}]", n) for k, n in enumerate(mode_sizes))
     if not sizes:
         raise TTShapeError("mode_sizes must hold at least one mode, got ()")
     return sizes
@@ -95,8 +87,8 @@ def factorize(n: int, d: int) -> tuple[int, ...]:
         >>> factorize(7, 3)
         (7, 1, 1)
     """
-    _check_int("n", n)
-    _check_int("d", d)
+    check_int("n", n)
+    check_int("d", d)
     result = _balanced(n, d, n)
     assert result is not None  # (n, 1, ..., 1) always fits under cap n
     return result
@@ -131,12 +123,12 @@ def choose_modes(
         >>> choose_modes(4096, 4096)
         ((8, 8, 8, 8), (8, 8, 8, 8))
     """
-    _check_int("out_features", out_features)
-    _check_int("in_features", in_features)
+    check_int("out_features", out_features)
+    check_int("in_features", in_features)
     if d is None:
         ideal = round(math.log(max(out_features, in_features), TARGET_MODE_SIZE))
         d = min(max(ideal, MIN_CORES), MAX_CORES)
-    _check_int("d", d)
+    check_int("d", d)
     return factorize(out_features, d), factorize(in_features, d)
 
 
@@ -165,7 +157,7 @@ def check_ranks(ranks: Sequence[int], num_cores: int, name: str = "ranks") -> tu
             f"{name} must have {num_cores + 1} entries for {num_cores} cores, got {len(ranks)}: "
             f"{tuple(ranks)}"
         )
-    full = tuple(_check_int(f"{name}[{k}]", r) for k, r in enumerate(ranks))
+    full = tuple(check_int(f"{name}[{k}]", r) for k, r in enumerate(ranks))
     if full[0] != 1 or full[-1] != 1:
         raise TTShapeError(f"{name} must start and end with 1, got {full}")
     return full
@@ -225,7 +217,7 @@ def resolve_ranks(rank: int | Sequence[int], mode_sizes: Sequence[int]) -> tuple
                 f"got {len(rank)}: {tuple(rank)}"
             )
         return clip_ranks(check_ranks(rank, d, name="rank"), sizes)
-    _check_int("rank", rank)
+    check_int("rank", rank)
     return clip_ranks((1, *[rank] * (d - 1), 1), sizes)
 
 
@@ -259,7 +251,7 @@ def ranks_for_budget(budget: int, mode_sizes: Sequence[int]) -> tuple[int, ...]:
         (1, 4, 4, 1)
     """
     sizes = _check_mode_sizes(mode_sizes)
-    _check_int("budget", budget, minimum=0)
+    check_int("budget", budget, minimum=0)
     if num_parameters(sizes, resolve_ranks(1, sizes)) > budget:
         raise TTValueError(
             f"budget={budget} is below the {sum(sizes)} parameters rank 1 needs for mode_sizes "

@@ -131,11 +131,13 @@ def test_truncation_as_good_as_tensorly(shape, seed, rank):
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"eps": -0.1}, TTValueError, r"eps must be finite and >= 0, got -0.1"),
-        ({"eps": float("nan")}, TTValueError, r"eps must be finite"),
-        ({"max_rank": 0}, TTValueError, r"max_rank must be positive ints, got 0"),
+        ({"eps": -0.1}, TTValueError, r"eps must be in \[0, inf\], got -0.1"),
+        ({"eps": float("nan")}, TTValueError, r"eps must be a finite number, got nan"),
+        ({"max_rank": 0}, TTValueError, r"max_rank must be an int >= 1, got 0"),
         ({"max_rank": (2, 2, 2)}, TTShapeError, r"max_rank must hold d - 1 = 2 bond ranks"),
         ({"max_rank": 2.5}, TTTypeError, r"max_rank must be an int"),
+        ({"max_rank": (2, 0)}, TTValueError, r"max_rank\[1\] must be an int >= 1, got 0"),
+        ({"eps": "0.1"}, TTTypeError, r"eps must be a number, got str '0.1'"),
     ],
 )
 def test_bad_arguments(kwargs, error, match):

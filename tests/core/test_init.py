@@ -145,10 +145,10 @@ def test_same_seed_gives_same_cores() -> None:
     [
         ([(2,), (3,)], (1, 2, 2, 1), TTShapeError, r"ranks must have 3 entries for 2 cores"),
         ([(2,), (3,)], (2, 2, 1), TTShapeError, r"ranks must start and end with 1"),
-        ([(2,), (3,)], (1, 0, 1), TTValueError, r"ranks\[1\] must be >= 1, got 0"),
+        ([(2,), (3,)], (1, 0, 1), TTValueError, r"ranks\[1\] must be an int >= 1, got 0"),
         ([(2,), (3,)], (1, 2.0, 1), TTTypeError, r"ranks\[1\] must be an int"),
         ([(2,), (3, 3)], (1, 2, 1), TTShapeError, r"mode_shapes must be non-empty tuples"),
-        ([(2,), (0,)], (1, 2, 1), TTValueError, r"mode_shapes\[1\]\[0\] must be >= 1"),
+        ([(2,), (0,)], (1, 2, 1), TTValueError, r"mode_shapes\[1\]\[0\] must be an int >= 1"),
         ([], (1,), TTShapeError, r"mode_shapes must hold at least one core"),
     ],
 )
@@ -165,7 +165,7 @@ def test_rejects_zero_core_out_of_range(zero_core: int) -> None:
 
 @pytest.mark.parametrize("std", [-1.0, math.inf, math.nan])
 def test_rejects_bad_std(std: float) -> None:
-    with pytest.raises(TTValueError, match="std must be finite and >= 0"):
+    with pytest.raises(TTValueError, match=r"std must be (a finite number|in \[0, inf\])"):
         random_cores([(2,)], (1, 1), std=std)
 
 
@@ -207,5 +207,5 @@ def test_linear_init_std_rejects_unknown_scheme() -> None:
 
 @pytest.mark.parametrize(("fan_in", "fan_out", "name"), [(0, 4, "fan_in"), (4, -1, "fan_out")])
 def test_linear_init_std_rejects_bad_fans(fan_in: int, fan_out: int, name: str) -> None:
-    with pytest.raises(TTValueError, match=rf"{name} must be >= 1"):
+    with pytest.raises(TTValueError, match=rf"{name} must be an int >= 1"):
         linear_init_std(fan_in, fan_out)

@@ -75,7 +75,7 @@ def test_factorize_examples(n: int, d: int, expected: tuple[int, ...]) -> None:
 
 @pytest.mark.parametrize(("n", "d", "name"), [(0, 2, "n"), (-5, 2, "n"), (6, 0, "d")])
 def test_factorize_rejects_values_below_one(n: int, d: int, name: str) -> None:
-    with pytest.raises(TTValueError, match=rf"{name} must be >= 1, got {min(n, d)}"):
+    with pytest.raises(TTValueError, match=rf"{name} must be an int >= 1, got {min(n, d)}"):
         factorize(n, d)
 
 
@@ -176,7 +176,7 @@ def test_resolve_rank_rejects_wrong_length() -> None:
 
 @pytest.mark.parametrize("rank", [0, -1, (2, 0)])
 def test_resolve_rank_rejects_ranks_below_one(rank: int | tuple[int, ...]) -> None:
-    with pytest.raises(TTValueError, match=r"rank(\[\d\])? must be >= 1"):
+    with pytest.raises(TTValueError, match=r"rank(\[\d\])? must be an int >= 1"):
         resolve_ranks(rank, (4, 4, 4))
 
 
