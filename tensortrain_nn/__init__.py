@@ -4,8 +4,17 @@
 * :class:`TTAdapter` (LoRETTA_adp): a bottleneck adapter with TT projections after a sublayer.
 * :class:`TTReparam` (LoRETTA_rep): a frozen linear layer plus a TT low-rank update, mergeable.
 * :func:`patch` / :func:`save_adapter` / :func:`load_adapter` / :func:`merge_and_unload` /
-  :func:`unpatch` / :func:`disable_adapters` / :func:`set_adapter`: model surgery (see
-  :mod:`tensortrain_nn.surgery`).
+  :func:`unpatch` / :func:`disable_adapters` / :func:`set_adapter` and peft's names
+  (:func:`add_adapter`, :func:`unload`, :func:`disable_adapter`,
+  :func:`print_trainable_parameters`...): model surgery (see :mod:`tensortrain_nn.surgery`).
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> import tensortrain_nn as ttnn
+    >>> model = ttnn.patch(nn.Sequential(nn.Linear(16, 16)), target_modules=["0"], r=2, tt_rank=2)
+    >>> model(torch.ones(3, 16)).shape
+    torch.Size([3, 16])
 """
 
 from tensortrain_nn.adapter import TTAdapter, TTBottleneck
@@ -14,14 +23,21 @@ from tensortrain_nn.reparam import TTReparam, TTUpdate
 from tensortrain_nn.surgery import (
     PatchConfig,
     TrainableReport,
+    add_adapter,
     delete_adapter,
+    disable_adapter,
     disable_adapters,
+    inactive_adapter_parameters,
     load_adapter,
+    merge_adapter,
     merge_and_unload,
     patch,
+    print_trainable_parameters,
     save_adapter,
     set_adapter,
     trainable_report,
+    unload,
+    unmerge_adapter,
     unpatch,
 )
 
@@ -33,13 +49,20 @@ __all__ = [
     "TTReparam",
     "TTUpdate",
     "TrainableReport",
+    "add_adapter",
     "delete_adapter",
+    "disable_adapter",
     "disable_adapters",
+    "inactive_adapter_parameters",
     "load_adapter",
+    "merge_adapter",
     "merge_and_unload",
     "patch",
+    "print_trainable_parameters",
     "save_adapter",
     "set_adapter",
     "trainable_report",
+    "unload",
+    "unmerge_adapter",
     "unpatch",
 ]

@@ -10,14 +10,35 @@ from torch import nn
 from tensortrain.errors import TTTypeError, TTValueError
 
 
+def is_linear_like(module: nn.Module) -> bool:
+    """An ``nn.Linear`` or a transformers ``Conv1D`` (GPT-2): the one check for both.
+
+    Example:
+        >>> is_linear_like(nn.Linear(4, 2)), is_linear_like(nn.ReLU())
+        (True, False)
+    """
+    if isinstance(module, nn.Linear):
+        return True
+    return type(module).__name__ == "Conv1D" and isinstance(
+        getattr(module, "weight", None), torch.Tensor
+    )
+
+
 def linear_features(module: nn.Module) -> tuple[int, int, bool]:
     """``(in_features, out_features, transposed)`` of an ``nn.Linear`` or GPT-2's ``Conv1D``.
 
     ``Conv1D`` stores its weight as ``(in, out)``; ``transposed`` says so.
+
+    Raises:
+        TTTypeError: ``module`` is neither (see :func:`is_linear_like`).
+
+    Example:
+        >>> linear_features(nn.Linear(4, 2))
+        (4, 2, False)
     """
     if isinstance(module, nn.Linear):
         return module.in_features, module.out_features, False
-    if type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None:
+    if is_linear_like(module):
         w = cast(torch.Tensor, module.weight)
         return int(w.shape[0]), int(w.shape[1]), True
     raise TTTypeError(

@@ -8,6 +8,7 @@ from typing import Literal, cast
 import torch
 from torch import nn
 
+from tensortrain._checks import check_number
 from tensortrain.errors import TTValueError
 from tensortrain_nn._wrapper import AdapterWrapper, cast_like, linear_features
 from tensortrain_nn.linear import TTLinear
@@ -53,9 +54,8 @@ class TTBottleneck(nn.Module):
             )
         if init not in ("zero", "paper"):
             raise TTValueError(f"init must be 'zero' or 'paper', got {init!r}")
-        if not 0 <= dropout < 1:
-            raise TTValueError(f"dropout must be in [0, 1), got {dropout}")
-        self.scale, self.init = float(scale), init
+        dropout = check_number("dropout", dropout, minimum=0.0, maximum=1.0, open_max=True)
+        self.scale, self.init = check_number("scale", scale), init
         paper = init == "paper"
         std: str | float = (1 / (features + bottleneck)) ** 0.5 if paper else "torch"
         self.down = TTLinear(

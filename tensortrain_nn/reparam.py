@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from tensortrain._checks import check_int, check_number
 from tensortrain.errors import TTValueError
 from tensortrain.init import linear_init_std
 from tensortrain_nn._wrapper import AdapterWrapper, cast_like, linear_features
@@ -47,10 +48,9 @@ class TTUpdate(nn.Module):
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-            raise TTValueError(f"r must be a positive int, got {r!r}")
-        if not 0 <= dropout < 1:
-            raise TTValueError(f"dropout must be in [0, 1), got {dropout}")
+        check_int("r", r)
+        alpha = check_number("alpha", alpha)
+        dropout = check_number("dropout", dropout, minimum=0.0, maximum=1.0, open_max=True)
         if form not in ("factors", "full"):
             raise TTValueError(f"form must be 'factors' or 'full', got {form!r}")
         if init not in ("zero", "paper"):
@@ -121,8 +121,18 @@ class TTUpdate(nn.Module):
         out = _FactorUpdate.apply(x, self.A.weight, self.B.weight, mask, p, self.scaling)
         return cast(torch.Tensor, out)
 
-    def _update(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.dropout(cast_like(x, self.B.cores[0]))
+    def deterministic(self, x: torch.Tensor) -> torch.Tensor:
+        """``(alpha / r) dW x``: the update without dropout, in train and eval mode alike.
+
+        This is exactly what :meth:`TTReparam.merge` folds into the base weight, so subtracting
+        it takes a merged update back out (to round-off) whatever the module's mode.
+        """
+        return self._update(x, dropout=False)
+
+    def _update(self, x: torch.Tensor, dropout: bool = True) -> torch.Tensor:
+        x = cast_like(x, self.B.cores[0])
+        if dropout:
+            x = self.dropout(x)
         if self.A is None:
             return self.B(x) * self.scaling
         return ((x @ self.A.weight.T) * self.scaling) @ self.B.weight.T
@@ -250,7 +260,8 @@ class TTReparam(AdapterWrapper):
         y = self.base_layer(x)
         for name in self.merged_adapters:  # merged but not to be applied: take it back out
             if self.adapters_disabled or name != self.active_adapter:
-                y = y - cast_like(self.adapters[name](x), y)
+                # the merged update has no dropout: subtract it without dropout (train mode too)
+                y = y - cast_like(self._update(name).deterministic(x), y)
         update = cast("TTUpdate | None", self._active())
         if update is not None and not update.is_merged:
             y = y + cast_like(update(x), y)
@@ -286,10 +297,19 @@ class TTReparam(AdapterWrapper):
         if not self._update(name).is_merged:
             self._apply_delta(name, +1, safe_merge)
 
-    def unmerge(self) -> None:
-        """Subtract every merged update from the base weight (exact up to round-off)."""
+    def unmerge(self, adapter_name: str | None = None) -> None:
+        """Subtract merged updates from the base weight (exact up to round-off).
+
+        Args:
+            adapter_name: only this update (if merged); default: every merged update.
+        """
+        if adapter_name is not None and adapter_name not in self.adapters:
+            raise TTValueError(
+                f"adapter_name must be one of {list(self.adapters)}, got {adapter_name!r}"
+            )
         for name in self.merged_adapters:
-            self._apply_delta(name, -1, safe=False)
+            if adapter_name is None or name == adapter_name:
+                self._apply_delta(name, -1, safe=False)
 
     def _before_delete(self, name: str) -> None:
         if self._update(name).is_merged:

@@ -6,6 +6,7 @@ import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from tensortrain._checks import check_int, check_number
 from tensortrain.errors import TTTypeError, TTValueError
 
 #: Fields that only one mode reads (a registry: ``patch(mode="rep", bottleneck=8)`` is an error).
@@ -24,18 +25,6 @@ COMMON_FIELDS = (
 )
 #: Default dropout per mode when ``dropout`` is None (the LoRETTA code's choices).
 DEFAULT_DROPOUT = {"rep": 0.05, "adp": 0.0}
-
-
-def _check_int(name: str, value: object, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TTTypeError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise TTValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-
-
-def _check_number(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TTTypeError(f"{name} must be a number, got {value!r}")
 
 
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
@@ -65,13 +54,23 @@ class PatchConfig:
         max_rank, eps: linear only: TT-SVD truncation (see ``TTLinear.from_linear``).
         trainable_norms: also train every normalisation layer (LayerNorm, RMSNorm...): the
             LoRETTA code trains parameters whose name contains ``Norm``.
-        trainable_head: also train the task head: modules named ``classifier`` or ``score``
-            (peft's ``SEQ_CLS`` choice). BERT's ``pooler`` is pretrained and stays frozen.
+        trainable_head: also train the task head: modules named in
+            :data:`~tensortrain_nn.surgery.targets.HEAD_NAMES` (``classifier``, ``score``,
+            DistilBERT's ``pre_classifier``). BERT's ``pooler`` is pretrained and stays frozen
+            unless you unfreeze it (it is then saved and loaded with the adapter).
         trainable_biases: also train every bias outside the adapters.
+
+    Raises:
+        TTTypeError: A field of the wrong type (``r=2.5``, ``trainable_norms="yes"``).
+        TTValueError: A value out of range or not finite (``alpha=nan``, ``dropout=1.0``).
 
     Example:
         >>> PatchConfig(mode="rep", r=16, tt_rank=8, target_modules=["q_proj", "v_proj"])
-        PatchConfig(mode='rep', ...)
+        PatchConfig(mode='rep', target_modules=['q_proj', 'v_proj'], r=16, ...)
+        >>> PatchConfig(alpha=float("nan"))
+        Traceback (most recent call last):
+        ...
+        tensortrain.errors.TTValueError: alpha must be a finite number, got nan
     """
 
     mode: str = "rep"
@@ -95,19 +94,15 @@ class PatchConfig:
         _check_choice("mode", self.mode, tuple(MODE_FIELDS))
         self._check_targets()
         for name in ("r", "tt_rank", "bottleneck"):
-            _check_int(name, getattr(self, name))
+            check_int(name, getattr(self, name))
         if self.max_rank is not None:
-            _check_int("max_rank", self.max_rank)
-        for name in ("alpha", "scale"):
-            _check_number(name, getattr(self, name))
+            check_int("max_rank", self.max_rank)
+        for name in ("alpha", "scale"):  # finite, any sign (a negative scale flips the update)
+            check_number(name, getattr(self, name))
         if self.eps is not None:
-            _check_number("eps", self.eps)
-            if self.eps < 0:
-                raise TTValueError(f"eps must be >= 0, got {self.eps!r}")
+            check_number("eps", self.eps, minimum=0.0)
         if self.dropout is not None:
-            _check_number("dropout", self.dropout)
-            if not 0 <= self.dropout < 1:
-                raise TTValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+            check_number("dropout", self.dropout, minimum=0.0, maximum=1.0, open_max=True)
         _check_choice("form", self.form, ("factors", "full"))
         _check_choice("init", self.init, ("zero", "paper"))
         from tensortrain_nn.adapter import ACTIVATIONS

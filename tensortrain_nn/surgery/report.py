@@ -7,8 +7,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from tensortrain_nn.surgery.state import tt_modules
-from tensortrain_nn.surgery.targets import HEAD_NAMES, is_norm
+from tensortrain_nn.surgery.targets import is_head_parameter, is_norm, tt_modules
 
 _INDEX = re.compile(r"\.\d+(?=\.|$)")
 
@@ -65,7 +64,7 @@ class TrainableReport:
 
 def _kind(model: nn.Module, owner: str) -> str:
     module = model.get_submodule(owner) if owner else model
-    if owner.rsplit(".", 1)[-1] in HEAD_NAMES or any(f".{h}." in f".{owner}." for h in HEAD_NAMES):
+    if is_head_parameter(owner):
         return "head"
     return "norm" if is_norm(module) else type(module).__name__
 
@@ -76,11 +75,22 @@ def trainable_report(model: nn.Module) -> TrainableReport:
     TT layers (TTReparam, TTAdapter, TTLinear) are one row per group; other trainable
     parameters (head, norms, biases) are grouped by the module that holds them.
 
+    Args:
+        model: any module (patched or not).
+
+    Returns:
+        A :class:`TrainableReport`; ``str()`` of it is peft's line plus the table.
+
     Example:
-        >>> print(trainable_report(patch(model, mode="rep")))
-        trainable params: 14,640 || all params: 22,727,856 || trainable%: 0.0644
-        module                              kind       count  trainable
-        ...
+        >>> from torch import nn
+        >>> from tensortrain_nn import patch
+        >>> model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+        >>> model = patch(model, target_modules=["0"], r=2, tt_rank=2, trainable_head=False)
+        >>> print(trainable_report(model))
+        trainable params: 48 || all params: 388 || trainable%: 12.3711
+        module  kind       count  trainable
+        ------  ---------  -----  ---------
+        0       TTReparam  1             48
     """
     tt = dict(tt_modules(model))
     groups: dict[tuple[str, str], tuple[set[str], list[int]]] = {}
@@ -101,3 +111,17 @@ def trainable_report(model: nn.Module) -> TrainableReport:
         count[0] += param.numel()
     rows = [ReportRow(n, k, len(m), c[0]) for (n, k), (m, c) in groups.items()]
     return TrainableReport(trainable, total, rows)
+
+
+def print_trainable_parameters(model: nn.Module) -> None:
+    """Print peft's line (``trainable params: ... || all params: ... || trainable%: ...``).
+
+    peft's ``model.print_trainable_parameters()`` as a function; :func:`trainable_report`
+    gives the numbers and a per-module table.
+
+    Example:
+        >>> from torch import nn
+        >>> print_trainable_parameters(nn.Linear(4, 2))
+        trainable params: 10 || all params: 10 || trainable%: 100.0000
+    """
+    print(trainable_report(model).line)

@@ -1,101 +1,465 @@
-"""What surgery remembers on a patched model, and which parameters train."""
+"""SurgeryState: the one owner of a model's surgery.
+
+One object per patched model, kept on it as ``model.tt_surgery``, does everything that changes
+the surgery: install an adapter, switch, disable, merge, delete, unload, save and load. The
+public functions (:mod:`tensortrain_nn.surgery.api`) are one-line verbs over it.
+
+``patch(model)`` read top to bottom:
+
+1. :func:`~tensortrain_nn.surgery.api.patch` validates its options into a :class:`PatchConfig`
+   and calls ``SurgeryState.for_model(model).add(config, name)``.
+2. :meth:`SurgeryState.add` checks the name, then :func:`~.plan.plan_targets` checks every target
+   (matches, ranks, a dry build on the meta device): nothing has changed yet.
+3. Inside :meth:`SurgeryState._transaction` (a snapshot of every ``requires_grad`` flag, every
+   wrapper's active adapter and the bookkeeping), :meth:`SurgeryState._install` builds and puts
+   in the new modules, :meth:`SurgeryState._attach` puts the state on the model (the only place
+   that does) and :meth:`SurgeryState._switch` makes the adapter the one that runs and trains.
+4. On any error the transaction takes the new modules out and restores the snapshot: the model
+   is exactly as it was, flags included.
+"""
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal, overload
 
+import torch
 from torch import nn
 
-from tensortrain.errors import TTValueError
+from tensortrain.errors import TTShapeError, TTValueError
 from tensortrain_nn._wrapper import AdapterWrapper
+from tensortrain_nn.adapter import TTAdapter
 from tensortrain_nn.linear import TTLinear
+from tensortrain_nn.reparam import TTReparam
 from tensortrain_nn.surgery.config import PatchConfig
-from tensortrain_nn.surgery.targets import HEAD_NAMES, is_norm
+from tensortrain_nn.surgery.flags import adapter_of, config_trainable, portable_name
+from tensortrain_nn.surgery.io import read_adapter, write_adapter
+from tensortrain_nn.surgery.plan import Plan, build, dense_linear, plan_targets, replace_module
+from tensortrain_nn.surgery.targets import model_type, tt_modules
+
+__all__ = ["STATE_ATTR", "SurgeryState", "adapter_of", "get_state"]
 
 #: The attribute under which a patched model keeps its :class:`SurgeryState`.
 STATE_ATTR = "tt_surgery"
-_ADAPTER_KEY = re.compile(r"(^|\.)adapters\.([^.]+)\.")
+_MISSING = object()
+Undo = list[Callable[[], object]]
 
 
 @dataclass
+class _Snapshot:
+    """What a failed operation puts back: flags, wrapper switches and the bookkeeping."""
+
+    flags: list[tuple[nn.Parameter, bool]]
+    wrappers: list[tuple[AdapterWrapper, str | None, bool]]
+    active: str | None
+    configs: dict[str, PatchConfig]
+    targets: dict[str, list[str]]
+    attached: bool
+
+
 class SurgeryState:
-    """Per-model bookkeeping (kept on the model as ``model.tt_surgery``).
+    """The surgery of one model: its adapters, the active one, and every change to them.
+
+    Get it with :func:`get_state` (or ``SurgeryState.for_model`` to start one); the public verbs
+    (``patch``, ``set_adapter``, ``save_adapter``...) are the usual way in.
 
     Attributes:
-        configs: adapter name -> the config it was patched with.
+        model: the patched model.
+        configs: adapter name -> the config it was patched with (in the order added).
         targets: adapter name -> the module names it patched.
-        active: the adapter that runs and trains.
+        active: the adapter that runs and trains (None before the first install).
         model_type: ``model.config.model_type`` at patch time (None without a HF config).
         original_flags: every parameter's ``requires_grad`` before the first patch.
+
+    Example:
+        >>> from tensortrain_nn import patch
+        >>> model = patch(nn.Sequential(nn.Linear(8, 8)), target_modules=["0"], r=2, tt_rank=2)
+        >>> state = get_state(model)
+        >>> state.active, state.targets
+        ('default', {'default': ['0']})
     """
 
-    configs: dict[str, PatchConfig] = field(default_factory=dict)
-    targets: dict[str, list[str]] = field(default_factory=dict)
-    active: str | None = None
-    model_type: str | None = None
-    original_flags: list[tuple[nn.Parameter, bool]] = field(default_factory=list)
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.configs: dict[str, PatchConfig] = {}
+        self.targets: dict[str, list[str]] = {}
+        self.active: str | None = None
+        self.model_type = model_type(model)
+        self.original_flags = [(p, p.requires_grad) for p in model.parameters()]
+        self._own_save_pretrained: Any = _MISSING
 
+    @classmethod
+    def for_model(cls, model: nn.Module) -> SurgeryState:
+        """The model's state, or a new one (not attached until an adapter is installed)."""
+        return get_state(model, required=False) or cls(model)
 
-def get_state(model: nn.Module, required: bool = True) -> SurgeryState | None:
-    """The model's :class:`SurgeryState` (raises when ``required`` and it was never patched)."""
-    state = model.__dict__.get(STATE_ATTR)
-    if state is None and required:
-        raise TTValueError("the model is not patched: call tensortrain_nn.patch(model, ...) first")
-    return state
+    # ------------------------------------------------------------------ install
 
+    def add(self, config: PatchConfig, adapter_name: str, *, activate: bool = True) -> None:
+        """Check, then install adapter ``adapter_name``; a failure leaves the model as it was.
 
-def tt_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    """Every TT wrapper (TTReparam / TTAdapter) and TTLinear in the model, outermost only."""
-    seen: list[str] = []
-    for name, module in model.named_modules():
-        if any(name.startswith(p + ".") for p in seen):
-            continue
-        if isinstance(module, AdapterWrapper | TTLinear):
-            seen.append(name)
-            yield name, module
+        With ``activate`` (or on a model not yet patched) the new adapter becomes the active
+        one; otherwise it is added frozen, next to the active one (peft's ``add_adapter``).
+        """
+        self._check_new_name(adapter_name)
+        plans = plan_targets(self.model, config, adapter_name)
+        with self._transaction() as undo:
+            self._install(config, adapter_name, plans, undo, activate)
 
+    def _check_new_name(self, adapter_name: str) -> None:
+        if not isinstance(adapter_name, str) or not adapter_name.isidentifier():
+            raise TTValueError(f"adapter_name must be a Python identifier, got {adapter_name!r}")
+        if adapter_name in self.configs:
+            raise TTValueError(
+                f"the model already has an adapter named {adapter_name!r} "
+                f"(adapters: {list(self.configs)}); pass another adapter_name"
+            )
 
-def adapter_of(param_name: str) -> str | None:
-    """The adapter a parameter belongs to (``....adapters.<name>....``), None for base ones."""
-    m = _ADAPTER_KEY.search(param_name)
-    return None if m is None else m.group(2)
+    def _install(
+        self, config: PatchConfig, name: str, plans: list[Plan], undo: Undo, activate: bool = True
+    ) -> None:
+        """Put the planned modules in (each step undoable), attach, and switch to ``name``."""
+        first = not self.configs
+        for plan in plans:
+            if isinstance(plan.module, AdapterWrapper):
+                plan.module.add_adapter(name, **config.layer_kwargs())
+                plan.module.adapters[name].train(plan.module.training)
+                undo.append(partial(plan.module.delete_adapter, name))
+            else:
+                replace_module(self.model, plan.name, build(config, plan, name))
+                undo.append(partial(replace_module, self.model, plan.name, plan.module))
+        self.configs[name] = config
+        self.targets[name] = [p.name for p in plans]
+        if first:  # everything outside the adapters starts frozen; _switch adds what trains
+            for pname, param in self.model.named_parameters():
+                if adapter_of(pname) is None:
+                    param.requires_grad_(False)
+        self._attach()
+        self._switch(name if activate or first else self.active)
 
+    def _attach(self) -> None:
+        """The one place the state goes onto the model (with the ``save_pretrained`` redirect)."""
+        if self.model.__dict__.get(STATE_ATTR) is self:
+            return
+        self.model.__dict__[STATE_ATTR] = self
+        if callable(getattr(type(self.model), "save_pretrained", None)):
+            self._own_save_pretrained = self.model.__dict__.get("save_pretrained", _MISSING)
+            self.model.__dict__["save_pretrained"] = self.save_pretrained
 
-def portable_name(param_name: str) -> str:
-    """The parameter name with the adapter name dropped (``adapters.task1.A`` -> ``adapters.A``)."""
-    return _ADAPTER_KEY.sub(r"\1adapters.", param_name, count=1)
-
-
-def extra_trainable(model: nn.Module, config: PatchConfig) -> set[int]:
-    """ids of base parameters that ``config`` trains: head, norms, biases as it asks."""
-    ids: set[int] = set()
-    for name, module in model.named_modules():
-        head = config.trainable_head and name.rsplit(".", 1)[-1] in HEAD_NAMES
-        if head or (config.trainable_norms and is_norm(module)):
-            ids.update(id(p) for p in module.parameters())
-    if config.trainable_biases:
-        ids.update(id(p) for n, p in model.named_parameters() if n.endswith("bias"))
-    return ids
-
-
-def apply_trainable(model: nn.Module, state: SurgeryState) -> None:
-    """Set ``requires_grad``: the active adapter, TTLinear cores, and what its config adds."""
-    config = state.configs[state.active] if state.active else None
-    extra = extra_trainable(model, config) if config else set()
-    ttlinear = {
-        id(p) for _, m in tt_modules(model) if isinstance(m, TTLinear) for p in m.parameters()
-    }
-    for name, param in model.named_parameters():
-        owner = adapter_of(name)
-        if owner is not None:
-            param.requires_grad_(owner == state.active)
+    def _detach(self) -> None:
+        """The one place the state leaves the model (``save_pretrained`` given back)."""
+        del self.model.__dict__[STATE_ATTR]
+        if self._own_save_pretrained is not _MISSING:
+            self.model.__dict__["save_pretrained"] = self._own_save_pretrained
         else:
-            param.requires_grad_(id(param) in extra or id(param) in ttlinear)
+            self.model.__dict__.pop("save_pretrained", None)
+        self._own_save_pretrained = _MISSING
+
+    @property
+    def attached(self) -> bool:
+        """Whether the model carries this state (it has at least one adapter)."""
+        return self.model.__dict__.get(STATE_ATTR) is self
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Undo]:
+        """Run a change under ``no_grad``; on error run the undo steps and restore the snapshot."""
+        snapshot = _Snapshot(
+            flags=[(p, p.requires_grad) for p in self.model.parameters()],
+            wrappers=[(w, w.active_adapter, w.adapters_disabled) for _, w in self.wrappers()],
+            active=self.active,
+            configs=dict(self.configs),
+            targets=dict(self.targets),
+            attached=self.attached,
+        )
+        undo: Undo = []
+        with torch.no_grad():
+            try:
+                yield undo
+            except BaseException:
+                for step in reversed(undo):
+                    step()
+                self._restore(snapshot)
+                raise
+
+    def _restore(self, snapshot: _Snapshot) -> None:
+        for wrapper, active, disabled in snapshot.wrappers:
+            wrapper.active_adapter, wrapper.adapters_disabled = active, disabled
+        for param, flag in snapshot.flags:
+            param.requires_grad_(flag)
+        self.active, self.configs, self.targets = (
+            snapshot.active,
+            snapshot.configs,
+            snapshot.targets,
+        )
+        if self.attached and not snapshot.attached:
+            self._detach()
+
+    # ------------------------------------------------------------------ switch, disable
+
+    def wrappers(self) -> list[tuple[str, AdapterWrapper]]:
+        """Every adapter wrapper (TTReparam / TTAdapter) in the model, by module name."""
+        return [(n, m) for n, m in tt_modules(self.model) if isinstance(m, AdapterWrapper)]
+
+    def _switch(self, name: str | None) -> None:
+        """Make ``name`` run and train: wrappers switch; its adapter and the base tensors its
+        config trains get ``requires_grad``, other adapters and what the previous active config
+        trained do not. Base tensors no config names (a pooler you unfroze) keep their flag."""
+        for _, wrapper in self.wrappers():
+            wrapper.active_adapter = name if name and name in wrapper.adapters else None
+        before = config_trainable(self.model, self.configs.get(self.active or ""))
+        after = config_trainable(self.model, self.configs.get(name or ""))
+        for pname, param in self.model.named_parameters():
+            owner = adapter_of(pname)
+            if owner is not None:
+                param.requires_grad_(owner == name)
+            elif id(param) in after or id(param) in before:
+                param.requires_grad_(id(param) in after)
+        self.active = name
+
+    def _check_name(self, name: str) -> None:
+        if name not in self.configs:
+            raise TTValueError(f"adapter name must be one of {list(self.configs)}, got {name!r}")
+
+    def set_adapter(self, name: str) -> None:
+        """Make adapter ``name`` the one that runs and trains (see :meth:`_switch`)."""
+        self._check_name(name)
+        self._switch(name)
+
+    @contextmanager
+    def disabled(self) -> Iterator[nn.Module]:
+        """A context in which every wrapper runs its base layer alone (merged updates too)."""
+        wrappers = [w for _, w in self.wrappers()]
+        before = [w.adapters_disabled for w in wrappers]
+        for w in wrappers:
+            w.adapters_disabled = True
+        try:
+            yield self.model
+        finally:
+            for w, flag in zip(wrappers, before, strict=True):
+                w.adapters_disabled = flag
+
+    def inactive_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """Trainable parameters of adapters other than the active one, by name."""
+        return [
+            (n, p)
+            for n, p in self.model.named_parameters()
+            if p.requires_grad and adapter_of(n) not in (None, self.active)
+        ]
+
+    # ------------------------------------------------------------------ merge, delete, unload
+
+    def merge(self, safe_merge: bool = True) -> list[TTReparam]:
+        """Fold the active rep update into each base weight (wrappers stay); all or nothing.
+
+        Raises:
+            TTValueError: An active adp adapter (nonlinear), or with ``safe_merge`` a merge that
+                would write non-finite values; nothing changed.
+        """
+        for path, w in self.wrappers():
+            if (
+                isinstance(w, TTAdapter)
+                and w.active_adapter is not None
+                and not w.adapters_disabled
+            ):
+                raise TTValueError(
+                    f"{path!r} holds active adp adapter {w.active_adapter!r}: a nonlinear "
+                    "adapter cannot be merged into a weight; use unpatch(), or keep the adapter"
+                )
+        merged: list[TTReparam] = []
+        with self._transaction() as undo:
+            for _, w in self.wrappers():
+                if isinstance(w, TTReparam) and w.active_adapter and not w.adapters_disabled:
+                    if w.active_adapter not in w.merged_adapters:
+                        w.merge(w.active_adapter, safe_merge=safe_merge)
+                        undo.append(partial(w.unmerge, w.active_adapter))
+                    merged.append(w)
+        return merged
+
+    def unmerge(self) -> None:
+        """Subtract every merged update from its base weight (exact up to round-off)."""
+        with torch.no_grad():
+            for _, w in self.wrappers():
+                if isinstance(w, TTReparam):
+                    w.unmerge()
+
+    def delete_adapter(self, name: str) -> None:
+        """Remove adapter ``name`` (unmerged first); wrappers left empty give their base back.
+
+        Deleting the last adapter is :meth:`unpatch`.
+        """
+        self._check_name(name)
+        if len(self.configs) == 1:
+            self.unpatch()
+            return
+        successor = (
+            self.active if self.active != name else next(n for n in self.configs if n != name)
+        )
+        self._switch(successor)
+        with torch.no_grad():
+            for path, wrapper in self.wrappers():
+                if name not in wrapper.adapters:
+                    continue
+                if isinstance(wrapper, TTReparam):
+                    wrapper.unmerge(name)
+                wrapper.delete_adapter(name)
+                if not wrapper.adapters:
+                    replace_module(self.model, path, wrapper.base_layer)
+        del self.configs[name], self.targets[name]
+        self._switch(successor)  # deleting resets a wrapper's active adapter: set it again
+
+    def _check_reversible(self, what: str) -> None:
+        linear = [n for n, m in tt_modules(self.model) if isinstance(m, TTLinear)]
+        if linear:
+            raise TTValueError(
+                f"cannot {what}: {linear[0]!r} (and {len(linear) - 1} more) were replaced by "
+                "mode='linear' TTLinear layers, whose dense weights are gone; reload the base "
+                "model, or use merge_and_unload to get plain nn.Linear layers back"
+            )
+
+    def unpatch(self) -> nn.Module:
+        """Take every adapter out, merged updates subtracted; original modules and flags back."""
+        self._check_reversible("unpatch")
+        self.unmerge()
+        for path, wrapper in self.wrappers():
+            replace_module(self.model, path, wrapper.base_layer)
+        return self._finish()
+
+    def merge_and_unload(self, safe_merge: bool = True) -> nn.Module:
+        """Merge the active rep updates (only those), then put plain modules back everywhere."""
+        self.merge(safe_merge)
+        with torch.no_grad():
+            for _, w in self.wrappers():  # inactive or disabled merged updates come back out
+                if isinstance(w, TTReparam):
+                    for name in w.merged_adapters:
+                        if name != w.active_adapter or w.adapters_disabled:
+                            w.unmerge(name)
+            for path, w in self.wrappers():
+                replace_module(self.model, path, w.base_layer)
+            for path, layer in tt_modules(self.model):
+                if isinstance(layer, TTLinear):
+                    replace_module(self.model, path, dense_linear(layer))
+        return self._finish()
+
+    def _finish(self) -> nn.Module:
+        for param, flag in self.original_flags:
+            param.requires_grad_(flag)
+        self._detach()
+        return self.model
+
+    # ------------------------------------------------------------------ save, load
+
+    def tensors(self, name: str) -> dict[str, torch.Tensor]:
+        """What :meth:`save` writes: adapter ``name``'s parameters and every trainable
+        parameter outside the adapters (head, norms, biases, TTLinear cores, what you unfroze)."""
+        return {
+            portable_name(n): p
+            for n, p in self.model.named_parameters()
+            if adapter_of(n) == name or (adapter_of(n) is None and p.requires_grad)
+        }
+
+    def save(self, folder: str | os.PathLike[str], adapter_name: str | None = None) -> Path:
+        """Write adapter ``adapter_name`` (default: the active one) into ``folder``."""
+        name = adapter_name or self.active or ""
+        self._check_name(name)
+        meta = {
+            "adapter_name": name,
+            "model_type": self.model_type,
+            "target_names": self.targets[name],
+        }
+        return write_adapter(folder, self.configs[name], meta, self.tensors(name))
+
+    def save_pretrained(self, save_directory: str | os.PathLike[str], **kwargs: Any) -> Path | None:
+        """Stands in for a patched transformers model's ``save_pretrained``: writes the active
+        adapter only, as peft's ``PeftModel.save_pretrained`` does. Trainer's options
+        (``state_dict``, ``safe_serialization``...) are ignored; ``is_main_process=False``
+        writes nothing."""
+        if not kwargs.get("is_main_process", True):
+            return None
+        return self.save(save_directory)
+
+    @classmethod
+    def load(
+        cls, model: nn.Module, folder: str | os.PathLike[str], adapter_name: str | None = None
+    ) -> SurgeryState:
+        """Install a saved adapter and its tensors; see :func:`~tensortrain_nn.load_adapter`."""
+        config, meta, tensors = read_adapter(folder)
+        saved_type, here = meta["model_type"], model_type(model)
+        if saved_type and here and saved_type != here:
+            raise TTValueError(
+                f"adapter in {folder!s} was trained on model_type {saved_type!r}, not {here!r}"
+            )
+        name = adapter_name or meta["adapter_name"] or "default"
+        state = cls.for_model(model)
+        state._check_new_name(name)
+        plans = plan_targets(model, config, name)
+        with state._transaction() as undo:
+            state._install(config, name, plans, undo)
+            state._load_tensors(name, tensors, str(folder), undo)
+        return state
+
+    def _load_tensors(
+        self, name: str, tensors: dict[str, torch.Tensor], folder: str, undo: Undo
+    ) -> None:
+        """Check every tensor (the error names the first misfit), then copy; base tensors in
+        the file train afterwards, other base tensors do not (as when the adapter was saved)."""
+        params = dict(self.model.named_parameters())
+        own = {portable_name(n): p for n, p in params.items() if adapter_of(n) == name}
+        base = {n: p for n, p in params.items() if adapter_of(n) is None}
+        for key, param in own.items():
+            if key not in tensors:
+                raise TTShapeError(
+                    f"adapter in {folder} lacks tensor {key!r} that the patched model trains "
+                    f"(shape {tuple(param.shape)}; different architecture or options?)"
+                )
+            _check_shape(key, tensors[key], param, folder)
+        extra = [k for k in tensors if k not in own]
+        for key in extra:
+            if key not in base:
+                raise TTShapeError(
+                    f"adapter tensor {key!r} in {folder} has no counterpart in the patched model "
+                    f"(not a parameter of adapter {name!r} nor of the base model; different "
+                    "architecture or options?)"
+                )
+            _check_shape(key, tensors[key], base[key], folder)
+        for key in extra:
+            undo.append(partial(base[key].copy_, base[key].detach().clone()))
+        for key, tensor in tensors.items():
+            (own[key] if key in own else base[key]).copy_(tensor)
+        for key, param in base.items():
+            param.requires_grad_(key in tensors)
 
 
-def restore_flags(state: SurgeryState) -> None:
-    """Put every original parameter's ``requires_grad`` back."""
-    for param, flag in state.original_flags:
-        param.requires_grad_(flag)
+def _check_shape(key: str, tensor: torch.Tensor, param: torch.Tensor, folder: str) -> None:
+    want, got = tuple(param.shape), tuple(tensor.shape)
+    if want != got:
+        raise TTShapeError(
+            f"adapter tensor {key!r} in {folder} has shape {got}, but the patched model's "
+            f"has {want} (different model size?)"
+        )
+
+
+@overload
+def get_state(model: nn.Module, required: Literal[True] = True) -> SurgeryState: ...
+@overload
+def get_state(model: nn.Module, required: bool) -> SurgeryState | None: ...
+def get_state(model: nn.Module, required: bool = True) -> SurgeryState | None:
+    """The model's :class:`SurgeryState`; with ``required`` (default) an error if not patched.
+
+    Raises:
+        TTValueError: ``required`` and the model was never patched (or was unpatched).
+
+    Example:
+        >>> get_state(nn.Linear(2, 2), required=False) is None
+        True
+    """
+    state = model.__dict__.get(STATE_ATTR)
+    if isinstance(state, SurgeryState):
+        return state
+    if required:
+        raise TTValueError("the model is not patched: call tensortrain_nn.patch(model, ...) first")
+    return None

@@ -9,8 +9,11 @@ from dataclasses import dataclass
 from torch import nn
 
 from tensortrain.errors import TTTypeError, TTValueError
-from tensortrain_nn._wrapper import AdapterWrapper
+from tensortrain_nn._wrapper import AdapterWrapper, is_linear_like, linear_features
 from tensortrain_nn.linear import TTLinear
+
+#: What surgery puts into a model: adapter wrappers (TTReparam, TTAdapter) and TTLinear.
+TT_MODULES = (AdapterWrapper, TTLinear)
 
 
 @dataclass(frozen=True)
@@ -68,11 +71,6 @@ def is_head_parameter(name: str) -> bool:
     return any(part in HEAD_NAMES for part in name.split("."))
 
 
-def is_linear_like(module: nn.Module) -> bool:
-    """An ``nn.Linear`` or a transformers ``Conv1D`` (GPT-2)."""
-    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
-
-
 def is_norm(module: nn.Module) -> bool:
     """A normalisation layer: torch's (LayerNorm, GroupNorm...) or a class named *Norm."""
     norms = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm, nn.RMSNorm)
@@ -86,15 +84,36 @@ def model_type(model: nn.Module) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def candidate_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    """``(name, module)`` pairs a pattern may match: not the root, nothing inside a TT wrapper."""
-    skip: list[str] = []
-    for name, module in model.named_modules():
-        if not name or any(name.startswith(p + ".") for p in skip):
-            continue
-        if isinstance(module, AdapterWrapper | TTLinear):
-            skip.append(name)
-        yield name, module
+def walk(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """Every ``(name, module)`` below the root, each once, never looking inside a TT module.
+
+    The one walker of surgery: targets are matched on it, and TT modules are found with it
+    (:func:`tt_modules`). A TT module itself is yielded; its ``base_layer`` and adapters are not.
+
+    Example:
+        >>> from tensortrain_nn import TTReparam
+        >>> model = nn.Sequential(TTReparam(nn.Linear(4, 4), r=2, tt_rank=1), nn.ReLU())
+        >>> [name for name, _ in walk(model)]
+        ['0', '1']
+    """
+    seen: set[int] = set()
+
+    def visit(module: nn.Module, prefix: str) -> Iterator[tuple[str, nn.Module]]:
+        for leaf, child in module.named_children():
+            if id(child) in seen:
+                continue
+            seen.add(id(child))
+            name = f"{prefix}.{leaf}" if prefix else leaf
+            yield name, child
+            if not isinstance(child, TT_MODULES):
+                yield from visit(child, name)
+
+    return visit(model, "")
+
+
+def tt_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every TT wrapper (TTReparam / TTAdapter) and TTLinear in ``model``, in model order."""
+    return [(name, module) for name, module in walk(model) if isinstance(module, TT_MODULES)]
 
 
 def matches(name: str, target: Sequence[str] | str) -> bool:
@@ -134,7 +153,7 @@ def default_targets(model: nn.Module, mode: str) -> tuple[str, ...]:
 def describe_modules(model: nn.Module, limit: int = 8) -> str:
     """An abridged list of distinct module-name suffixes and types, for error messages."""
     found: dict[str, str] = {}
-    for name, module in candidate_modules(model):
+    for name, module in walk(model):
         if is_linear_like(module) or not list(module.children()):
             found.setdefault(name.rsplit(".", 1)[-1], type(module).__name__)
     items = [f"{k} ({v})" for k, v in found.items()]
@@ -152,7 +171,7 @@ def resolve_targets(
         TTTypeError: rep/linear target that is not linear-like.
     """
     pattern = default_targets(model, mode) if target is None else target
-    found = [(n, m) for n, m in candidate_modules(model) if matches(n, pattern)]
+    found = [(n, m) for n, m in walk(model) if matches(n, pattern)]
     if not found:
         raise TTValueError(
             f"target_modules={pattern!r} matched no module (names are matched exactly or as a "
@@ -175,8 +194,6 @@ def adapter_features(model: nn.Module, module: nn.Module, name: str) -> int:
     Linear-like: its ``out_features``; otherwise the output size of its last linear-like
     submodule (LLaMA's MLP: ``down_proj``); otherwise ``model.config.hidden_size``.
     """
-    from tensortrain_nn._wrapper import linear_features
-
     if is_linear_like(module):
         return linear_features(module)[1]
     last = [m for m in module.modules() if is_linear_like(m)]

@@ -278,9 +278,11 @@ def test_reparam_named_adapters():
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"r": 0}, TTValueError, "r must be a positive int, got 0"),
+        ({"r": 0}, TTValueError, "r must be an int >= 1, got 0"),
         ({"tt_rank": 0}, TTValueError, "rank"),
         ({"dropout": 1.5}, TTValueError, "dropout"),
+        ({"alpha": float("nan")}, TTValueError, "alpha must be a finite number, got nan"),
+        ({"dropout": float("nan")}, TTValueError, "dropout must be a finite number"),
         ({"form": "dense"}, TTValueError, "form must be 'factors' or 'full'"),
         ({"adapter_name": "a b"}, TTValueError, "identifier"),
     ],

@@ -265,7 +265,7 @@ def test_save_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     def crash(src: str, dst: str) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr("tensortrain_nn.surgery.io.os.replace", crash)
+    monkeypatch.setattr("tensortrain_nn._files.os.replace", crash)
     with pytest.raises(OSError, match="disk full"):
         ttnn.save_adapter(model, folder)
     assert (folder / WEIGHTS_NAME).read_bytes() == good
