@@ -1,0 +1,449 @@
+"""peft LoRA -> LoRETTA_rep: TT-SVD of each LoRA factor, at a stated error."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tensortrain import TTMatrix, tt_matrix_svd
+from tensortrain.errors import TTShapeError, TTTypeError, TTValueError
+from tensortrain.shapes import choose_modes
+from tensortrain_nn.peft_io._format import LoraFile, read_lora
+from tensortrain_nn.peft_io.export import _check_unpatched, _export
+from tensortrain_nn.reparam import TTReparam, TTUpdate
+from tensortrain_nn.surgery.targets import is_head_parameter, is_norm
+
+
+@dataclass(frozen=True)
+class ModuleCompression:
+    """How one module's LoRA factors compressed.
+
+    Attributes:
+        name: module path. shape: ``(out, in)`` of its update.
+        ranks_a, ranks_b: TT ranks reached by ``A (r, in)`` and ``B (out, r)``.
+        error_a, error_b: relative Frobenius errors of each factor (as stored, in its dtype).
+        bound: the Oseledets bound each factor's error is guaranteed under (``eps``, or the
+            LoRA dtype's round-off when ``eps`` is None), None when ``tt_rank`` caps the ranks
+            (the cap wins over ``eps``).
+        update_error: ``||B A - B' A'||_F / ||B A||_F``, the error of the update itself.
+        update_bound: the bound on ``update_error`` that the factor bounds give,
+            ``eps (||B||_F ||A||_2 + (||B||_2 + eps ||B||_F) ||A||_F) / ||B A||_F``.
+        lora_params: ``r (in + out)``. tt_params: the cores at the reached ranks.
+    """
+
+    name: str
+    shape: tuple[int, int]
+    ranks_a: tuple[int, ...]
+    ranks_b: tuple[int, ...]
+    error_a: float
+    error_b: float
+    bound: float | None
+    update_error: float
+    update_bound: float | None
+    lora_params: int
+    tt_params: int
+
+
+@dataclass(frozen=True)
+class LoraImportReport:
+    """What :func:`from_lora` did: per-module errors and the sizes before and after.
+
+    Attributes:
+        adapter_name: the LoRETTA_rep adapter created. r, alpha: its ``r`` and ``alpha``
+            (``alpha / r`` is the LoRA's scale, rsLoRA included).
+        eps, tt_rank: what was asked. patched_tt_rank: the one TT rank the adapter was patched
+            with (the largest reached; smaller bonds are zero-padded, exactly).
+        modules: one :class:`ModuleCompression` per LoRA module.
+        stored_params: TT core entries as patched and saved (padding included).
+        head_params: entries of ``modules_to_save`` carried over (head, norms).
+    """
+
+    adapter_name: str
+    r: int
+    alpha: float
+    eps: float | None
+    tt_rank: int | None
+    patched_tt_rank: int
+    modules: tuple[ModuleCompression, ...]
+    stored_params: int
+    head_params: int
+
+    @property
+    def lora_params(self) -> int:
+        """LoRA factor entries, ``sum r (in + out)``."""
+        return sum(m.lora_params for m in self.modules)
+
+    @property
+    def tt_params(self) -> int:
+        """TT core entries at the reached ranks (no padding)."""
+        return sum(m.tt_params for m in self.modules)
+
+    @property
+    def compression(self) -> float:
+        """``lora_params / stored_params``: how many times smaller the stored adapter is."""
+        return self.lora_params / max(self.stored_params, 1)
+
+    @property
+    def max_update_error(self) -> float:
+        """The largest relative error of any module's update ``B A``."""
+        return max(m.update_error for m in self.modules)
+
+    def __str__(self) -> str:
+        width = max(len("module"), *(len(m.name) for m in self.modules))
+        lines = [
+            f"LoRA -> LoRETTA_rep adapter {self.adapter_name!r}: r={self.r}, alpha={self.alpha:g}, "
+            f"eps={self.eps}, tt_rank cap={self.tt_rank}, patched TT rank {self.patched_tt_rank}",
+            f"{'module':<{width}}  {'A ranks':<14} {'B ranks':<14} "
+            f"{'err A':>8} {'err B':>8} {'err BA':>8} {'bound BA':>9}",
+        ]
+        for m in self.modules:
+            bound = "-" if m.update_bound is None else f"{m.update_bound:.2e}"
+            lines.append(
+                f"{m.name:<{width}}  {_ranks(m.ranks_a):<14} {_ranks(m.ranks_b):<14} "
+                f"{m.error_a:8.2e} {m.error_b:8.2e} {m.update_error:8.2e} {bound:>9}"
+            )
+        lines.append(
+            f"LoRA {self.lora_params:,} -> TT {self.stored_params:,} stored "
+            f"({self.tt_params:,} at the reached ranks): {self.compression:.2f}x smaller; "
+            f"max update error {self.max_update_error:.3g}; head/norms {self.head_params:,}"
+        )
+        return "\n".join(lines)
+
+
+def _ranks(ranks: tuple[int, ...]) -> str:
+    return "-".join(map(str, ranks[1:-1])) or "-"
+
+
+def _rel(x: torch.Tensor, ref: torch.Tensor) -> float:
+    num, den = float(torch.linalg.norm(x - ref)), float(torch.linalg.norm(ref))
+    return num / den if den > 0 else (0.0 if num == 0 else math.inf)
+
+
+def compress_pair(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    *,
+    eps: float | None = None,
+    tt_rank: int | None = None,
+    dtype: torch.dtype | None = None,
+    name: str = "",
+) -> tuple[TTMatrix, TTMatrix, ModuleCompression]:
+    """TT-SVD of one LoRA pair with LoRETTA_rep's modes; errors measured on the stored cores.
+
+    Args:
+        a: ``lora_A (r, in)``. b: ``lora_B (out, r)``.
+        eps: per-factor relative error bound (Oseledets); None: the round-off of ``a``'s dtype.
+        tt_rank: cap on every bond.
+        dtype: dtype of the returned cores (default: ``a``'s). name: the module, for the report.
+
+    Returns:
+        ``(A_tt, B_tt, row)``: TT-matrices of shapes ``(r, in)`` and ``(out, r)`` with the modes
+        :func:`tensortrain.shapes.choose_modes` picks (as :class:`~tensortrain_nn.TTLinear`).
+
+    Example:
+        >>> a, b = torch.randn(4, 64), torch.randn(32, 4)
+        >>> _, _, row = compress_pair(a, b, eps=0.3)
+        >>> row.error_a <= 0.3 and row.error_b <= 0.3
+        True
+    """
+    dtype = dtype or a.dtype
+    if eps is None:  # a float tensor is known to its round-off: drop what lies below it
+        eps = float(torch.finfo(a.dtype).eps)
+    a64, b64 = a.detach().to(torch.float64), b.detach().to(torch.float64)
+    out: list[TTMatrix] = []
+    for x in (a64, b64):
+        rows, cols = choose_modes(x.shape[0], x.shape[1])
+        tt = tt_matrix_svd(x, rows, cols, max_rank=tt_rank, eps=eps)
+        out.append(TTMatrix([c.to(dtype) for c in tt.cores]))
+    a_full, b_full = (t.full().to(torch.float64) for t in out)
+    ref = b64 @ a64
+    bound = eps if tt_rank is None else None
+    update_bound = None
+    if bound is not None:
+        den = float(torch.linalg.norm(ref))
+        na, nb = float(torch.linalg.norm(a64)), float(torch.linalg.norm(b64))
+        sa, sb = (float(torch.linalg.matrix_norm(x, 2)) for x in (a64, b64))
+        num = bound * (nb * sa + (sb + bound * nb) * na)
+        update_bound = num / den if den > 0 else (0.0 if num == 0 else math.inf)
+    row = ModuleCompression(
+        name=name,
+        shape=(b.shape[0], a.shape[1]),
+        ranks_a=out[0].ranks,
+        ranks_b=out[1].ranks,
+        error_a=_rel(a_full, a64),
+        error_b=_rel(b_full, b64),
+        bound=bound,
+        update_error=_rel(b_full @ a_full, ref),
+        update_bound=update_bound,
+        lora_params=a.numel() + b.numel(),
+        tt_params=sum(c.numel() for t in out for c in t.cores),
+    )
+    return out[0], out[1], row
+
+
+def _largest_bond(rows: int, cols: int) -> int:
+    """The largest TT rank a bond of an ``(rows, cols)`` TT-matrix with default modes allows."""
+    m, n = choose_modes(rows, cols)
+    sizes = [x * y for x, y in zip(m, n, strict=True)]
+    return max(
+        (min(math.prod(sizes[:k]), math.prod(sizes[k:])) for k in range(1, len(sizes))), default=1
+    )
+
+
+def _base(module: nn.Module) -> nn.Module:
+    return module.base_layer if isinstance(module, TTReparam) else module
+
+
+def _weight(module: nn.Module) -> torch.Tensor:
+    weight = _base(module).weight
+    assert isinstance(weight, torch.Tensor)
+    return weight
+
+
+def _check_model(model: nn.Module, lora: LoraFile) -> tuple[bool, bool]:
+    """Every LoRA module and saved tensor fits ``model``; returns ``(head, norms)`` to train."""
+    where = str(lora.folder)
+    for path, (a, b) in lora.pairs.items():
+        try:
+            module = _base(model.get_submodule(path))
+        except AttributeError:
+            raise TTValueError(
+                f"peft_folder {where!r} has a LoRA on {path!r}, which model lacks (target_modules "
+                f"{lora.config.get('target_modules')!r}; another architecture?)"
+            ) from None
+        weight = getattr(module, "weight", None)
+        if isinstance(module, nn.Linear):
+            shape = (module.out_features, module.in_features)
+        elif type(module).__name__ == "Conv1D" and isinstance(weight, torch.Tensor):
+            shape = (int(weight.shape[1]), int(weight.shape[0]))
+        else:
+            raise TTValueError(
+                f"target_modules of {where!r}: {path!r} is a {type(module).__name__}; LoRETTA_rep "
+                "patches only nn.Linear and Conv1D layers"
+            )
+        if (b.shape[0], a.shape[1]) != shape:
+            raise TTShapeError(
+                f"LoRA of {path!r} in {where!r} is ({b.shape[0]}, {a.shape[1]}) (out, in), but "
+                f"model's layer is {shape} (another model size?)"
+            )
+    params = dict(model.named_parameters())
+    head = norms = False
+    for name, tensor in lora.saved.items():
+        if name not in params or params[name].shape != tensor.shape:
+            got = tuple(params[name].shape) if name in params else "nothing"
+            raise TTShapeError(
+                f"modules_to_save tensor {name!r} {tuple(tensor.shape)} of {where!r} finds "
+                f"{got} in model"
+            )
+        module = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+        if is_head_parameter(name):
+            head = True
+        elif is_norm(module):
+            norms = True
+        else:
+            raise TTValueError(
+                f"modules_to_save of {where!r} holds {name!r}, neither a task head nor a norm: "
+                "LoRETTA_rep trains only its adapter, the head and the norms"
+            )
+    return head, norms
+
+
+def _check_args(eps: object, tt_rank: object) -> None:
+    if eps is not None and (isinstance(eps, bool) or not isinstance(eps, int | float) or eps < 0):
+        raise TTValueError(f"eps must be a number >= 0 or None, got {eps!r}")
+    if tt_rank is not None and (
+        isinstance(tt_rank, bool) or not isinstance(tt_rank, int) or tt_rank < 1
+    ):
+        raise TTValueError(f"tt_rank must be a positive int or None, got {tt_rank!r}")
+
+
+def _set_cores(update: TTUpdate, a: TTMatrix, b: TTMatrix, path: str) -> None:
+    """Copy TT cores into a freshly patched update, zero-padding smaller bonds (exact)."""
+    assert update.A is not None
+    for layer, tt in ((update.A, a), (update.B, b)):
+        modes = tuple(c.shape[1] for c in tt.cores), tuple(c.shape[2] for c in tt.cores)
+        if modes != (layer.out_modes, layer.in_modes):
+            raise TTShapeError(f"{path!r}: modes {modes} differ from the layer's")
+        for param, core in zip(layer.cores, tt.cores, strict=True):
+            param.zero_()
+            param[: core.shape[0], :, :, : core.shape[3]].copy_(core)
+
+
+def from_lora(
+    model: nn.Module,
+    peft_folder: str | os.PathLike[str],
+    *,
+    eps: float | None = None,
+    tt_rank: int | None = None,
+    adapter_name: str = "default",
+) -> LoraImportReport:
+    """Put a peft LoRA onto ``model`` as a LoRETTA_rep adapter, by TT-SVD of ``A`` and ``B``.
+
+    Each ``lora_A (r, in)`` and ``lora_B (out, r)`` is decomposed with the modes LoRETTA_rep
+    uses; with ``eps`` each factor's relative Frobenius error is at most ``eps`` (Oseledets),
+    with ``tt_rank`` no bond exceeds it (the cap wins over ``eps``); ``eps=None`` drops only
+    what lies below the LoRA dtype's round-off (``finfo.eps``, relative), so the import is exact
+    to round-off. The model is patched (``mode="rep"``, the LoRA's ``r``, ``alpha``,
+    dropout and modules, one TT rank: the largest reached, smaller bonds zero-padded) and the
+    cores set; the LoRA's ``modules_to_save`` (head, norms) are copied and train. Materialises
+    each ``B A`` (``(out, in)``, float64) once, to measure the error.
+
+    Args:
+        model: the base model the LoRA was trained on (may already carry other adapters).
+        peft_folder: a peft LoRA folder (``adapter_config.json``, ``adapter_model.safetensors``).
+        eps: per-factor relative error bound, ``>= 0``.
+        tt_rank: cap on every TT bond rank.
+        adapter_name: name of the new adapter.
+
+    Returns:
+        A :class:`LoraImportReport` (print it for a table).
+
+    Raises:
+        TTValueError: Not a plain LoRA (the field is named: ``peft_type``, ``use_dora``,
+            ``rank_pattern``, ``alpha_pattern``, ``bias``...), a truncated file, modules the
+            model lacks or LoRETTA_rep cannot patch, or ranks one TT rank cannot hold.
+        TTShapeError: A tensor does not fit the model.
+        On any error the model is left exactly as it was.
+
+    Example (``base`` the model the LoRA was trained on)::
+
+        report = from_lora(base, "runs/lora/adapter", eps=0.1)
+        print(report)   # per-module errors and bounds, sizes
+    """
+    from tensortrain_nn.surgery import delete_adapter, patch, set_adapter
+
+    if not isinstance(model, nn.Module):
+        raise TTTypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    _check_args(eps, tt_rank)
+    lora = read_lora(peft_folder)
+    head, norms = _check_model(model, lora)
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    lora.pairs = dict(sorted(lora.pairs.items(), key=lambda item: order[item[0]]))
+    dtype = {p: _weight(model.get_submodule(p)).dtype for p in lora.pairs}
+    done = {p: compress_pair(a, b, eps=eps, tt_rank=tt_rank, dtype=dtype[p], name=p)
+            for p, (a, b) in lora.pairs.items()}  # fmt: skip
+    rank = max(max(a.ranks + b.ranks) for a, b, _ in done.values())
+    for path, (a, b) in lora.pairs.items():
+        for label, (rows, cols) in (("A", a.shape), ("B", b.shape)):
+            if rank > _largest_bond(rows, cols):
+                raise TTValueError(
+                    f"the compressed factors need TT rank {rank}, but {path}.{label} ({rows} x "
+                    f"{cols}) allows at most {_largest_bond(rows, cols)}: pass tt_rank <= that"
+                )
+    before_active = {m.active_adapter for m in model.modules() if isinstance(m, TTReparam)}
+    params = dict(model.named_parameters())
+    saved_before = {n: params[n].detach().clone() for n in lora.saved}
+    patch(
+        model,
+        mode="rep",
+        adapter_name=adapter_name,
+        r=lora.r,
+        alpha=lora.alpha,
+        dropout=lora.dropout,
+        tt_rank=rank,
+        target_modules=list(lora.pairs),
+        trainable_head=head,
+        trainable_norms=norms,
+    )
+    try:
+        with torch.no_grad():
+            for path, (a_tt, b_tt, _) in done.items():
+                wrapper = model.get_submodule(path)
+                assert isinstance(wrapper, TTReparam)
+                update = wrapper.adapters[adapter_name]
+                assert isinstance(update, TTUpdate)
+                _set_cores(update, a_tt, b_tt, path)
+            for name, tensor in lora.saved.items():
+                params[name].copy_(tensor)
+    except BaseException:
+        delete_adapter(model, adapter_name)
+        previous = [a for a in before_active if a is not None]
+        if len(previous) == 1:
+            set_adapter(model, previous[0])
+        with torch.no_grad():
+            for name, value in saved_before.items():
+                params[name].copy_(value)
+        raise
+    stored = sum(
+        p.numel()
+        for m in model.modules()
+        if isinstance(m, TTReparam) and adapter_name in m.adapters
+        for p in m.adapters[adapter_name].parameters()
+    )
+    return LoraImportReport(
+        adapter_name=adapter_name,
+        r=lora.r,
+        alpha=lora.alpha,
+        eps=eps,
+        tt_rank=tt_rank,
+        patched_tt_rank=rank,
+        modules=tuple(row for _, _, row in done.values()),
+        stored_params=stored,
+        head_params=sum(t.numel() for t in lora.saved.values()),
+    )
+
+
+def compress_lora(
+    peft_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    base_model: nn.Module,
+    *,
+    eps: float | None = None,
+    tt_rank: int | None = None,
+    tt_dir: str | os.PathLike[str] | None = None,
+) -> LoraImportReport:
+    """Compress a peft LoRA through TT and write it back out as a LoRA (and as a TT adapter).
+
+    :func:`from_lora` on ``base_model``, then :func:`~tensortrain_nn.peft_io.export_lora` into
+    ``out_dir`` (a peft LoRA folder, same ``r``, ``lora_alpha``, ``task_type`` and
+    ``base_model_name_or_path`` as the input; keep serving it with peft) and
+    :func:`tensortrain_nn.save_adapter` into ``tt_dir`` (default ``out_dir/tt_adapter``: the
+    small file, :func:`tensortrain_nn.load_adapter` reads it). ``base_model`` is left exactly as
+    it was (modules, values, ``requires_grad``), also on error.
+
+    Args:
+        peft_dir: the peft LoRA folder to compress.
+        out_dir: the compressed peft LoRA folder to write.
+        base_model: an unpatched model of the architecture the LoRA was trained on.
+        eps, tt_rank: as in :func:`from_lora`.
+        tt_dir: where the LoRETTA_rep adapter goes (default ``out_dir/tt_adapter``).
+
+    Returns:
+        The :class:`LoraImportReport`.
+
+    Example::
+
+        report = compress_lora("runs/lora/adapter", "runs/lora/compressed", base, eps=0.1)
+        PeftModel.from_pretrained(base, "runs/lora/compressed")   # serve as before
+    """
+    from tensortrain_nn.surgery import save_adapter, unpatch
+
+    _check_unpatched(base_model)
+    lora = read_lora(peft_dir)
+    params = dict(base_model.named_parameters())
+    saved_before = {n: params[n].detach().clone() for n in lora.saved if n in params}
+    report = from_lora(base_model, peft_dir, eps=eps, tt_rank=tt_rank)
+    try:
+        cfg = lora.config
+        _export(
+            base_model,
+            out_dir,
+            None,
+            None,
+            base_model_name_or_path=cfg.get("base_model_name_or_path"),
+            task=cfg.get("task_type"),
+        )
+        save_adapter(
+            base_model, Path(tt_dir) if tt_dir is not None else Path(out_dir) / "tt_adapter"
+        )
+    finally:
+        unpatch(base_model)
+        with torch.no_grad():
+            for name, value in saved_before.items():
+                params[name].copy_(value)
+    return report
