@@ -14,7 +14,12 @@ from __future__ import annotations
 
 import torch
 
-_HALF = (torch.float16, torch.bfloat16)
+#: Dtypes that ``torch.linalg.svd`` lacks, and the dtype they are decomposed in.
+_WIDER = {
+    torch.float16: torch.float32,
+    torch.bfloat16: torch.float32,
+    torch.complex32: torch.complex64,
+}
 #: Smallest ``delta^2 / ||A||^2`` for which the Gram side may decide the rank (float64 only).
 GRAM_MIN_DELTA2 = 1e-8
 #: The Gram side is used when the matrix is at least this many times wider than tall.
@@ -68,7 +73,9 @@ def truncated_svd(
     round-off, ``S`` holds the row norms of ``U^T mat`` and ``diag(S) @ Vh = U^T mat`` exactly.
 
     Args:
-        mat: ``(p, q)`` matrix. Half precision is decomposed in float32 and cast back.
+        mat: ``(p, q)`` real or complex matrix, entries of order 1 at most (the squares of its
+            singular values and of ``delta`` must not overflow). Half precision is decomposed in
+            float32 (complex32 in complex64) and cast back.
         delta: the largest Frobenius norm of the discarded singular values.
         cap: the largest rank allowed, or None.
 
@@ -79,7 +86,7 @@ def truncated_svd(
         out = _gram_svd(mat, delta, cap)
         if out is not None:
             return out
-    work = mat.float() if mat.dtype in _HALF else mat
+    work = mat.to(_WIDER[mat.dtype]) if mat.dtype in _WIDER else mat
     u, s, vh = torch.linalg.svd(work, full_matrices=False)
     tail2 = torch.flip(torch.cumsum(torch.flip(s.detach() ** 2, (0,)), 0), (0,))
     delta2 = torch.as_tensor(delta, dtype=tail2.dtype, device=tail2.device) ** 2

@@ -8,10 +8,10 @@ from collections.abc import Sequence
 import torch
 
 from tensortrain._cores import bond_caps, check_eps, split_modes
+from tensortrain._scale import check_finite, exponent, put_scale, times_pow2
 from tensortrain._svd import truncated_svd
 from tensortrain.errors import TTShapeError, TTTypeError
 from tensortrain.matrix import TTMatrix
-from tensortrain.ops import safe_norm
 from tensortrain.tensor import TTTensor
 
 
@@ -21,30 +21,32 @@ def svd_cores(
     """TT-SVD on plain tensors: the cores of :func:`tt_svd`."""
     if not isinstance(x, torch.Tensor):
         raise TTTypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TTTypeError(f"x must have a floating dtype, got {x.dtype}")
+    if not (x.is_floating_point() or x.is_complex()):
+        raise TTTypeError(f"x must have a floating or complex dtype, got {x.dtype}")
     if x.ndim < 1 or x.numel() == 0:
         raise TTShapeError(
             f"x must have at least one dimension and no zero sizes, got {tuple(x.shape)}"
         )
-    check_eps(eps)
+    eps = check_eps(eps)
     d = x.ndim
     caps = bond_caps(max_rank, d)
+    check_finite(x, "x")
+    power = exponent(x)
+    rest = times_pow2(x, -power)  # largest entry in [0.5, 1): no square over- or underflows
     delta = 0.0
     if eps is not None and d > 1:
-        delta = eps / math.sqrt(d - 1) * float(safe_norm(x.detach()))
+        delta = eps / math.sqrt(d - 1) * float(torch.linalg.vector_norm(rest.detach()))
     cores = []
-    rest = x
     r_prev = 1
     for k in range(d - 1):
         n = x.shape[k]
         u, s, vh = truncated_svd(rest.reshape(r_prev * n, -1), delta, caps[k])
         r = s.shape[0]
         cores.append(u.reshape(r_prev, n, r))
-        rest = s[:, None] * vh
+        rest = s[:, None].to(vh.dtype) * vh
         r_prev = r
     cores.append(rest.reshape(r_prev, x.shape[-1], 1))
-    return cores
+    return put_scale(cores, d - 1, power)
 
 
 def tt_svd(

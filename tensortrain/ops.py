@@ -12,9 +12,10 @@ from collections.abc import Sequence
 
 import torch
 
-from tensortrain._cores import bond_caps, check_eps
+from tensortrain._cores import bond_caps, check_cores, check_eps, same_family
+from tensortrain._scale import check_finite_cores, put_scale
 from tensortrain._svd import GRAM_MIN_DELTA2, rank_from_tail, truncated_svd
-from tensortrain.errors import TTShapeError
+from tensortrain.errors import TTShapeError, TTValueError
 
 Cores = Sequence[torch.Tensor]
 
@@ -87,8 +88,16 @@ def inner(a: Cores, b: Cores) -> torch.Tensor:
 
     The running contraction is rescaled at every step and the scale kept in log space, so the
     result is finite whenever it is representable, however large or small the cores are.
+
+    Raises:
+        TTValueError: a core of ``a`` or ``b`` holds NaN or inf (named, e.g. ``b[1]``).
+        TTShapeError, TTTypeError: invalid cores, or operands of different shapes or dtypes.
     """
+    a, b = check_cores(a, 3, "a"), check_cores(b, 3, "b")
+    same_family(a, b, "inner")
     check_same_shape(a, b, "inner")
+    check_finite_cores(a, "a")
+    check_finite_cores(b, "b")
     v = a[0].new_ones(1, 1)
     log_scale = a[0].new_zeros((), dtype=torch.float64).real
     for ca, cb in zip(a, b, strict=True):
@@ -124,14 +133,34 @@ def orthogonalize(cores: Cores) -> list[torch.Tensor]:
 
     Ranks may shrink where ``r_{k-1} > n_k r_k`` (the QR is reduced). The norm of the tensor is the
     Frobenius norm of core 0.
+
+    Raises:
+        TTValueError: a core holds NaN or inf, or the tensor's norm is beyond the dtype's range
+            (core 0 cannot hold it).
     """
+    cores = check_cores(cores, 3)
+    check_finite_cores(cores)
     out, log_scale = _orthogonalize(cores)
-    out[0] = out[0] * torch.exp(log_scale).to(out[0].real.dtype)
-    return out
+    power = float(log_scale) / math.log(2)
+    scaled = put_scale(out, 0, power)
+    if len(out) > 1 and scaled[1] is not out[1]:
+        raise TTValueError(
+            f"orthogonalize: the tensor's norm (about 2^{power:.0f}) is beyond the range of "
+            f"{out[0].dtype}; core 0 cannot carry it"
+        )
+    return scaled
 
 
 def norm(cores: Cores) -> torch.Tensor:
-    """Frobenius norm via orthogonalisation: no overflow or underflow of intermediate products."""
+    """Frobenius norm via orthogonalisation: no overflow or underflow of intermediate products.
+
+    The result is inf only when the norm itself is beyond the dtype's range.
+
+    Raises:
+        TTValueError: a core holds NaN or inf.
+    """
+    cores = check_cores(cores, 3)
+    check_finite_cores(cores)
     out, log_scale = _orthogonalize(cores)
     core_norm = safe_norm(out[0])
     return core_norm * torch.exp(log_scale).to(core_norm.dtype)
@@ -145,19 +174,39 @@ def round_cores(
     With ``eps``, ``||a - round(a)||_F <= eps * ||a||_F``; ``max_rank`` caps the ranks and wins
     over ``eps``. Never forms the dense tensor: ``O(d n r^3)``. Float64 without autograd takes the
     Gram path (:func:`_gram_round`) where it provably keeps the error; otherwise, or when it
-    declines, the QR and SVD sweeps run.
+    declines, the QR and SVD sweeps run. Every intermediate is normalised, so the bound holds at
+    any magnitude; the scale goes back on the last core (spread over all cores when the tensor's
+    norm is beyond the dtype's range).
+
+    Args:
+        cores: TT cores ``(r_{k-1}, n_k, r_k)``, real or complex.
+        eps: relative Frobenius error allowed, ``>= 0``.
+        max_rank: an int for every bond, or ``d - 1`` per-bond caps.
+
+    Returns:
+        New cores (the input is not modified); all but the last left-orthogonal.
+
+    Raises:
+        TTValueError: a core holds NaN or inf (named: ``cores[2] contains NaN or inf``), or a bad
+            ``eps`` / ``max_rank``.
+
+    Example:
+        >>> a = [torch.randn(1, 4, 3), torch.randn(3, 4, 3), torch.randn(3, 4, 1)]
+        >>> [tuple(c.shape) for c in round_cores(a, max_rank=2)]
+        [(1, 4, 2), (2, 4, 2), (2, 4, 1)]
     """
-    check_eps(eps)
+    cores = check_cores(cores, 3)
+    eps = check_eps(eps)
     d = len(cores)
     caps = bond_caps(max_rank, d)
+    check_finite_cores(cores)
     if _gram_round_applies(cores, eps):
         out = _gram_round(cores, eps, caps)
         if out is not None:
             return out
     out, log_scale = _orthogonalize(cores)
     if d == 1:
-        out[0] = out[0] * torch.exp(log_scale).to(out[0].real.dtype)
-        return out
+        return put_scale(out, 0, float(log_scale) / math.log(2))
     delta = 0.0
     if eps is not None:
         delta = eps / math.sqrt(d - 1) * float(safe_norm(out[0].detach()))
@@ -166,8 +215,7 @@ def round_cores(
         u, s, vh = truncated_svd(out[k].reshape(r_prev * n, r), delta, caps[k])
         out[k] = u.reshape(r_prev, n, -1)
         out[k + 1] = torch.einsum("ab,bnc->anc", s[:, None] * vh, out[k + 1])
-    out[-1] = out[-1] * torch.exp(log_scale).to(out[-1].real.dtype)
-    return out
+    return put_scale(out, d - 1, float(log_scale) / math.log(2))
 
 
 def _gram_round_applies(cores: Cores, eps: float | None) -> bool:
@@ -249,8 +297,8 @@ def _gram_round(
         nxt = units[k + 1]
         m = (carry @ nxt.reshape(nxt.shape[0], -1)).reshape(rank, *nxt.shape[1:])
         log_scale = log_scale + log_c
-    out.append(m * torch.exp(log_scale))
-    return out
+    out.append(m)
+    return put_scale(out, d - 1, float(log_scale) / math.log(2))
 
 
 def matmul(a: Cores, b: Cores) -> list[torch.Tensor]:

@@ -26,6 +26,8 @@ TOLERANCES: dict[torch.dtype, float] = {
     torch.float32: 1e-4,
     torch.bfloat16: 3e-2,
     torch.float16: 5e-3,
+    torch.complex128: 1e-9,
+    torch.complex64: 1e-4,
 }
 
 
@@ -48,11 +50,16 @@ def assert_close(
         raise AssertionError(
             f"shapes differ: {tuple(actual.shape)} vs {tuple(expected.shape)} {msg}"
         )
-    a, e = actual.detach().double().cpu(), expected.detach().double().cpu()
+    a, e = _wide(actual), _wide(expected)
     err = float(torch.linalg.vector_norm(a - e))
     ref = max(float(torch.linalg.vector_norm(e)), 1.0)
     if not err <= rtol * ref:
         raise AssertionError(f"error {err:.3e} > {rtol:.1e} * {ref:.3e} {msg}")
+
+
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """``t`` on the CPU in float64, or complex128 when complex (keeping the imaginary part)."""
+    return t.detach().cpu().to(torch.complex128 if t.is_complex() else torch.float64)
 
 
 def _cores(
