@@ -15,7 +15,9 @@ Example:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import os
 import shlex
 import sys
@@ -61,7 +63,59 @@ def _ints(text: str) -> list[int]:
 
 
 def _test_size(text: str) -> int | float:
-    return float(text) if "." in text else int(text)
+    try:
+        return float(text) if "." in text or "e" in text.lower() else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count or a fraction, got {text!r}") from None
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+#: How a config field's annotation is parsed on the command line.
+_PARSERS: dict[str, Any] = {
+    "int": int,
+    "int | None": int,
+    "float": _finite,
+    "float | None": _finite,
+    "str": str,
+    "str | None": str,
+    "int | float | None": _test_size,
+}
+
+
+def _config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per :class:`FinetuneConfig` field: its name, type, default and help text."""
+    from tensortrain_nn.finetune.config import FinetuneConfig
+
+    for spec in dataclasses.fields(FinetuneConfig):
+        flag = "--" + spec.name.replace("_", "-")
+        default = spec.default if spec.default is not dataclasses.MISSING else None
+        text = spec.metadata["help"]
+        if spec.name == "method_options":
+            parser.add_argument(
+                "--opt",
+                action="append",
+                default=[],
+                metavar="KEY=VALUE",
+                help="method option, e.g. rank=5 or rep.rank=5 (repeatable)",
+            )
+        elif spec.type == "bool":
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=default, help=text
+            )
+        else:
+            shown = "" if default is None else f" (default {default})"
+            parser.add_argument(
+                flag, type=_PARSERS[str(spec.type)], default=default, help=text + shown
+            )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,52 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command")
     ft = sub.add_parser("finetune", help="fine-tune and report (the default command)")
-    ft.add_argument("--method", default="rep", help="rep, adp, lora, head or full (default rep)")
     ft.add_argument("--compare", help="comma-separated methods to run side by side")
     ft.add_argument("--seeds", type=_ints, help="comma-separated training seeds (e.g. 0,1,2)")
-    ft.add_argument(
-        "--jobs", type=int, default=1, help="runs of --compare/--seeds at a time (processes)"
-    )
-    ft.add_argument("--model", default="minilm", help="minilm, smollm2, a model folder or .gguf")
-    ft.add_argument("--data", help="CSV or JSONL file (default: built-in Rotten Tomatoes)")
-    ft.add_argument("--text-column", default="text")
-    ft.add_argument("--label-column", default="label")
-    ft.add_argument("--test-data", help="held-out file (default: hold out part of --data)")
-    ft.add_argument("--test-size", type=_test_size, help="held-out count or fraction")
-    ft.add_argument("--split-seed", type=int, default=0)
-    ft.add_argument("--seed", type=int, default=0)
-    ft.add_argument("--epochs", type=int, default=3)
-    ft.add_argument("--batch-size", type=int, default=16)
-    ft.add_argument("--max-length", type=int, default=64)
-    ft.add_argument("--lr", type=float, help="learning rate (default: per method)")
-    ft.add_argument("--weight-decay", type=float, default=0.01)
-    ft.add_argument("--tt-weight-decay", type=float, default=0.0)
-    ft.add_argument("--warmup-ratio", type=float, default=0.06)
-    ft.add_argument("--max-grad-norm", type=float, default=1.0)
-    ft.add_argument("--max-train", type=int, help="train on the first N shuffled examples")
-    ft.add_argument("--max-test", type=int, help="evaluate on the first N held-out examples")
-    ft.add_argument(
-        "--opt",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="method option, e.g. rank=5 or rep.rank=5 (repeatable)",
-    )
-    ft.add_argument("--output-dir", help="default runs/<method>-<timestamp>")
-    ft.add_argument("--device", default="auto")
-    ft.add_argument("--no-progress", action="store_true", help="no progress bar")
-    ft.add_argument(
-        "--checkpoint-every",
-        type=int,
-        default=0,
-        metavar="K",
-        help="write a resumable checkpoint every K steps and at the end (default 0: none)",
-    )
-    ft.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue from the newest valid checkpoint in --output-dir",
-    )
+    ft.add_argument("--jobs", type=int, default=1, help="runs of --compare/--seeds at a time")
+    _config_flags(ft)
     for name, text in (("predict", "label new text"), ("evaluate", "score a saved run")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--adapter", required=True, help="a run folder written by finetune")
@@ -144,33 +156,8 @@ def _finetune(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from tensortrain_nn.finetune import FinetuneConfig, compare, format_report, run
 
     options, by_method = parse_options(args.opt, args.method)
-    config = FinetuneConfig(
-        method=args.method,
-        model=args.model,
-        data=args.data,
-        text_column=args.text_column,
-        label_column=args.label_column,
-        test_data=args.test_data,
-        test_size=args.test_size,
-        split_seed=args.split_seed,
-        seed=args.seed,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        max_length=args.max_length,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        tt_weight_decay=args.tt_weight_decay,
-        warmup_ratio=args.warmup_ratio,
-        max_grad_norm=args.max_grad_norm,
-        max_train=args.max_train,
-        max_test=args.max_test,
-        method_options=options,
-        output_dir=args.output_dir,
-        device=args.device,
-        progress=not args.no_progress,
-        checkpoint_every=args.checkpoint_every,
-        resume=args.resume,
-    )
+    names = {f.name for f in dataclasses.fields(FinetuneConfig)} - {"method_options"}
+    config = FinetuneConfig(**{n: getattr(args, n) for n in names}, method_options=options)
     main_rank = int(os.environ.get("RANK", "0")) == 0
     if args.compare or args.seeds:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -220,7 +207,7 @@ def _predict(args: argparse.Namespace) -> int:
     if not texts:
         raise ValueError("no input text (give --input FILE or lines on stdin)")
     for label in predict(args.adapter, texts, model=args.model):
-        print(label)
+        print(label if label.isprintable() else label.encode("unicode_escape").decode())
     return 0
 
 

@@ -1,117 +1,128 @@
-"""The fine-tuning job's configuration and result.
+"""The fine-tuning job's configuration and result; the command line's flags are generated from it.
+
+Every field carries its help text (``metadata["help"]``), so :class:`FinetuneConfig` is the one
+source of defaults and descriptions for the Python API and the ``tensortrain finetune`` flags.
 
 Example:
     >>> config = FinetuneConfig(method="lora", epochs=1, max_train=256)
     >>> config.learning_rate
     0.001
+    >>> FinetuneConfig(lr=float("inf"))
+    Traceback (most recent call last):
+    ...
+    tensortrain_nn.finetune.errors.FinetuneError: lr must be a finite number, got inf
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tensortrain._checks import check_int, check_number
+from tensortrain.errors import TTError
 from tensortrain_nn.finetune.errors import FinetuneError
 from tensortrain_nn.finetune.methods import DEFAULT_LR, get_method
+
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
+
+
+def _f(default: Any, text: str, **extra: Any) -> Any:
+    """A dataclass field with its command-line help."""
+    return field(default=default, metadata={"help": text, **extra})
 
 
 @dataclass
 class FinetuneConfig:
     """Everything one fine-tuning run needs; checked in ``__post_init__``.
 
-    Attributes:
-        method: A name in :data:`~tensortrain_nn.finetune.methods.METHODS`.
-        model: A packaged name (``minilm``, ``smollm2``), a model folder or a ``.gguf`` file.
-        data: A CSV / JSONL file, or None for the built-in Rotten Tomatoes snippets.
-        text_column: Text column of ``data`` (and ``test_data``).
-        label_column: Label column of ``data`` (and ``test_data``).
-        test_data: Optional held-out file; without it, ``test_size`` examples of ``data`` are
-            held out.
-        test_size: Held-out count (int) or fraction (float); None: 800 for the built-in set,
-            0.2 for a file.
-        split_seed: Seed of the shuffle before the split (the split stays put across ``seed``).
-        seed: Seed of training (head init, batch order, dropout).
-        epochs: Passes over the training data.
-        batch_size: Training batch size (evaluation uses ``4 * batch_size``).
-        max_length: Tokens per text (longer texts are truncated).
-        lr: Learning rate; None takes the method's default from :data:`DEFAULT_LR`.
-        weight_decay: AdamW weight decay of weight matrices (never of biases and norms).
-        tt_weight_decay: Weight decay of TT cores (parameters named ``tt_cores`` or ``.cores.``).
-        warmup_ratio: Share of the steps with linear warm-up; linear decay to 0 after it.
-        max_grad_norm: Gradient clipping norm (0 turns clipping off).
-        max_train: Train on only the first N shuffled training examples.
-        max_test: Evaluate on only the first N held-out examples.
-        method_options: Keyword options of the method (``patch`` options, peft ``LoraConfig``
-            fields).
-        output_dir: Where the run is written; None: ``runs/<method>-<timestamp>``.
-        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``...
-        eval_every_epoch: Evaluate after each epoch (else only after the last).
-        progress: Show a tqdm progress bar.
-        save: Save the adapter and label mapping into ``output_dir``.
-        checkpoint_every: Write a resumable checkpoint into ``output_dir/checkpoints`` every this
-            many optimizer steps and after the last (0: none).
-        resume: Continue from the newest valid checkpoint in ``output_dir/checkpoints`` (needs
-            ``output_dir``); without one, start from step 0.
+    Each field's help text is in its ``metadata["help"]``: what ``tensortrain finetune --help``
+    prints for its flag (field ``max_length`` is flag ``--max-length``).
     """
 
-    method: str = "rep"
-    model: str = "minilm"
-    data: str | None = None
-    text_column: str = "text"
-    label_column: str = "label"
-    test_data: str | None = None
-    test_size: int | float | None = None
-    split_seed: int = 0
-    seed: int = 0
-    epochs: int = 3
-    batch_size: int = 16
-    max_length: int = 64
-    lr: float | None = None
-    weight_decay: float = 0.01
-    tt_weight_decay: float = 0.0
-    warmup_ratio: float = 0.06
-    max_grad_norm: float = 1.0
-    max_train: int | None = None
-    max_test: int | None = None
-    method_options: dict[str, Any] = field(default_factory=dict)
-    output_dir: str | None = None
-    device: str = "auto"
-    eval_every_epoch: bool = True
-    progress: bool = True
-    save: bool = True
-    checkpoint_every: int = 0
-    resume: bool = False
+    method: str = _f("rep", "rep, adp, lora, head, full, or none (lm: zero-shot)")
+    task: str = _f("auto", "classify, lm, or auto (lm for decoder-only models)")
+    model: str = _f("minilm", "minilm, smollm2, a model folder or a .gguf file")
+    data: str | None = _f(None, "CSV or JSONL file (default: built-in Rotten Tomatoes)")
+    text_column: str = _f("text", "text column of --data")
+    label_column: str = _f("label", "label column of --data")
+    test_data: str | None = _f(None, "held-out file (default: hold out part of --data)")
+    test_size: int | float | None = _f(None, "held-out count (int) or fraction (0.2)")
+    split_seed: int = _f(0, "seed of the shuffle before the split")
+    seed: int = _f(0, "training seed (head init, batch order, dropout)")
+    epochs: int = _f(3, "passes over the training data")
+    batch_size: int = _f(16, "examples per optimizer step, over all processes")
+    gradient_accumulation: int = _f(1, "split each step's batch into N micro-batches")
+    max_length: int = _f(64, "tokens per example (longer texts are cut)")
+    lr: float | None = _f(None, "learning rate (default: per method)")
+    weight_decay: float = _f(0.01, "AdamW weight decay of weight matrices")
+    tt_weight_decay: float = _f(0.0, "weight decay of TT cores")
+    warmup_ratio: float = _f(0.06, "share of steps with linear warm-up (then linear decay)")
+    max_grad_norm: float = _f(1.0, "gradient clipping norm (0: off)")
+    max_train: int | None = _f(None, "train on the first N shuffled examples")
+    max_test: int | None = _f(None, "evaluate on the first N held-out examples")
+    method_options: dict[str, Any] = field(  # on the command line: --opt KEY=VALUE
+        default_factory=dict, metadata={"help": "method options (patch / LoraConfig fields)"}
+    )
+    template: str | None = _f(None, 'lm: prompt template with {text}, e.g. "Review: {text}\\n"')
+    verbalizer: str | None = _f(None, 'lm: label=answer pairs, e.g. fresh=" good",rotten=" bad"')
+    prompt_column: str | None = _f(None, "lm: prompt column (with --completion-column)")
+    completion_column: str | None = _f(None, "lm: completion column (loss on it only)")
+    length_normalise: bool = _f(False, "lm: score answer options by mean token log-likelihood")
+    bf16: bool = _f(False, "bfloat16 autocast (CPU or CUDA)")
+    gradient_checkpointing: bool = _f(False, "recompute activations in backward (less memory)")
+    output_dir: str | None = _f(None, "default runs/<method>-<timestamp>")
+    device: str = _f("auto", "auto, cpu, cuda or cuda:N")
+    eval_every_epoch: bool = _f(True, "evaluate after every epoch (else after the last)")
+    progress: bool = _f(True, "show a progress bar")
+    save: bool = _f(True, "save the adapter and report into output_dir")
+    checkpoint_every: int = _f(0, "write a resumable checkpoint every K steps (0: none)")
+    resume: bool = _f(False, "continue from the newest valid checkpoint in output_dir")
 
     def __post_init__(self) -> None:
+        try:
+            self._check()
+        except FinetuneError:
+            raise
+        except TTError as exc:  # the shared validators' errors, as the job's own type
+            raise FinetuneError(str(exc)) from None
+
+    def _check(self) -> None:
         get_method(self.method)
-        for name in ("epochs", "batch_size", "max_length"):
-            if getattr(self, name) < 1:
-                raise FinetuneError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.task not in ("auto", "classify", "lm"):
+            raise FinetuneError(f"task must be auto, classify or lm, got {self.task!r}")
+        for name in ("epochs", "batch_size", "max_length", "gradient_accumulation"):
+            check_int(name, getattr(self, name))
+        for name in ("seed", "split_seed", "checkpoint_every"):
+            check_int(name, getattr(self, name), minimum=0)
         for name in ("max_train", "max_test"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise FinetuneError(f"{name} must be >= 1 or None, got {value}")
-        if self.lr is not None and self.lr <= 0:
-            raise FinetuneError(f"lr must be > 0, got {self.lr}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise FinetuneError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name))
+        if self.gradient_accumulation > self.batch_size:
+            raise FinetuneError(
+                f"gradient_accumulation ({self.gradient_accumulation}) must be <= batch_size "
+                f"({self.batch_size}): each micro-batch needs at least one example"
+            )
+        if self.lr is not None:
+            check_number("lr", self.lr, minimum=0.0, open_min=True)
+        check_number("warmup_ratio", self.warmup_ratio, minimum=0.0, maximum=1.0, open_max=True)
         for name in ("weight_decay", "tt_weight_decay", "max_grad_norm"):
-            if getattr(self, name) < 0:
-                raise FinetuneError(f"{name} must be >= 0, got {getattr(self, name)}")
+            check_number(name, getattr(self, name), minimum=0.0)
         size = self.test_size
-        if size is not None and (
-            (isinstance(size, float) and not 0 < size < 1) or (isinstance(size, int) and size < 1)
-        ):
-            raise FinetuneError(f"test_size must be an int >= 1 or a float in (0, 1), got {size}")
-        if self.checkpoint_every < 0:
-            raise FinetuneError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        if isinstance(size, float):
+            check_number("test_size", size, minimum=0.0, maximum=1.0, open_min=True, open_max=True)
+        elif size is not None:
+            check_int("test_size", size)
+        if not _DEVICE.fullmatch(self.device):
+            raise FinetuneError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.resume and self.output_dir is None:
             raise FinetuneError("resume needs output_dir: the run folder whose checkpoints to use")
         if not isinstance(self.method_options, dict):
             raise FinetuneError(f"method_options must be a dict, got {self.method_options!r}")
+        _check_finite_options(self.method_options)
 
     @property
     def learning_rate(self) -> float:
@@ -135,6 +146,13 @@ class FinetuneConfig:
         return cls(**{k: v for k, v in values.items() if k in names})
 
 
+def _check_finite_options(options: dict[str, Any]) -> None:
+    """Method options that are numbers must be finite (``--opt alpha=NaN`` is refused here)."""
+    for key, value in options.items():
+        if isinstance(value, float):
+            check_number(f"method option {key}", value)
+
+
 @dataclass
 class Result:
     """What a run measured.
@@ -142,9 +160,9 @@ class Result:
     Attributes:
         method: The method's name.
         description: The method's one-line description.
-        accuracy: Accuracy on the held-out set after the last epoch (0..1).
-        macro_f1: Macro-averaged F1 on the held-out set after the last epoch (0..1).
-        history: Per evaluated epoch: ``{"epoch", "accuracy", "macro_f1", "loss"}``.
+        accuracy: Held-out accuracy after the last epoch (0..1; NaN for lm tasks without labels).
+        macro_f1: Held-out macro-F1 after the last epoch (0..1; NaN without labels).
+        history: Per epoch: ``{"epoch", "loss", ...}`` plus the evaluated metrics.
         trainable_params: Every trainable parameter (adapter, head and other).
         adapter_params: Trainable parameters of the adapter (TT cores, LoRA factors).
         head_params: Trainable parameters of the task head.
@@ -153,25 +171,29 @@ class Result:
         total_params: All parameters of the model being trained (base plus adapter).
         trainable_share: ``trainable_params / total_params``.
         adapter_bytes: Size on disk of the saved adapter folder (0 when not saved).
-        seconds_per_step: Mean wall time of one training step (forward, backward, update).
-        train_seconds: Wall time of training, evaluation excluded.
+        seconds_per_step: Mean wall time of one optimizer step (forward, backward, update).
+        train_seconds: Wall time of training, evaluation and checkpoints excluded.
         peak_memory_mb: Peak RSS of the process (CPU) or peak CUDA memory allocated (GPU), MiB.
         num_train: Training examples used.
         num_test: Held-out examples used.
-        labels: Label names, index = id.
+        labels: Label names, index = id (empty for lm tasks without labels).
         seed: Training seed.
         output_dir: The run's folder, or None when not saved.
         world_size: Processes that trained (data-parallel; 1: not distributed).
-        allreduce_bytes_per_step: Gradient bytes DDP all-reduces per step (the trainable
-            tensors' bytes; 0 when not distributed).
+        allreduce_bytes_per_step: Gradient bytes all-reduced per step (the trainable tensors'
+            bytes; 0 when not distributed).
         resumed_from_step: The checkpoint step the run resumed from, or None.
+        task: ``classify`` or ``lm``.
+        tokens_per_second: Training tokens (padding excluded) per second of training.
+        metrics: The last evaluation's other numbers (lm: loss, perplexity, truncated prompts).
+        samples: Generated samples of the last evaluation (lm).
     """
 
     method: str
     description: str
     accuracy: float
     macro_f1: float
-    history: list[dict[str, float]]
+    history: list[dict[str, Any]]
     trainable_params: int
     adapter_params: int
     head_params: int
@@ -190,6 +212,10 @@ class Result:
     world_size: int = 1
     allreduce_bytes_per_step: int = 0
     resumed_from_step: int | None = None
+    task: str = "classify"
+    tokens_per_second: float = 0.0
+    metrics: dict[str, float] = field(default_factory=dict)
+    samples: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The result as a JSON-ready dict."""

@@ -3,10 +3,10 @@
 A run folder holds ``run.json`` (config, base model and its fingerprint, label names),
 ``labels.json``, ``adapter/`` (what the method trained), ``report.json`` and ``report.md``.
 
-Example:
-    >>> result = run(FinetuneConfig(method="lora", epochs=1, max_train=256, output_dir="runs/x"))
-    >>> predict("runs/x", ["a gorgeous, witty film"])
-    ['fresh']
+Example::
+
+    result = run(FinetuneConfig(method="lora", epochs=1, max_train=256, output_dir="runs/x"))
+    predict("runs/x", ["a gorgeous, witty film"])      # ['fresh']
 """
 
 from __future__ import annotations
@@ -22,16 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from tensortrain_nn._files import atomic_write
 from tensortrain_nn.finetune import data as data_mod
-from tensortrain_nn.finetune.checkpoint import checkpoint_dir
 from tensortrain_nn.finetune.config import FinetuneConfig, Result
-from tensortrain_nn.finetune.distributed import (
-    DistInfo,
-    broadcast,
-    device_for,
-    init_from_env,
-    shutdown,
-)
 from tensortrain_nn.finetune.errors import AdapterError, FinetuneError
 from tensortrain_nn.finetune.methods import get_method
 from tensortrain_nn.finetune.models import (
@@ -42,14 +35,8 @@ from tensortrain_nn.finetune.models import (
     resolve_model,
 )
 from tensortrain_nn.finetune.report import write_comparison, write_report
-from tensortrain_nn.finetune.train import (
-    metrics,
-    peak_memory_mb,
-    pick_device,
-    predict_ids,
-    seed_everything,
-    train,
-)
+from tensortrain_nn.finetune.tasks import ClassifyTask, check_max_length, metrics
+from tensortrain_nn.finetune.train import check_device, peak_memory_mb, train
 from tensortrain_nn.surgery.targets import is_head_parameter
 
 RUN_FILE = "run.json"
@@ -58,17 +45,14 @@ ADAPTER_DIR = "adapter"
 
 def build_split(config: FinetuneConfig) -> data_mod.Split:
     """The train/test split of ``config`` (file or built-in data, held-out part, subsets)."""
+    cols = {"text_column": config.text_column, "label_column": config.label_column}
     if config.data is None or config.data == data_mod.BUILTIN:
         texts, labels = data_mod.load_builtin()
         size = config.test_size if config.test_size is not None else data_mod.BUILTIN_TEST_SIZE
     else:
-        cols = {"text_column": config.text_column, "label_column": config.label_column}
         texts, labels = data_mod.load_table(config.data, **cols)
         size = config.test_size if config.test_size is not None else 0.2
-    test = None
-    if config.test_data is not None:
-        cols = {"text_column": config.text_column, "label_column": config.label_column}
-        test = data_mod.load_table(config.test_data, **cols)
+    test = None if config.test_data is None else data_mod.load_table(config.test_data, **cols)
     split = data_mod.make_split(texts, labels, test_size=size, seed=config.split_seed, test=test)
     n_train, n_test = config.max_train, config.max_test
     return dataclasses.replace(
@@ -106,14 +90,22 @@ def _kind(name: str) -> str:
     return "other"
 
 
+def _broadcast(value: Any) -> Any:
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value])[0] if PartialState().num_processes > 1 else value
+
+
 def run(
     config: FinetuneConfig, *, on_step: Callable[[int, nn.Module], None] | None = None
 ) -> Result:
     """Fine-tune ``config.model`` on ``config.data`` with ``config.method``; report and save.
 
-    Under ``torchrun`` (``WORLD_SIZE > 1`` in the environment, or a process group the caller
-    initialised) the run is data-parallel: every rank trains on its shard of each global batch,
-    rank 0 alone evaluates, saves and writes checkpoints; every rank returns the same metrics.
+    Launched by ``torchrun`` or ``accelerate launch`` (or inside a process group the caller
+    initialised) the run is data-parallel: every process trains on its part of each global
+    batch, the main process alone evaluates, saves and writes checkpoints; every process returns
+    the same metrics.
 
     Args:
         config: The job (see :class:`FinetuneConfig`).
@@ -126,103 +118,108 @@ def run(
         FileNotFoundError: A data or model path does not exist.
         FinetuneError: Bad data, model, method or options (a ``ValueError``).
     """
-    info = init_from_env(pick_device(config.device))
+    import torch.distributed as dist
+    from accelerate import PartialState
+    from accelerate.state import AcceleratorState
+
+    owns_group = not (dist.is_available() and dist.is_initialized())
+    PartialState(cpu=config.device == "cpu")  # joins torchrun's / accelerate's process group
     clean = False
     try:
-        result = _run(config, info, on_step)
+        result = _run(config, on_step)
         clean = True
         return result
     finally:
-        shutdown(info, clean=clean)
+        if owns_group and dist.is_initialized():
+            if clean:
+                dist.barrier()
+            dist.destroy_process_group()
+        if owns_group:
+            AcceleratorState._reset_state(reset_partial_state=True)
 
 
-def _run(
-    config: FinetuneConfig,
-    info: DistInfo,
-    on_step: Callable[[int, nn.Module], None] | None,
-) -> Result:
+def _run(config: FinetuneConfig, on_step: Callable[[int, nn.Module], None] | None) -> Result:
+    from accelerate import PartialState
+
+    check_device(config.device)
     method = get_method(config.method)
     split = build_split(config)
     spec = resolve_model(config.model)
-    seed_everything(config.seed)
+    torch.manual_seed(config.seed)
     model, tokenizer = load_model(spec, len(split.labels), labels=split.labels)
+    check_max_length(config.max_length, model, tokenizer)
+    task = ClassifyTask(tokenizer, split, config.max_length)
     base_fingerprint = fingerprint(model)
     model, description = method.setup(model, dict(config.method_options))
-    device = device_for(info, pick_device(config.device))
-    model.to(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     counts = _count(model)
-    eval_batch = 4 * config.batch_size
-    # One folder for all ranks (a timestamped default could differ by a second between them).
-    out_dir = Path(broadcast(str(config.resolved_output_dir()), info))
+    # One folder for all processes (a timestamped default could differ by a second between them).
+    out = Path(_broadcast(str(config.resolved_output_dir())))
     use_checkpoints = config.checkpoint_every > 0 or config.resume
-
-    def evaluate() -> dict[str, float]:
-        ids = predict_ids(
-            model, tokenizer, split.test_texts, max_length=config.max_length, batch_size=eval_batch
-        )
-        return metrics(ids, split.test_labels, len(split.labels))
-
     stats = train(
         model,
-        tokenizer,
-        split.train_texts,
-        split.train_labels,
+        task,
         config,
-        evaluate=evaluate,
-        info=info,
-        checkpoints=checkpoint_dir(out_dir) if use_checkpoints else None,
+        evaluate=lambda m: task.evaluate(m, 4 * config.batch_size),
+        checkpoints=out / "checkpoints" if use_checkpoints else None,
         on_step=on_step,
     )
     final = stats["history"][-1]
-    out: Path | None = None
+    main = PartialState().is_main_process
     adapter_bytes = 0
-    if config.save:
-        out = out_dir
-    if out is not None and info.is_main:
+    if config.save and main:
         out.mkdir(parents=True, exist_ok=True)
         method.save(model, out / ADAPTER_DIR)
         adapter_bytes = _folder_bytes(out / ADAPTER_DIR)
         saved = {
             "format": 1,
-            "config": config.to_dict(),
+            "config": {**config.to_dict(), **_absolute_paths(config)},
             "model": spec.to_dict(),
             "base_fingerprint": base_fingerprint,
             "labels": split.labels,
         }
-        (out / RUN_FILE).write_text(json.dumps(saved, indent=2) + "\n")
+        atomic_write(out / RUN_FILE, (json.dumps(saved, indent=2) + "\n").encode())
         label2id = {name: i for i, name in enumerate(split.labels)}
-        (out / "labels.json").write_text(json.dumps(label2id, indent=2) + "\n")
-    adapter_bytes = broadcast(adapter_bytes, info)
+        atomic_write(out / "labels.json", (json.dumps(label2id, indent=2) + "\n").encode())
+    trainable = counts["adapter"] + counts["head"] + counts["other"]
     result = Result(
         method=config.method,
         description=description,
         accuracy=final["accuracy"],
         macro_f1=final["macro_f1"],
         history=stats["history"],
-        trainable_params=counts["adapter"] + counts["head"] + counts["other"],
+        trainable_params=trainable,
         adapter_params=counts["adapter"],
         head_params=counts["head"],
         other_params=counts["other"],
         total_params=counts["total"],
-        trainable_share=(counts["adapter"] + counts["head"] + counts["other"]) / counts["total"],
-        adapter_bytes=adapter_bytes,
+        trainable_share=trainable / counts["total"],
+        adapter_bytes=_broadcast(adapter_bytes),
         seconds_per_step=stats["seconds_per_step"],
         train_seconds=stats["train_seconds"],
-        peak_memory_mb=peak_memory_mb(device),
-        num_train=len(split.train_texts),
+        peak_memory_mb=peak_memory_mb(stats["device"]),
+        num_train=task.num_train,
         num_test=len(split.test_texts),
         labels=split.labels,
         seed=config.seed,
-        output_dir=str(out) if out is not None else None,
-        world_size=info.world_size,
+        output_dir=str(out) if config.save else None,
+        world_size=stats["world_size"],
         allreduce_bytes_per_step=stats["allreduce_bytes"],
         resumed_from_step=stats["resumed_from"],
+        task=task.name,
+        tokens_per_second=stats["tokens_per_second"],
     )
-    if out is not None and info.is_main:
+    if config.save and main:
         write_report(result, out)
     return result
+
+
+def _absolute_paths(config: FinetuneConfig) -> dict[str, str]:
+    """Data paths made absolute, so that a saved run works from any folder."""
+    return {
+        key: str(Path(value).resolve())
+        for key in ("data", "test_data")
+        if (value := getattr(config, key)) is not None and value != data_mod.BUILTIN
+    }
 
 
 def compare(
@@ -355,9 +352,15 @@ def predict(
 ) -> list[str]:
     """Label ``texts`` with a saved run; returns label names."""
     loaded, tokenizer, info = load_run(folder, model=model)
-    max_length = info["config"]["max_length"]
-    ids = predict_ids(loaded, tokenizer, list(texts), max_length=max_length, batch_size=batch_size)
+    task = _task_of(tokenizer, info, texts=list(texts))
+    ids = task.predict(loaded, list(texts), batch_size)
     return [info["labels"][i] for i in ids]
+
+
+def _task_of(tokenizer: Any, info: dict[str, Any], texts: list[str]) -> ClassifyTask:
+    """A classification task over ``texts`` with a saved run's labels and length."""
+    split = data_mod.Split([], [], texts, [0] * len(texts), info["labels"])
+    return ClassifyTask(tokenizer, split, info["config"]["max_length"])
 
 
 def evaluate(
@@ -385,5 +388,5 @@ def evaluate(
             label_column=label_column or cfg["label_column"],
         )
         ids = data_mod.encode_labels(names, info["labels"], where=str(data))
-    predicted = predict_ids(loaded, tokenizer, texts, max_length=cfg["max_length"], batch_size=64)
+    predicted = _task_of(tokenizer, info, texts).predict(loaded, texts, 64)
     return {**metrics(predicted, ids, len(info["labels"])), "examples": float(len(texts))}

@@ -3,9 +3,10 @@
 Methods: ``rep`` (LoRETTA_rep) and ``adp`` (LoRETTA_adp) through :func:`tensortrain_nn.patch`,
 ``lora`` through peft, ``head`` (only the classification head trains) and ``full``.
 
-Example:
-    >>> model, description = METHODS["lora"].setup(model, {"r": 4})
-    >>> METHODS["lora"].save(model, "runs/x/adapter")
+Example::
+
+    model, description = METHODS["lora"].setup(model, {"r": 4})
+    METHODS["lora"].save(model, Path("runs/x/adapter"))
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from torch import nn
 
+from tensortrain_nn._files import atomic_write
 from tensortrain_nn.finetune.errors import AdapterError, FinetuneError
 from tensortrain_nn.surgery.targets import is_head_parameter
 
@@ -107,7 +109,7 @@ def _setup_lora(model: nn.Module, options: dict[str, Any]) -> tuple[nn.Module, s
 
 
 def _save_tensors(model: nn.Module, folder: Path) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     tensors = {
         name: param.detach().cpu().contiguous()
@@ -115,18 +117,23 @@ def _save_tensors(model: nn.Module, folder: Path) -> None:
         if param.requires_grad
     }
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / (TENSORS_FILE + ".tmp")
-    save_file(tensors, str(tmp))
-    tmp.replace(folder / TENSORS_FILE)
+    atomic_write(folder / TENSORS_FILE, save(tensors))
+
+
+def _read_safetensors(path: Path) -> dict[str, Any]:
+    """The tensors of ``path``; a missing, truncated or corrupted file is an AdapterError."""
+    from safetensors.torch import load
+
+    if not path.is_file():
+        raise AdapterError(f"adapter folder {path.parent} has no {path.name}")
+    try:
+        return load(path.read_bytes())
+    except Exception as exc:  # safetensors' own error type is not exported stably
+        raise AdapterError(f"{path} is truncated or corrupted and cannot be read") from exc
 
 
 def _load_tensors(model: nn.Module, folder: Path) -> nn.Module:
-    from safetensors.torch import load_file
-
-    path = folder / TENSORS_FILE
-    if not path.is_file():
-        raise AdapterError(f"adapter folder {folder} has no {TENSORS_FILE}")
-    tensors = load_file(str(path))
+    tensors = _read_safetensors(folder / TENSORS_FILE)
     params = dict(model.named_parameters())
     for name, tensor in tensors.items():
         if name not in params:
@@ -147,6 +154,10 @@ def _save_lora(model: nn.Module, folder: Path) -> None:
 def _load_lora(model: nn.Module, folder: Path) -> nn.Module:
     from peft import PeftModel
 
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        if not (folder / name).is_file():
+            raise AdapterError(f"the LoRA adapter folder {folder} has no {name}")
+    _read_safetensors(folder / "adapter_model.safetensors")
     try:
         return PeftModel.from_pretrained(model, str(folder))
     except RuntimeError as exc:

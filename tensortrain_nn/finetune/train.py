@@ -1,80 +1,61 @@
-"""The training loop: AdamW, linear warm-up and decay, clipping, seeding, evaluation, metrics.
+"""The training loop, on accelerate: one loop for every task, method and launcher.
 
-Example:
-    >>> seed_everything(0)
-    >>> stats = train(model, tokenizer, texts, labels, config, evaluate_fn=None)
+``Accelerator`` places the model, wraps it for data parallelism (``torchrun`` or ``accelerate
+launch``: DDP over gloo on CPU, nccl on GPUs), runs bf16 autocast, scales the backward pass and
+saves/loads the training state. What stays here is this project's: the parameter groups, the
+schedule, the global batch and its split across processes, and the checkpoint guarantees
+(:mod:`~tensortrain_nn.finetune.checkpoint`).
+
+``config.batch_size`` is the *global* batch of one optimizer step: process ``r`` of ``N`` takes
+examples ``r, r + N, ...`` of it and weights its mean loss by its share, so that the averaged
+gradient is that of the mean loss over the whole batch; a run on N processes follows the
+trajectory of a one-process run (to round-off). ``config.gradient_accumulation = k`` splits each
+process's part into k micro-batches (gradients synchronised once per step): the same update with
+less memory. Only trainable tensors are synchronised (DDP skips frozen parameters).
+
+Example::
+
+    stats = train(model, ClassifyTask(tokenizer, split, 64), config, evaluate=lambda m: {})
 """
 
 from __future__ import annotations
 
 import math
-import random
+import os
 import resource
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from tensortrain_nn.finetune.checkpoint import Position, resume, write_checkpoint
+from tensortrain_nn.finetune.checkpoint import Checkpoints, config_digest
 from tensortrain_nn.finetune.config import FinetuneConfig
-from tensortrain_nn.finetune.distributed import (
-    SINGLE,
-    DistInfo,
-    all_sum,
-    barrier,
-    broadcast,
-    frozen_inactive_adapters,
-    shard,
-    trainable_bytes,
-    unused_parameters,
-    wrap,
-)
-from tensortrain_nn.finetune.models import is_tt_core
+from tensortrain_nn.finetune.errors import FinetuneError
+from tensortrain_nn.finetune.tasks import Task
+
+Evaluate = Callable[[nn.Module], dict[str, Any]]
+OnStep = Callable[[int, nn.Module], None]
 
 
-def seed_everything(seed: int) -> None:
-    """Seed ``random``, numpy and torch (CPU and every CUDA device)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def pick_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; any other name as ``torch.device``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def encode(tokenizer: Any, texts: Sequence[str], max_length: int, device: torch.device) -> Any:
-    """Tokenize a batch of texts, padded to its longest text and truncated to ``max_length``."""
-    batch = tokenizer(
-        list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-    )
-    return {key: value.to(device) for key, value in batch.items()}
+def is_tt_core(name: str) -> bool:
+    """Whether a parameter name is a TT core (``...tt_cores...`` or ``....cores....``)."""
+    return "tt_cores" in name or ".cores." in name
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, tt_weight_decay: float) -> list[dict]:
-    """AdamW groups: TT cores at ``tt_weight_decay``, biases and norms at 0, other weights decayed.
-
-    A TT core is any parameter whose name contains ``tt_cores`` or ``.cores.``.
-    """
+    """AdamW groups: TT cores at ``tt_weight_decay``, biases and norms at 0, others decayed."""
     groups: dict[str, list[nn.Parameter]] = {"tt": [], "none": [], "decay": []}
     for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        if is_tt_core(name):
-            groups["tt"].append(param)
-        elif param.ndim < 2 or "norm" in name.lower():
-            groups["none"].append(param)
-        else:
-            groups["decay"].append(param)
+        if param.requires_grad:
+            flat = param.ndim < 2 or "norm" in name.lower()
+            groups["tt" if is_tt_core(name) else "none" if flat else "decay"].append(param)
     decay = {"tt": tt_weight_decay, "none": 0.0, "decay": weight_decay}
     return [{"params": ps, "weight_decay": decay[key]} for key, ps in groups.items() if ps]
 
@@ -91,34 +72,6 @@ def linear_schedule(total_steps: int, warmup_ratio: float) -> Callable[[int], fl
     return factor
 
 
-@torch.no_grad()
-def predict_ids(
-    model: nn.Module, tokenizer: Any, texts: Sequence[str], *, max_length: int, batch_size: int
-) -> list[int]:
-    """Predicted label ids of ``texts`` (the model is put in eval mode)."""
-    model.eval()
-    device = next(model.parameters()).device
-    out: list[int] = []
-    for start in range(0, len(texts), batch_size):
-        batch = encode(tokenizer, texts[start : start + batch_size], max_length, device)
-        out.extend(model(**batch).logits.argmax(dim=-1).tolist())
-    return out
-
-
-def metrics(predicted: Sequence[int], expected: Sequence[int], num_labels: int) -> dict[str, float]:
-    """Accuracy and macro-F1 (classes absent from both lists are left out of the mean)."""
-    pairs = list(zip(predicted, expected, strict=True))
-    accuracy = sum(p == e for p, e in pairs) / max(1, len(pairs))
-    scores = []
-    for label in range(num_labels):
-        tp = sum(p == label and e == label for p, e in pairs)
-        fp = sum(p == label and e != label for p, e in pairs)
-        fn = sum(p != label and e == label for p, e in pairs)
-        if tp + fp + fn:
-            scores.append(2 * tp / (2 * tp + fp + fn))
-    return {"accuracy": accuracy, "macro_f1": sum(scores) / max(1, len(scores))}
-
-
 def peak_memory_mb(device: torch.device) -> float:
     """Peak CUDA memory allocated on ``device``, or the process's peak RSS on CPU, in MiB."""
     if device.type == "cuda":
@@ -127,160 +80,309 @@ def peak_memory_mb(device: torch.device) -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
 
+def shard(global_idx: Sequence[int], rank: int, world: int) -> tuple[list[int], float]:
+    """This process's part of one global batch, and the factor its mean loss is scaled by.
+
+    Process ``rank`` takes ``global_idx[rank::world]``; the factor ``n_r * world / n`` makes the
+    processes' averaged gradient that of the mean loss over all ``n`` examples, also for a ragged
+    last batch. A process left without examples reruns the first one at factor 0 (every process
+    must join every all-reduce).
+
+    Example:
+        >>> shard([5, 1, 7, 2, 0], rank=1, world=2)
+        ([1, 2], 0.8)
+    """
+    mine = list(global_idx[rank::world])
+    if not mine:
+        return list(global_idx[:1]), 0.0
+    return mine, len(mine) * world / len(global_idx)
+
+
+def inactive_adapter_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """Trainable parameters of tensortrain adapters that are not the active one."""
+    from tensortrain_nn.surgery import inactive_adapter_parameters as found
+
+    return found(model)
+
+
+@contextmanager
+def frozen_inactive_adapters(model: nn.Module) -> Iterator[None]:
+    """Freeze inactive adapters' trainable parameters (with a warning) for the duration.
+
+    They take no part in the forward pass: under DDP they would make the second step fail.
+    """
+    found = inactive_adapter_parameters(model)
+    if found:
+        names = [n for n, _ in found]
+        warnings.warn(
+            f"{len(names)} trainable parameters belong to inactive adapters and take no part in "
+            f"the forward pass ({', '.join(names[:3])}); they are frozen while training",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    for _, param in found:
+        param.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for _, param in found:
+            param.requires_grad_(True)
+
+
+def unused_parameters(model: nn.Module, task: Task, batch_size: int) -> list[str]:
+    """Trainable parameters that get no gradient from one probe step (RNG states untouched)."""
+    device = next(model.parameters()).device
+    batch = task.train_batch(list(range(min(task.num_train, batch_size))))
+    with torch.random.fork_rng(devices=[]):
+        model.train()
+        task.loss(model, {k: v.to(device) for k, v in batch.items()}).backward()
+    names = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    model.zero_grad(set_to_none=True)
+    return names
+
+
+def check_device(device: str) -> None:
+    """Refuse a CUDA device this torch cannot see (``auto`` and ``cpu`` always work).
+
+    Raises:
+        FinetuneError: ``--device cuda`` (or ``cuda:N``) without that CUDA device.
+    """
+    if not device.startswith("cuda"):
+        return
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(device.partition(":")[2] or 0)
+    if index >= count:
+        seen = f"{count} CUDA devices" if count else "no CUDA device (a CPU build or no GPU)"
+        raise FinetuneError(f"--device {device}: this torch sees {seen}; use --device cpu or auto")
+
+
+def make_accelerator(config: FinetuneConfig, find_unused: bool = False) -> Any:
+    """An ``Accelerator`` for ``config`` (device, bf16, DDP options); resets a previous run's."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
+
+    check_device(config.device)
+    if ":" in config.device:
+        torch.cuda.set_device(torch.device(config.device))
+    AcceleratorState._reset_state(reset_partial_state=False)  # mixed precision may differ per run
+    return Accelerator(
+        cpu=config.device == "cpu",
+        mixed_precision="bf16" if config.bf16 else "no",
+        dataloader_config=DataLoaderConfiguration(split_batches=True),  # scheduler: once a step
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused)],
+    )
+
+
+@dataclass
+class Position:
+    """Where training stands: what a checkpoint records beyond tensors and optimizer."""
+
+    epoch: int = 1
+    step: int = 0
+    global_step: int = 0
+    loss_sum: float = 0.0
+    seen: float = 0.0
+    tokens: float = 0.0
+    train_seconds: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def epoch_order(num_train: int, seed: int, epoch: int) -> list[int]:
+    """The permutation of the training examples in ``epoch`` (the same on every process)."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(num_train, generator=generator).tolist()
+
+
+def _step(
+    acc: Any, model: nn.Module, task: Task, idx: Sequence[int], config: FinetuneConfig
+) -> Any:
+    """Forward and backward of this process's part of one global batch; returns its stats."""
+    mine, weight = shard(idx, acc.process_index, acc.num_processes)
+    parts = [
+        p
+        for p in (
+            mine[k :: config.gradient_accumulation] for k in range(config.gradient_accumulation)
+        )
+        if p
+    ]
+    stats = torch.zeros(3, dtype=torch.float64)
+    for k, part in enumerate(parts):
+        batch = {key: value.to(acc.device) for key, value in task.train_batch(part).items()}
+        with acc.no_sync(model) if k < len(parts) - 1 else nullcontext():
+            loss = task.loss(model, batch)
+            acc.backward(loss * (weight * len(part) / len(mine)))
+        if weight > 0:
+            tokens = batch["attention_mask"].sum().item() if "attention_mask" in batch else 0
+            stats += torch.tensor([loss.item() * len(part), len(part), tokens], dtype=torch.float64)
+    return stats
+
+
 def train(
     model: nn.Module,
-    tokenizer: Any,
-    texts: Sequence[str],
-    labels: Sequence[int],
+    task: Task,
     config: FinetuneConfig,
     *,
-    evaluate: Callable[[], dict[str, float]],
-    info: DistInfo = SINGLE,
+    evaluate: Evaluate,
     checkpoints: Path | None = None,
-    on_step: Callable[[int, nn.Module], None] | None = None,
+    on_step: OnStep | None = None,
 ) -> dict[str, Any]:
-    """Train ``model`` in place on ``(texts, labels)``, data-parallel when ``info`` says so.
-
-    Each step takes ``config.batch_size`` examples (the global batch) from the epoch's
-    permutation; with several processes each rank trains on its shard of them (see
-    :func:`~tensortrain_nn.finetune.distributed.shard`) under DDP. Trainable parameters of
-    inactive tensortrain adapters are frozen for the duration (they take no part in forward).
+    """Train ``model`` in place on ``task``, data-parallel when launched so.
 
     Args:
-        model: A model whose trainable parameters have ``requires_grad``; on its device already.
-        tokenizer: Its tokenizer.
-        texts: Training texts.
-        labels: Their label ids.
-        config: Epochs, batch size, learning rate, schedule, clipping, seed, progress bar,
-            ``checkpoint_every`` and ``resume``.
-        evaluate: Called after each epoch (after the last only, unless ``eval_every_epoch``) on
-            rank 0 only; returns metrics such as accuracy (broadcast to the other ranks).
-        info: This process's place in a distributed job (default: alone).
+        model: A model whose trainable parameters have ``requires_grad`` (on the CPU or its
+            device; the accelerator places it).
+        task: What to train on (:class:`~tensortrain_nn.finetune.tasks.Task`).
+        config: Epochs, batch size, learning rate, schedule, clipping, seed, bf16, accumulation,
+            progress bar, ``checkpoint_every`` and ``resume``.
+        evaluate: ``evaluate(model)`` after each epoch (after the last only, unless
+            ``eval_every_epoch``), on the main process only; its metrics go to every process.
         checkpoints: Folder of the run's checkpoints; needed for ``checkpoint_every`` / ``resume``.
-        on_step: Called after every optimizer step with the global step and the (unwrapped) model.
+        on_step: Called after every optimizer step with the global step and the model.
 
     Returns:
-        ``{"history": [...], "steps": n, "train_seconds": s, "seconds_per_step": s,
-        "allreduce_bytes": b, "resumed_from": step or None}``.
+        ``{"history", "steps", "train_seconds", "seconds_per_step", "tokens_per_second",
+        "allreduce_bytes", "resumed_from", "world_size", "device"}``.
+
+    Raises:
+        FinetuneError: The loss became NaN or infinite, or a checkpoint cannot be resumed.
     """
     with frozen_inactive_adapters(model):
-        return _train(model, tokenizer, texts, labels, config, evaluate, info, checkpoints, on_step)
-
-
-def _train(
-    model: nn.Module,
-    tokenizer: Any,
-    texts: Sequence[str],
-    labels: Sequence[int],
-    config: FinetuneConfig,
-    evaluate: Callable[[], dict[str, float]],
-    info: DistInfo,
-    folder: Path | None,
-    on_step: Callable[[int, nn.Module], None] | None,
-) -> dict[str, Any]:
-    from tqdm.auto import tqdm
-
-    device = next(model.parameters()).device
-    optimizer = torch.optim.AdamW(
-        parameter_groups(model, config.weight_decay, config.tt_weight_decay),
-        lr=config.learning_rate,
-    )
-    steps_per_epoch = math.ceil(len(texts) / config.batch_size)
-    total = steps_per_epoch * config.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, linear_schedule(total, config.warmup_ratio)
-    )
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    generator = torch.Generator().manual_seed(config.seed)
-    pos = Position()
-    if config.resume and folder is not None:
-        pos = resume(folder, config, model, optimizer, scheduler, generator, info)
-    elif info.rank > 0:
-        torch.manual_seed(config.seed + info.rank)  # own dropout masks per rank
-    resumed_from = pos.global_step if pos.global_step else None
-
-    def batch_of(global_idx: Sequence[int]) -> tuple[Any, torch.Tensor, list[int], float]:
-        idx, weight = shard(global_idx, info)
-        batch = encode(tokenizer, [texts[i] for i in idx], config.max_length, device)
-        return batch, torch.tensor([labels[i] for i in idx], device=device), idx, weight
-
-    find_unused = False
-    if info.enabled and pos.global_step < total:
-        probe, target, _, _ = batch_of(list(range(min(len(texts), config.batch_size))))
-        model.train()
-        unused = unused_parameters(
-            model, lambda m: nn.functional.cross_entropy(m(**probe).logits.float(), target)
-        )
-        if unused:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        find_unused = world > 1 and bool(unused_parameters(model, task, config.batch_size))
+        if find_unused:
             warnings.warn(
-                f"{len(unused)} trainable parameters get no gradient ({', '.join(unused[:3])}); "
-                "DDP runs with find_unused_parameters=True",
+                "some trainable parameters get no gradient; DDP looks for them each step",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=2,
             )
-            find_unused = True
-    runner = wrap(model, info, find_unused=find_unused)
-    sync_bytes = trainable_bytes(model) if info.enabled else 0
-    every = config.checkpoint_every
-    for epoch in range(pos.epoch, config.epochs + 1):
-        model.train()
-        if pos.order is None:
-            pos.order = torch.randperm(len(texts), generator=generator).tolist()
-        bar = tqdm(
-            total=steps_per_epoch,
-            initial=pos.step,
-            desc=f"epoch {epoch}/{config.epochs}",
-            disable=not (config.progress and info.is_main),
-            dynamic_ncols=True,
+        acc = make_accelerator(config, find_unused)
+        return _Loop(acc, model, task, config, checkpoints).run(evaluate, on_step)
+
+
+class _Loop:
+    """One training run's state: accelerator, optimizer, schedule, position, checkpoints."""
+
+    def __init__(
+        self, acc: Any, model: nn.Module, task: Task, config: FinetuneConfig, folder: Path | None
+    ) -> None:
+        groups = parameter_groups(model, config.weight_decay, config.tt_weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=config.learning_rate)
+        self.steps_per_epoch = math.ceil(task.num_train / config.batch_size)
+        self.total = self.steps_per_epoch * config.epochs
+        schedule = linear_schedule(self.total, config.warmup_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        self.model, self.optimizer, self.scheduler = acc.prepare(model, optimizer, scheduler)
+        self.acc, self.task, self.config, self.pos = acc, task, config, Position()
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
+        self.store = (
+            None if folder is None else Checkpoints(folder, acc, config_digest(config.to_dict()))
         )
-        start = epoch_start = time.perf_counter()
-        for step in range(pos.step, steps_per_epoch):
-            global_idx = pos.order[step * config.batch_size : (step + 1) * config.batch_size]
-            batch, target, idx, weight = batch_of(global_idx)
-            loss = nn.functional.cross_entropy(runner(**batch).logits.float(), target)
-            (loss * weight if info.enabled else loss).backward()
-            if config.max_grad_norm > 0:
-                nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            if weight > 0:
-                pos.loss_sum += loss.item() * len(idx)
-                pos.seen += len(idx)
-            pos.step, pos.global_step = step + 1, pos.global_step + 1
-            if (
-                folder is not None
-                and every
-                and (pos.global_step % every == 0 or pos.global_step == total)
-            ):
-                tick = time.perf_counter()
-                pos.train_seconds += tick - start
-                write_checkpoint(folder, config, model, optimizer, scheduler, generator, pos, info)
-                start = time.perf_counter()
-            if on_step is not None:
-                on_step(pos.global_step, model)
-            rate = pos.seen / max(1e-9, time.perf_counter() - epoch_start)
-            bar.set_postfix(loss=f"{pos.loss_sum / max(1, pos.seen):.4f}", ex_s=f"{rate:.1f}")
-            bar.update()
-        bar.close()
-        pos.train_seconds += time.perf_counter() - start
-        seen = all_sum(float(pos.seen), info)
-        mean_loss = all_sum(pos.loss_sum, info) / max(1.0, seen)
-        record: dict[str, Any] = {"epoch": epoch, "loss": mean_loss}
-        if config.eval_every_epoch or epoch == config.epochs:
-            scores = evaluate() if info.is_main else None
-            record.update(broadcast(scores, info))
-            if config.progress and info.is_main:
-                shown = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k != "epoch")
-                tqdm.write(f"epoch {epoch}: {shown}")
+        self.resumed_from: int | None = None
+        if self.store is not None and config.resume:
+            found = self.store.resume()
+            if found is not None:
+                names = {f for f in Position.__dataclass_fields__}
+                self.pos = Position(**{k: v for k, v in found.items() if k in names})
+                self.resumed_from = self.pos.global_step
+        elif self.store is not None:
+            self.store.refuse_stale()
+        if self.resumed_from is None and acc.process_index > 0:
+            torch.manual_seed(config.seed + acc.process_index)  # own dropout masks per process
+
+    def run(self, evaluate: Evaluate, on_step: OnStep | None) -> dict[str, Any]:
+        from tqdm.auto import tqdm
+
+        acc, config, pos = self.acc, self.config, self.pos
+        show = config.progress and acc.is_main_process
+        for epoch in range(pos.epoch, config.epochs + 1):
+            order = epoch_order(self.task.num_train, config.seed, epoch)
+            bar = tqdm(
+                total=self.steps_per_epoch,
+                initial=pos.step,
+                desc=f"epoch {epoch}/{config.epochs}",
+                disable=not show,
+                dynamic_ncols=True,
+            )
+            start = time.perf_counter()
+            for step in range(pos.step, self.steps_per_epoch):
+                self._optimizer_step(
+                    order[step * config.batch_size : (step + 1) * config.batch_size]
+                )
+                pos.step, pos.global_step = step + 1, pos.global_step + 1
+                every = config.checkpoint_every
+                if (
+                    self.store is not None
+                    and every
+                    and (pos.global_step % every == 0 or pos.global_step == self.total)
+                ):
+                    pos.train_seconds += time.perf_counter() - start
+                    self.store.save(pos.global_step, asdict(pos))
+                    start = time.perf_counter()
+                if on_step is not None:
+                    on_step(pos.global_step, acc.unwrap_model(self.model))
+                bar.set_postfix(loss=f"{pos.loss_sum / max(1.0, pos.seen):.4f}")
+                bar.update()
+            bar.close()
+            pos.train_seconds += time.perf_counter() - start
+            self._end_epoch(epoch, evaluate, show)
+        acc.wait_for_everyone()
+        sync = (
+            sum(p.numel() * p.element_size() for p in self.trainable)
+            if acc.num_processes > 1
+            else 0
+        )
+        return {
+            "history": pos.history,
+            "steps": self.total,
+            "train_seconds": pos.train_seconds,
+            "seconds_per_step": pos.train_seconds / max(1, self.total),
+            "tokens_per_second": pos.tokens / max(1e-9, pos.train_seconds),
+            "allreduce_bytes": sync,
+            "resumed_from": self.resumed_from,
+            "world_size": acc.num_processes,
+            "device": acc.device,
+        }
+
+    def _optimizer_step(self, idx: Sequence[int]) -> None:
+        acc, pos = self.acc, self.pos
+        self.model.train()
+        stats = _step(acc, self.model, self.task, idx, self.config)
+        if self.config.max_grad_norm > 0:
+            acc.clip_grad_norm_(self.trainable, self.config.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if acc.num_processes > 1:
+            stats = acc.reduce(stats.to(acc.device), reduction="sum").cpu()
+        loss_sum, seen, tokens = stats.tolist()
+        if not math.isfinite(loss_sum):
+            raise FinetuneError(
+                f"the training loss became {loss_sum / max(1.0, seen)} at step "
+                f"{pos.global_step + 1} "
+                f"(epoch {pos.epoch}); try a smaller --lr. Nothing was saved"
+            )
+        pos.loss_sum, pos.seen, pos.tokens = (
+            pos.loss_sum + loss_sum,
+            pos.seen + seen,
+            pos.tokens + tokens,
+        )
+
+    def _end_epoch(self, epoch: int, evaluate: Evaluate, show: bool) -> None:
+        from accelerate.utils import broadcast_object_list
+        from tqdm.auto import tqdm
+
+        acc, pos = self.acc, self.pos
+        record: dict[str, Any] = {"epoch": epoch, "loss": pos.loss_sum / max(1.0, pos.seen)}
+        if self.config.eval_every_epoch or epoch == self.config.epochs:
+            box = [evaluate(acc.unwrap_model(self.model)) if acc.is_main_process else None]
+            if acc.num_processes > 1:
+                broadcast_object_list(box)
+            record.update(box[0] or {})
+            if show:
+                tqdm.write(
+                    f"epoch {epoch}: "
+                    + ", ".join(f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float))
+                )
         pos.history.append(record)
-        pos.next_epoch()
-    barrier(info)
-    return {
-        "history": pos.history,
-        "steps": total,
-        "train_seconds": pos.train_seconds,
-        "seconds_per_step": pos.train_seconds / max(1, total),
-        "allreduce_bytes": sync_bytes,
-        "resumed_from": resumed_from,
-    }
+        pos.epoch, pos.step, pos.loss_sum, pos.seen = epoch + 1, 0, 0.0, 0.0

@@ -225,9 +225,9 @@ def _two_adapters(config_path: str, out: Path) -> dict[str, Any]:
     import torch.distributed as dist
 
     import tensortrain_nn
-    from tensortrain_nn.finetune.distributed import init_from_env
     from tensortrain_nn.finetune.job import build_split
     from tensortrain_nn.finetune.models import load_model, resolve_model
+    from tensortrain_nn.finetune.tasks import ClassifyTask
     from tensortrain_nn.finetune.train import train
 
     config = _config(config_path)
@@ -237,7 +237,6 @@ def _two_adapters(config_path: str, out: Path) -> dict[str, Any]:
         rank=int(os.environ["RANK"]),
         world_size=int(os.environ["WORLD_SIZE"]),
     )
-    info = init_from_env(torch.device("cpu"))
     split = build_split(config)
     torch.manual_seed(0)
     model, tokenizer = load_model(resolve_model(config.model), 2)
@@ -253,12 +252,9 @@ def _two_adapters(config_path: str, out: Path) -> dict[str, Any]:
         warnings.simplefilter("always")
         train(
             model,
-            tokenizer,
-            split.train_texts,
-            split.train_labels,
+            ClassifyTask(tokenizer, split, config.max_length),
             config,
-            evaluate=lambda: {"accuracy": 0.0},
-            info=info,
+            evaluate=lambda m: {"accuracy": 0.0},
             on_step=lambda step, m: digests.append(digest(m)),
         )
     after = dict(model.named_parameters())
@@ -277,16 +273,15 @@ def _pause(config_path: str, pause_step: int) -> None:
     """Run the job; after checkpoint ``pause_step`` is on disk, hang (the test kills us)."""
     from tensortrain_nn.finetune import checkpoint, run
 
-    original = checkpoint.save_checkpoint
+    original = checkpoint.Checkpoints.save
 
-    def save_then_pause(folder: Path, step: int, payload: dict, keep: int = 2) -> Path:
-        path = original(folder, step, payload, keep)
+    def save_then_pause(self: Any, step: int, position: dict) -> None:
+        original(self, step, position)
         if step == pause_step:
-            (folder / "PAUSED").write_text(str(step))
+            (self.folder / "PAUSED").write_text(str(step))
             time.sleep(600)
-        return path
 
-    checkpoint.save_checkpoint = save_then_pause
+    checkpoint.Checkpoints.save = save_then_pause  # type: ignore[method-assign]
     run(_config(config_path))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,16 +18,16 @@ import torch
 pytest.importorskip("transformers")
 
 from _helpers import tiny_assets, tiny_values
+from safetensors.torch import load_file
 
 from tensortrain_nn.finetune import FinetuneConfig, FinetuneError, run
 from tensortrain_nn.finetune.checkpoint import (
+    MANIFEST,
+    POSITION,
     CheckpointError,
-    latest_checkpoint,
+    latest,
     list_checkpoints,
-    read_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
+    verify,
 )
 
 HERE = Path(__file__).parent
@@ -56,9 +57,9 @@ def reference(assets: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
 
 
 def _final(out: Path) -> dict[str, Any]:
-    path, payload = latest_checkpoint(out / "checkpoints") or (None, {})
-    assert path is not None and payload["step"] == 8
-    return payload
+    found = latest(out / "checkpoints")
+    assert found is not None and found[1]["global_step"] == 8
+    return {"model": load_file(str(found[0] / "model.safetensors")), **found[1]}
 
 
 def _assert_same_run(resumed: dict[str, Any], reference: dict[str, Any]) -> None:
@@ -68,65 +69,74 @@ def _assert_same_run(resumed: dict[str, Any], reference: dict[str, Any]) -> None
     assert resumed["history"] == reference["history"]
 
 
-# --- the file format -------------------------------------------------------------------------
+# --- the folder format -------------------------------------------------------------------------
 
 
-def _payload(step: int) -> dict[str, Any]:
-    return {"step": step, "w": torch.arange(6.0).reshape(2, 3), "meta": {"a": [1, 2.5, "x"]}}
+@pytest.fixture(scope="module")
+def finished(assets: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run's checkpoint folder (8 steps, a checkpoint after each)."""
+    out = tmp_path_factory.mktemp("finished")
+    run(FinetuneConfig(**_values(assets, out)))
+    return out / "checkpoints"
 
 
-def test_roundtrip_keeps_newest_two_and_leaves_no_temp(tmp_path: Path) -> None:
-    for step in (1, 2, 3):
-        save_checkpoint(tmp_path, step, _payload(step))
-    assert [p.name for p in list_checkpoints(tmp_path)] == [
-        "step-00000002.ckpt",
-        "step-00000003.ckpt",
-    ]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        p.name for p in list_checkpoints(tmp_path)
-    ]
-    loaded = read_checkpoint(tmp_path / "step-00000003.ckpt")
-    assert torch.equal(loaded["w"], _payload(3)["w"]) and loaded["meta"] == {"a": [1, 2.5, "x"]}
+def test_keeps_the_newest_two_whole_and_only_trainable_tensors(finished: Path) -> None:
+    assert sorted(p.name for p in finished.iterdir()) == ["step-00000007", "step-00000008"]
+    newest = finished / "step-00000008"
+    position = verify(newest)
+    assert position["global_step"] == 8 and position["world_size"] == 1
+    names = set(json.loads((newest / MANIFEST).read_text()))
+    assert {"model.safetensors", "optimizer.bin", "scheduler.bin", POSITION} <= names
+    assert any(n.startswith("random_states_") for n in names)
+    saved = load_file(str(newest / "model.safetensors"))
+    assert saved and all(".adapters." in n or "LayerNorm" in n or "classifier" in n for n in saved)
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip", "empty", "header", "garbage"])
-def test_bad_newest_file_is_skipped_with_a_warning(tmp_path: Path, damage: str) -> None:
-    save_checkpoint(tmp_path, 1, _payload(1))
-    newest = save_checkpoint(tmp_path, 2, _payload(2))
-    data = newest.read_bytes()
-    broken = {
-        "truncate": data[: len(data) // 2],
-        "flip": data[:-10] + bytes([data[-10] ^ 1]) + data[-9:],
-        "empty": b"",
-        "header": b"TTCKPT1 abc\n" + data,
-        "garbage": os.urandom(len(data)),
-    }[damage]
-    newest.write_bytes(broken)
+@pytest.mark.parametrize("damage", ["truncate", "flip", "missing", "manifest", "extra-bytes"])
+def test_bad_newest_checkpoint_is_skipped_with_a_warning(
+    finished: Path, tmp_path: Path, damage: str
+) -> None:
+    folder = tmp_path / "checkpoints"
+    shutil.copytree(finished, folder)
+    newest = folder / "step-00000008"
+    target = newest / "optimizer.bin"
+    data = target.read_bytes()
+    if damage == "truncate":
+        target.write_bytes(data[: len(data) // 2])
+    elif damage == "flip":
+        target.write_bytes(data[:-10] + bytes([data[-10] ^ 1]) + data[-9:])
+    elif damage == "missing":
+        target.unlink()
+    elif damage == "manifest":
+        (newest / MANIFEST).unlink()
+    else:
+        target.write_bytes(data + b"x")
     with pytest.raises(CheckpointError):
-        read_checkpoint(newest)
+        verify(newest)
     with pytest.warns(RuntimeWarning, match="skipping checkpoint"):
-        found = latest_checkpoint(tmp_path)
-    assert found is not None and found[1]["step"] == 1
+        found = latest(folder)
+    assert found is not None and found[1]["global_step"] == 7
 
 
-def test_only_bad_files_mean_no_checkpoint(tmp_path: Path) -> None:
-    (tmp_path / "step-00000004.ckpt").write_bytes(b"TTCKPT1 ")
-    (tmp_path / ".step-00000005.ckpt.123.tmp").write_bytes(b"half a write")
+def test_only_bad_folders_mean_no_checkpoint(tmp_path: Path) -> None:
+    (tmp_path / "step-00000004").mkdir()
+    (tmp_path / ".step-00000005.tmp").mkdir()  # a write that never finished
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000004"]
     with pytest.warns(RuntimeWarning):
-        assert latest_checkpoint(tmp_path) is None
-    assert latest_checkpoint(tmp_path / "missing") is None
+        assert latest(tmp_path) is None
+    assert latest(tmp_path / "missing") is None
 
 
-def test_rng_state_roundtrip() -> None:
-    import random
-
-    import numpy as np
-
-    state = rng_state()
-    first = (torch.rand(3), random.random(), np.random.rand())
-    set_rng_state(state)
-    again = (torch.rand(3), random.random(), np.random.rand())
-    assert torch.equal(first[0], again[0]) and first[1:] == again[1:]
+def test_a_fresh_run_refuses_another_runs_checkpoints(
+    assets: dict[str, str], finished: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "old"
+    shutil.copytree(finished, out / "checkpoints")
+    before = sorted(p.name for p in (out / "checkpoints").iterdir())
+    with pytest.raises(FinetuneError, match="already holds checkpoints of another run"):
+        run(FinetuneConfig(**_values(assets, out)))
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before
+    assert not (out / "report.json").exists()
 
 
 # --- resuming the job --------------------------------------------------------------------------
@@ -148,10 +158,12 @@ def test_resume_after_an_exception_is_bit_exact(
     assert json.loads((crashed / "report.json").read_text())["history"] == result.history
 
 
-def test_resume_refuses_another_config(assets: dict[str, str], tmp_path: Path) -> None:
-    save_checkpoint(tmp_path / "checkpoints", 1, {"step": 1, "config": {"seed": 7}})
-    with pytest.raises(FinetuneError, match="another config"):
-        run(FinetuneConfig(**_values(assets, tmp_path, resume=True)))
+def test_resume_refuses_another_config(
+    assets: dict[str, str], finished: Path, tmp_path: Path
+) -> None:
+    shutil.copytree(finished, tmp_path / "checkpoints")
+    with pytest.raises(FinetuneError, match=r"another config.*seed: 0 -> 7"):
+        run(FinetuneConfig(**_values(assets, tmp_path, resume=True, seed=7)))
 
 
 def test_resume_needs_output_dir() -> None:
@@ -180,10 +192,10 @@ def test_sigkill_then_resume_is_bit_exact(
     assert proc.returncode == -signal.SIGKILL
     # Mid-epoch 2 (6 of 8 steps), nothing saved but checkpoints 5 and 6.
     assert not (killed / "report.json").exists()
-    assert [p.name for p in list_checkpoints(killed / "checkpoints")][-1] == "step-00000006.ckpt"
+    assert [p.name for p in list_checkpoints(killed / "checkpoints")][-1] == "step-00000006"
     # A torn newest file: resume warns, falls back to step 5 and still ends bit for bit equal.
-    newest = killed / "checkpoints" / "step-00000006.ckpt"
-    newest.write_bytes(newest.read_bytes()[:1000])
+    torn = killed / "checkpoints" / "step-00000006" / "model.safetensors"
+    torn.write_bytes(torn.read_bytes()[:100])
     with pytest.warns(RuntimeWarning, match="truncated"):
         result = run(FinetuneConfig(**_values(assets, killed, resume=True)))
     assert result.resumed_from_step == 5

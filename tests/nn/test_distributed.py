@@ -22,7 +22,7 @@ pytest.importorskip("transformers")
 from _helpers import tiny_assets, tiny_values, trainable
 
 from tensortrain_nn.finetune import FinetuneConfig, run
-from tensortrain_nn.finetune.distributed import DistInfo, shard, trainable_bytes
+from tensortrain_nn.finetune.train import shard
 
 HERE = Path(__file__).parent
 
@@ -47,11 +47,11 @@ def _free_port() -> int:
 
 def test_shard_covers_the_global_batch_once() -> None:
     batch = [5, 1, 7, 2, 0]
-    parts = [shard(batch, DistInfo(rank=r, world_size=2)) for r in range(2)]
+    parts = [shard(batch, rank, 2) for rank in range(2)]
     assert parts == [([5, 7, 0], 1.2), ([1, 2], 0.8)]
     # A last batch smaller than the world: the empty rank reruns an example at weight 0.
-    assert shard([9], DistInfo(rank=1, world_size=2)) == ([9], 0.0)
-    assert shard(batch, DistInfo()) == (batch, 1.0)
+    assert shard([9], 1, 2) == ([9], 0.0)
+    assert shard(batch, 0, 1) == (batch, 1.0)
 
 
 def test_two_processes_match_one(assets: dict[str, str], tmp_path: Path, one_thread: None) -> None:
@@ -85,7 +85,7 @@ def test_two_processes_match_one(assets: dict[str, str], tmp_path: Path, one_thr
     # The same metrics everywhere (rank 0 evaluated and broadcast them); only rank 0 saved.
     assert ranks[0]["result"]["history"] == ranks[1]["result"]["history"]
     out = tmp_path / "ddp_run"
-    assert (out / "report.json").is_file() and (out / "checkpoints/step-00000008.ckpt").is_file()
+    assert (out / "report.json").is_file() and (out / "checkpoints/step-00000008/MANIFEST.json").is_file()
     report = json.loads((out / "report.json").read_text())
     assert report["world_size"] == 2
 
@@ -113,12 +113,6 @@ def test_two_processes_match_one(assets: dict[str, str], tmp_path: Path, one_thr
     # FSDP2 fully_shard over the 2 ranks (each on half the batch) matches one local process.
     fsdp = [torch.load(tmp_path / f"fsdp{r}.pt", weights_only=False) for r in range(2)]
     assert all(f["sharded"] and f["max_diff"] < 1e-5 for f in fsdp), fsdp
-
-
-def test_trainable_bytes_counts_only_trainable() -> None:
-    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
-    model[0].requires_grad_(False)
-    assert trainable_bytes(model) == 4 * (3 * 2 + 2)
 
 
 def test_accelerate_trains_a_patched_model(one_thread: None) -> None:

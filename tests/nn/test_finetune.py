@@ -40,7 +40,8 @@ from tensortrain_nn.finetune import (
 )
 from tensortrain_nn.finetune.data import label_names, load_builtin, load_table, make_split
 from tensortrain_nn.finetune.models import resolve_model
-from tensortrain_nn.finetune.train import linear_schedule, metrics, parameter_groups
+from tensortrain_nn.finetune.tasks import metrics
+from tensortrain_nn.finetune.train import linear_schedule, parameter_groups
 
 
 @pytest.fixture(scope="session")
@@ -182,10 +183,19 @@ def test_builtin_split() -> None:
 def test_config_validation() -> None:
     with pytest.raises(FinetuneError, match="unknown method 'nope'; choose from: rep, adp"):
         FinetuneConfig(method="nope")
-    with pytest.raises(FinetuneError, match="epochs must be >= 1"):
+    with pytest.raises(FinetuneError, match="epochs must be an int >= 1, got 0"):
         FinetuneConfig(epochs=0)
     with pytest.raises(FinetuneError, match="test_size"):
         FinetuneConfig(test_size=1.5)
+    for bad in ({"lr": float("inf")}, {"lr": float("nan")}, {"weight_decay": float("nan")}):
+        with pytest.raises(FinetuneError, match="must be a finite number"):
+            FinetuneConfig(**bad)
+    with pytest.raises(FinetuneError, match="method option alpha must be a finite number"):
+        FinetuneConfig(method_options={"alpha": float("nan")})
+    with pytest.raises(FinetuneError, match="device must be auto, cpu, cuda or cuda:N"):
+        FinetuneConfig(device="bogus")
+    with pytest.raises(FinetuneError, match="gradient_accumulation"):
+        FinetuneConfig(batch_size=2, gradient_accumulation=3)
     assert FinetuneConfig(method="full").learning_rate == DEFAULT_LR["full"] == 5e-5
     assert FinetuneConfig(method="full", lr=0.1).learning_rate == 0.1
     assert set(METHODS) == {"rep", "adp", "lora", "head", "full"}
