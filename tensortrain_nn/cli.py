@@ -23,7 +23,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from tensortrain.errors import TTError
 
@@ -118,13 +118,24 @@ def _config_flags(parser: argparse.ArgumentParser) -> None:
             )
 
 
+class UsageError(ValueError):
+    """A command line argparse refuses (printed as one line, exit status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (and a hint), not the whole usage."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tensortrain",
         description="Fine-tune transformers with LoRETTA (tensor-train adapters), LoRA, or a head.",
     )
-    sub = parser.add_subparsers(dest="command")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     ft = sub.add_parser("finetune", help="fine-tune and report (the default command)")
     ft.add_argument("--compare", help="comma-separated methods to run side by side")
     ft.add_argument("--seeds", type=_ints, help="comma-separated training seeds (e.g. 0,1,2)")
@@ -234,8 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if not args_list or (args_list[0].startswith("-") and args_list[0] not in ("-h", "--help")):
         args_list.insert(0, "finetune")
-    args = build_parser().parse_args(args_list)
     try:
+        args = build_parser().parse_args(args_list)
         _quiet_transformers()
         if args.command == "predict":
             return _predict(args)

@@ -5,8 +5,10 @@ A data set is a list of texts and a list of string labels. :func:`label_names` f
 ``predict`` prints the same names.
 
 Example:
-    >>> texts, labels = load_table("reviews.csv", text_column="review", label_column="stars")
-    >>> names = label_names(labels)
+    >>> label_names(["10", "-2", "3"])
+    ['-2', '3', '10']
+    >>> label_names(["rotten", "fresh", "rotten"])
+    ['fresh', 'rotten']
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import gzip
 import importlib.util
 import json
 import random
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,16 +54,38 @@ class Split:
     labels: list[str]
 
 
+_INTEGER = re.compile(r"-?[0-9]+")
+
+
 def _open_text(path: Path) -> IO[str]:
+    """The file as text; ``utf-8-sig`` drops a byte-order mark at the start."""
     if path.suffix == ".bz2":
-        return bz2.open(path, "rt", encoding="utf-8")
+        return bz2.open(path, "rt", encoding="utf-8-sig")
     if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return path.open(encoding="utf-8", newline="")
+        return gzip.open(path, "rt", encoding="utf-8-sig")
+    return path.open(encoding="utf-8-sig", newline="")
 
 
 def _read_rows(path: Path) -> tuple[list[dict[str, object]], list[str]]:
-    """Read every row of a CSV or JSONL file; returns the rows and the column names seen."""
+    """Read every row of a CSV or JSONL file; returns the rows and the column names seen.
+
+    Raises:
+        DataError: The file is not UTF-8 text, or not valid CSV / JSON lines (names the file).
+    """
+    try:
+        return _parse_rows(path)
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"data file {path} is not UTF-8 text (byte {exc.start}: {exc.reason}); "
+            "save it as UTF-8"
+        ) from None
+    except (csv.Error, OSError, EOFError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise DataError(f"data file {path} cannot be read: {exc}") from None
+
+
+def _parse_rows(path: Path) -> tuple[list[dict[str, object]], list[str]]:
     stem = path.name.removesuffix(".bz2").removesuffix(".gz")
     rows: list[dict[str, object]] = []
     with _open_text(path) as handle:
@@ -159,7 +184,7 @@ def label_names(labels: Sequence[str]) -> list[str]:
     if len(names) < 2:
         found = repr(names[0]) if names else "none"
         raise DataError(f"classification needs at least 2 classes; the data has only {found}")
-    if all(name.lstrip("-").isdigit() for name in names):
+    if all(_INTEGER.fullmatch(name) for name in names):
         names.sort(key=int)
     return names
 
