@@ -151,6 +151,8 @@ def _run(config: FinetuneConfig, on_step: Callable[[int, nn.Module], None] | Non
     task = ClassifyTask(tokenizer, split, config.max_length)
     base_fingerprint = fingerprint(model)
     model, description = method.setup(model, dict(config.method_options))
+    if config.gradient_checkpointing:
+        _checkpoint_activations(model)
     counts = _count(model)
     # One folder for all processes (a timestamped default could differ by a second between them).
     out = Path(_broadcast(str(config.resolved_output_dir())))
@@ -211,6 +213,14 @@ def _run(config: FinetuneConfig, on_step: Callable[[int, nn.Module], None] | Non
     if config.save and main:
         write_report(result, out)
     return result
+
+
+def _checkpoint_activations(model: nn.Module) -> None:
+    """Turn on transformers' gradient checkpointing (non-reentrant: frozen inputs are fine)."""
+    enable = getattr(model, "gradient_checkpointing_enable", None)
+    if enable is None or not getattr(model, "supports_gradient_checkpointing", True):
+        raise FinetuneError(f"--gradient-checkpointing: {type(model).__name__} does not support it")
+    enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def _absolute_paths(config: FinetuneConfig) -> dict[str, str]:

@@ -85,7 +85,9 @@ def test_two_processes_match_one(assets: dict[str, str], tmp_path: Path, one_thr
     # The same metrics everywhere (rank 0 evaluated and broadcast them); only rank 0 saved.
     assert ranks[0]["result"]["history"] == ranks[1]["result"]["history"]
     out = tmp_path / "ddp_run"
-    assert (out / "report.json").is_file() and (out / "checkpoints/step-00000008/MANIFEST.json").is_file()
+    assert (out / "report.json").is_file() and (
+        out / "checkpoints/step-00000008/MANIFEST.json"
+    ).is_file()
     report = json.loads((out / "report.json").read_text())
     assert report["world_size"] == 2
 
@@ -113,6 +115,74 @@ def test_two_processes_match_one(assets: dict[str, str], tmp_path: Path, one_thr
     # FSDP2 fully_shard over the 2 ranks (each on half the batch) matches one local process.
     fsdp = [torch.load(tmp_path / f"fsdp{r}.pt", weights_only=False) for r in range(2)]
     assert all(f["sharded"] and f["max_diff"] < 1e-5 for f in fsdp), fsdp
+
+
+def _final_tensors(config: FinetuneConfig) -> tuple[dict[str, torch.Tensor], list[float]]:
+    final: dict[str, torch.Tensor] = {}
+    result = run(config, on_step=lambda step, model: final.update(trainable(model)))
+    return final, [h["loss"] for h in result.history]
+
+
+def test_accumulation_and_activation_checkpointing_give_the_same_update(
+    assets: dict[str, str], tmp_path: Path, one_thread: None
+) -> None:
+    """k micro-batches per step, or recomputed activations: the same tensors, less memory."""
+    base, losses = _final_tensors(FinetuneConfig(**_values(assets, tmp_path / "a", save=False)))
+    for extra in ({"gradient_accumulation": 4}, {"gradient_checkpointing": True}):
+        config = FinetuneConfig(**_values(assets, tmp_path / "b", save=False, **extra))
+        other, other_losses = _final_tensors(config)
+        assert other.keys() == base.keys()
+        for name, tensor in base.items():
+            torch.testing.assert_close(other[name], tensor, rtol=1e-4, atol=1e-6, msg=name)
+        assert other_losses == pytest.approx(losses, rel=1e-5)
+
+
+def test_bf16_autocast_trains_close_to_float32(
+    assets: dict[str, str], tmp_path: Path, one_thread: None
+) -> None:
+    _, losses = _final_tensors(FinetuneConfig(**_values(assets, tmp_path / "a", save=False)))
+    final, bf16 = _final_tensors(
+        FinetuneConfig(**_values(assets, tmp_path / "b", save=False, bf16=True))
+    )
+    assert all(t.dtype == torch.float32 for t in final.values())  # master weights stay float32
+    assert bf16 != losses and bf16 == pytest.approx(losses, rel=0.05)
+
+
+def _launch(command: list[str], assets: dict[str, str], out: Path) -> dict[str, Any]:
+    values = _values(assets, out)
+    argv = ["-m", "tensortrain_nn.cli", "finetune", "--no-progress", "--device", "cpu"]
+    for key in (
+        "model",
+        "data",
+        "text_column",
+        "label_column",
+        "test_size",
+        "epochs",
+        "batch_size",
+        "max_length",
+        "output_dir",
+    ):
+        argv += ["--" + key.replace("_", "-"), str(values[key])]
+    argv += ["--opt", "dropout=0.0"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run(command + argv, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    return json.loads((out / "report.json").read_text())
+
+
+def test_torchrun_and_accelerate_launch_run_the_cli(assets: dict[str, str], tmp_path: Path) -> None:
+    bin_dir = Path(sys.executable).parent
+    torchrun = [str(bin_dir / "torchrun"), "--nproc_per_node", "2"]
+    accelerate = [str(bin_dir / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2"]
+    accelerate += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    reports = [
+        _launch(cmd, assets, tmp_path / name)
+        for cmd, name in ((torchrun, "tr"), (accelerate, "acc"))
+    ]
+    for report in reports:
+        assert report["world_size"] == 2 and report["allreduce_bytes_per_step"] > 0
+    assert reports[0]["history"] == reports[1]["history"]
 
 
 def test_accelerate_trains_a_patched_model(one_thread: None) -> None:
