@@ -6,13 +6,13 @@ that count real tokens only, so a padded sequence gets the logits it gets alone 
 rounding), and only the last columns, where the targets are, go through the LM head.
 
 Example:
-    >>> batch = collate([([5, 6], [7]), ([5], [8, 9])], pad_id=0)
+    >>> batch = collate([([5, 6], [7]), ([5], [8])], pad_id=0)
     >>> batch["input_ids"].tolist()
-    [[0, 5, 6, 7], [0, 5, 8, 9]]
+    [[5, 6, 7], [0, 5, 8]]
     >>> batch["labels"].tolist()
-    [[-100, -100, -100, 7], [-100, -100, 8, 9]]
+    [[-100, -100, 7], [-100, -100, 8]]
     >>> batch["position_ids"].tolist()
-    [[0, 0, 1, 2], [0, 0, 1, 2]]
+    [[0, 1, 2], [0, 0, 1]]
 """
 
 from __future__ import annotations
