@@ -66,3 +66,6 @@ __all__ = [
     "unmerge_adapter",
     "unpatch",
 ]
+from tensortrain_nn.peft_io import compress_lora, export_lora, export_lora_folder, from_lora
+
+__all__ += ["compress_lora", "export_lora", "export_lora_folder", "from_lora"]

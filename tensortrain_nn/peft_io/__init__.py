@@ -8,6 +8,8 @@
 * :class:`AdapterCheckpointCallback`: ``transformers.Trainer`` writes adapter folders at each save.
 """
 
+from typing import Any
+
 from tensortrain_nn.peft_io.compress import (
     LoraImportReport,
     ModuleCompression,
@@ -15,7 +17,15 @@ from tensortrain_nn.peft_io.compress import (
     from_lora,
 )
 from tensortrain_nn.peft_io.export import export_lora, export_lora_folder
-from tensortrain_nn.peft_io.trainer import AdapterCheckpointCallback
+
+
+def __getattr__(name: str) -> Any:
+    """``AdapterCheckpointCallback`` imports transformers: only when it is asked for."""
+    if name == "AdapterCheckpointCallback":
+        from tensortrain_nn.peft_io.trainer import AdapterCheckpointCallback
+
+        return AdapterCheckpointCallback
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "AdapterCheckpointCallback",
