@@ -68,6 +68,13 @@ def check_cores(
     return cores
 
 
+def check_modes(name: str, modes: object) -> tuple[int, ...]:
+    """``modes`` as a tuple if it is a non-empty sequence of ints ``>= 1``; else raise naming it."""
+    if isinstance(modes, (torch.Tensor, str)) or not isinstance(modes, Sequence) or not modes:
+        raise TTTypeError(f"{name} must be a non-empty sequence of ints, got {modes!r}")
+    return tuple(check_int(f"{name}[{k}]", m) for k, m in enumerate(modes))
+
+
 def ranks_of(cores: Sequence[torch.Tensor]) -> tuple[int, ...]:
     """The full rank tuple ``(r_0, ..., r_d)`` of a validated core list."""
     return (1, *(int(c.shape[-1]) for c in cores))

@@ -53,8 +53,10 @@ import torch
 
 from tensortrain._base import TTBase
 from tensortrain._blocks import dense, merge_block
-from tensortrain._cores import check_cores, ranks_of
+from tensortrain._checks import check_int
+from tensortrain._cores import check_cores, check_modes, ranks_of
 from tensortrain.errors import TTShapeError, TTTypeError
+from tensortrain.shapes import check_ranks
 
 #: Cost model of one matrix product ``(a, k) @ (k, q)`` (see the module docstring): the relative
 #: surcharges of a narrow inner, row and column dimension, and the fixed cost of one matrix.
@@ -145,17 +147,43 @@ def _best_groups(
     return best[0][0], best[0][1], tuple(groups)
 
 
-@functools.lru_cache(maxsize=512)
 def plan(
-    batch: int, row_modes: tuple[int, ...], col_modes: tuple[int, ...], ranks: tuple[int, ...]
+    batch: int, row_modes: Sequence[int], col_modes: Sequence[int], ranks: Sequence[int]
 ) -> Plan:
     """The cached contraction plan for a batch of ``batch`` rows (see the module docstring).
+
+    Args:
+        batch: rows of the dense input, ``>= 1``.
+        row_modes: ``(m_1, ..., m_d)``, ints ``>= 1``.
+        col_modes: ``(n_1, ..., n_d)``, same length.
+        ranks: the full ranks ``(1, r_1, ..., r_{d-1}, 1)``.
+
+    Raises:
+        TTTypeError, TTValueError, TTShapeError: an argument of the wrong type, value or length
+            (the message names it). ``plan.cache_info()`` reports the cache.
 
     Example:
         >>> p = plan(256, (8, 8, 8, 8), (8, 8, 8, 8), (1, 8, 8, 8, 1))
         >>> p.kind, p.groups
         ('tt', ((0, 2), (2, 4)))
     """
+    check_int("batch", batch)
+    modes = [check_modes("row_modes", row_modes), check_modes("col_modes", col_modes)]
+    if len(modes[0]) != len(modes[1]):
+        raise TTShapeError(
+            f"row_modes and col_modes must have one length, got {modes[0]} and {modes[1]}"
+        )
+    if isinstance(ranks, torch.Tensor) or not isinstance(ranks, Sequence):
+        raise TTTypeError(f"ranks must be a sequence of ints, got {ranks!r}")
+    full = check_ranks(ranks, len(modes[0]))
+    return _plan(batch, modes[0], modes[1], full)
+
+
+@functools.lru_cache(maxsize=512)
+def _plan(
+    batch: int, row_modes: tuple[int, ...], col_modes: tuple[int, ...], ranks: tuple[int, ...]
+) -> Plan:
+    """:func:`plan` on validated arguments, cached by them."""
     d = len(row_modes)
     if d > MAX_CORES:
         raise TTShapeError(f"tt_linear supports at most {MAX_CORES} cores, got {d}")
@@ -175,9 +203,11 @@ def _planned(
     batch: int, row_modes: tuple[int, ...], col_modes: tuple[int, ...], ranks: tuple[int, ...]
 ) -> tuple[tuple[int, int], ...]:
     """The ``tt`` blocks of :func:`plan`, or ``()`` for the dense path: plain ints for dynamo."""
-    p = plan(batch, row_modes, col_modes, ranks)
+    p = _plan(batch, row_modes, col_modes, ranks)
     return p.groups if p.kind == "tt" else ()
 
+
+plan.cache_info = _plan.cache_info  # type: ignore[attr-defined]
 
 #: On CPU the batch is swept in chunks whose largest intermediate holds about this many bytes per
 #: torch thread, so that each step reads the previous step's output from cache (the 4096x4096

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from tensortrain._cores import bond_caps, check_eps, split_modes
+from tensortrain._cores import bond_caps, check_eps, check_modes, split_modes
 from tensortrain._scale import check_finite, exponent, put_scale, times_pow2
 from tensortrain._svd import truncated_svd
 from tensortrain.errors import TTShapeError, TTTypeError
@@ -108,13 +108,12 @@ def tt_matrix_svd(
         >>> torch.allclose(tt.full(), w)
         True
     """
-    row_modes, col_modes = tuple(row_modes), tuple(col_modes)
     if not isinstance(x, torch.Tensor):
         raise TTTypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if len(row_modes) != len(col_modes) or not row_modes:
+    row_modes, col_modes = check_modes("row_modes", row_modes), check_modes("col_modes", col_modes)
+    if len(row_modes) != len(col_modes):
         raise TTShapeError(
-            f"row_modes and col_modes must be non-empty and of equal length, got "
-            f"{row_modes} and {col_modes}"
+            f"row_modes and col_modes must be of equal length, got {row_modes} and {col_modes}"
         )
     expected = (math.prod(row_modes), math.prod(col_modes))
     if x.ndim != 2 or tuple(x.shape) != expected:
