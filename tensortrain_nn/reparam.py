@@ -267,23 +267,38 @@ class TTReparam(AdapterWrapper):
             y = y + cast_like(update(x), y)
         return y
 
-    def _apply_delta(self, name: str, sign: int, safe: bool) -> None:
-        update = self._update(name)
+    def _delta_applied(self, name: str, sign: int, safe: bool) -> torch.Tensor:
+        """The base weight with ``sign`` times update ``name`` added, in the compute dtype
+        (float32 for half weights); with ``safe`` an error if any value is not finite."""
         weight = cast(torch.Tensor, self.base_layer.weight)
         with torch.no_grad():
             compute = torch.float32 if weight.dtype in _HALF else weight.dtype
-            delta = update.delta_weight(compute)
-            if self.transposed:
-                delta = delta.T
-            new = weight.to(compute) + sign * delta
-            if safe and not torch.isfinite(new).all():
-                raise TTValueError(
-                    f"merging adapter {name!r} would write non-finite values into the base weight; "
-                    "the weight was left unchanged"
-                )
+            delta = self._update(name).delta_weight(compute)
+            new = weight.to(compute) + sign * (delta.T if self.transposed else delta)
+        if safe and not bool(torch.isfinite(new).all()):
+            raise TTValueError(
+                f"merging adapter {name!r} would write non-finite values into the base weight; "
+                "the weight was left unchanged"
+            )
+        return new
+
+    def _apply_delta(self, name: str, sign: int, safe: bool) -> None:
+        update = self._update(name)
+        weight = cast(torch.Tensor, self.base_layer.weight)
+        new = self._delta_applied(name, sign, safe)
+        with torch.no_grad():
             weight.copy_(new.to(weight.dtype))
             update.merged = torch.tensor(sign > 0, device=update.merged.device)
             update.is_merged = sign > 0
+
+    def check_merge(self, adapter_name: str | None = None) -> None:
+        """Raise as :meth:`merge` with ``safe_merge`` would, changing nothing (for callers that
+        merge several layers all or nothing)."""
+        name = adapter_name or self.active_adapter
+        if name is None or name not in self.adapters:
+            raise TTValueError(f"adapter_name must be one of {list(self.adapters)}, got {name!r}")
+        if not self._update(name).is_merged:
+            self._delta_applied(name, +1, safe=True)
 
     def merge(self, adapter_name: str | None = None, safe_merge: bool = True) -> None:
         """Fold an update (default: the active one) into the base weight: no inference overhead.

@@ -253,7 +253,7 @@ class SurgeryState:
 
     # ------------------------------------------------------------------ merge, delete, unload
 
-    def merge(self, safe_merge: bool = True) -> list[TTReparam]:
+    def merge(self, safe_merge: bool = True) -> None:
         """Fold the active rep update into each base weight (wrappers stay); all or nothing.
 
         Raises:
@@ -270,15 +270,17 @@ class SurgeryState:
                     f"{path!r} holds active adp adapter {w.active_adapter!r}: a nonlinear "
                     "adapter cannot be merged into a weight; use unpatch(), or keep the adapter"
                 )
-        merged: list[TTReparam] = []
-        with self._transaction() as undo:
-            for _, w in self.wrappers():
-                if isinstance(w, TTReparam) and w.active_adapter and not w.adapters_disabled:
-                    if w.active_adapter not in w.merged_adapters:
-                        w.merge(w.active_adapter, safe_merge=safe_merge)
-                        undo.append(partial(w.unmerge, w.active_adapter))
-                    merged.append(w)
-        return merged
+        merging = [
+            w
+            for _, w in self.wrappers()
+            if isinstance(w, TTReparam) and w.active_adapter and not w.adapters_disabled
+        ]
+        if safe_merge:  # every layer checked before the first weight is written
+            for w in merging:
+                w.check_merge()
+        with torch.no_grad():
+            for w in merging:
+                w.merge(safe_merge=False)
 
     def unmerge(self) -> None:
         """Subtract every merged update from its base weight (exact up to round-off)."""
