@@ -61,6 +61,11 @@ def tt_svd(
     dropped and the reconstruction is exact to round-off. The first ``d - 1`` cores are
     left-orthogonal. Half-precision input is decomposed in float32 and cast back.
 
+    Real and complex input are supported (complex: cores left-orthogonal under the conjugate
+    transpose). The input is scaled by an exact power of two before the SVDs, so the bound holds
+    at any magnitude; the factor goes back on the last core (spread over all cores when the norm
+    of ``x`` is beyond the dtype's range).
+
     Args:
         x: dense tensor of shape ``(n_1, ..., n_d)``, ``d >= 1``.
         max_rank: an int for every bond, or ``d - 1`` per-bond caps (``d + 1`` with the
@@ -69,6 +74,11 @@ def tt_svd(
 
     Returns:
         A :class:`TTTensor` with cores ``(r_{k-1}, n_k, r_k)``.
+
+    Raises:
+        TTValueError: ``x`` contains NaN or inf; a bad ``eps`` or ``max_rank`` (named).
+        TTTypeError: ``x`` is not a floating or complex tensor.
+        TTShapeError: ``x`` has no dimension or a zero size.
 
     Example:
         >>> x = torch.randn(4, 5, 6, dtype=torch.float64)
