@@ -7,6 +7,8 @@
   :func:`unpatch` / :func:`disable_adapters` / :func:`set_adapter` and peft's names
   (:func:`add_adapter`, :func:`unload`, :func:`disable_adapter`,
   :func:`print_trainable_parameters`...): model surgery (see :mod:`tensortrain_nn.surgery`).
+* :func:`export_lora` / :func:`from_lora` / :func:`compress_lora`: interop with peft LoRA
+  folders (see :mod:`tensortrain_nn.peft_io`).
 
 Example:
     >>> import torch
@@ -19,6 +21,7 @@ Example:
 
 from tensortrain_nn.adapter import TTAdapter, TTBottleneck
 from tensortrain_nn.linear import TTLinear
+from tensortrain_nn.peft_io import compress_lora, export_lora, export_lora_folder, from_lora
 from tensortrain_nn.reparam import TTReparam, TTUpdate
 from tensortrain_nn.surgery import (
     PatchConfig,
@@ -50,9 +53,13 @@ __all__ = [
     "TTUpdate",
     "TrainableReport",
     "add_adapter",
+    "compress_lora",
     "delete_adapter",
     "disable_adapter",
     "disable_adapters",
+    "export_lora",
+    "export_lora_folder",
+    "from_lora",
     "inactive_adapter_parameters",
     "load_adapter",
     "merge_adapter",
@@ -66,6 +73,3 @@ __all__ = [
     "unmerge_adapter",
     "unpatch",
 ]
-from tensortrain_nn.peft_io import compress_lora, export_lora, export_lora_folder, from_lora
-
-__all__ += ["compress_lora", "export_lora", "export_lora_folder", "from_lora"]

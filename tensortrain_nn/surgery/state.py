@@ -31,16 +31,17 @@ from typing import Any, Literal, overload
 import torch
 from torch import nn
 
-from tensortrain.errors import TTShapeError, TTValueError
+from tensortrain.errors import TTValueError
 from tensortrain_nn._wrapper import AdapterWrapper
 from tensortrain_nn.adapter import TTAdapter
 from tensortrain_nn.linear import TTLinear
 from tensortrain_nn.reparam import TTReparam
 from tensortrain_nn.surgery.config import PatchConfig
-from tensortrain_nn.surgery.flags import adapter_of, config_trainable, portable_name
+from tensortrain_nn.surgery.flags import adapter_of, config_trainable
 from tensortrain_nn.surgery.io import read_adapter, write_adapter
 from tensortrain_nn.surgery.plan import Plan, build, dense_linear, plan_targets, replace_module
 from tensortrain_nn.surgery.targets import model_type, tt_modules
+from tensortrain_nn.surgery.tensors import adapter_tensors, put_tensors
 
 __all__ = ["STATE_ATTR", "SurgeryState", "adapter_of", "get_state"]
 
@@ -355,15 +356,6 @@ class SurgeryState:
 
     # ------------------------------------------------------------------ save, load
 
-    def tensors(self, name: str) -> dict[str, torch.Tensor]:
-        """What :meth:`save` writes: adapter ``name``'s parameters and every trainable
-        parameter outside the adapters (head, norms, biases, TTLinear cores, what you unfroze)."""
-        return {
-            portable_name(n): p
-            for n, p in self.model.named_parameters()
-            if adapter_of(n) == name or (adapter_of(n) is None and p.requires_grad)
-        }
-
     def save(self, folder: str | os.PathLike[str], adapter_name: str | None = None) -> Path:
         """Write adapter ``adapter_name`` (default: the active one) into ``folder``."""
         name = adapter_name or self.active or ""
@@ -373,7 +365,7 @@ class SurgeryState:
             "model_type": self.model_type,
             "target_names": self.targets[name],
         }
-        return write_adapter(folder, self.configs[name], meta, self.tensors(name))
+        return write_adapter(folder, self.configs[name], meta, adapter_tensors(self.model, name))
 
     def save_pretrained(self, save_directory: str | os.PathLike[str], **kwargs: Any) -> Path | None:
         """Stands in for a patched transformers model's ``save_pretrained``: writes the active
@@ -401,48 +393,8 @@ class SurgeryState:
         plans = plan_targets(model, config, name)
         with state._transaction() as undo:
             state._install(config, name, plans, undo)
-            state._load_tensors(name, tensors, str(folder), undo)
+            put_tensors(model, name, tensors, str(folder), undo)
         return state
-
-    def _load_tensors(
-        self, name: str, tensors: dict[str, torch.Tensor], folder: str, undo: Undo
-    ) -> None:
-        """Check every tensor (the error names the first misfit), then copy; base tensors in
-        the file train afterwards, other base tensors do not (as when the adapter was saved)."""
-        params = dict(self.model.named_parameters())
-        own = {portable_name(n): p for n, p in params.items() if adapter_of(n) == name}
-        base = {n: p for n, p in params.items() if adapter_of(n) is None}
-        for key, param in own.items():
-            if key not in tensors:
-                raise TTShapeError(
-                    f"adapter in {folder} lacks tensor {key!r} that the patched model trains "
-                    f"(shape {tuple(param.shape)}; different architecture or options?)"
-                )
-            _check_shape(key, tensors[key], param, folder)
-        extra = [k for k in tensors if k not in own]
-        for key in extra:
-            if key not in base:
-                raise TTShapeError(
-                    f"adapter tensor {key!r} in {folder} has no counterpart in the patched model "
-                    f"(not a parameter of adapter {name!r} nor of the base model; different "
-                    "architecture or options?)"
-                )
-            _check_shape(key, tensors[key], base[key], folder)
-        for key in extra:
-            undo.append(partial(base[key].copy_, base[key].detach().clone()))
-        for key, tensor in tensors.items():
-            (own[key] if key in own else base[key]).copy_(tensor)
-        for key, param in base.items():
-            param.requires_grad_(key in tensors)
-
-
-def _check_shape(key: str, tensor: torch.Tensor, param: torch.Tensor, folder: str) -> None:
-    want, got = tuple(param.shape), tuple(tensor.shape)
-    if want != got:
-        raise TTShapeError(
-            f"adapter tensor {key!r} in {folder} has shape {got}, but the patched model's "
-            f"has {want} (different model size?)"
-        )
 
 
 @overload
