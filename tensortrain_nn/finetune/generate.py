@@ -307,7 +307,7 @@ def generate(
     """
     check_int("max_new_tokens", max_new_tokens)
     check_int("batch_size", batch_size)
-    check_int("seed", seed, minimum=None)
+    check_int("seed", seed, minimum=0)
     check_number("temperature", temperature, minimum=0.0)
     check_number("top_p", top_p, minimum=0.0, maximum=1.0, open_min=True)
     new = generate_ids(

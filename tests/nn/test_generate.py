@@ -68,7 +68,7 @@ def test_sampling_is_reproducible_and_leaves_the_global_rng_alone(tok: Any, mode
         generate(model, tok, PROMPTS, max_new_tokens=8, temperature=1.5, top_p=0.9, seed=7) == first
     )
     others = [
-        generate(model, tok, PROMPTS, max_new_tokens=8, temperature=1.5, seed=s) for s in range(3)
+        generate(model, tok, PROMPTS, max_new_tokens=8, temperature=1.5, seed=s) for s in (1, 2)
     ]
     assert any(o != first for o in others)
 

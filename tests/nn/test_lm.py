@@ -45,7 +45,7 @@ SENTENCES = [
     "Question: what is it?\nAnswer: a very bad film",
 ]
 VERBALIZER = 'pos=" good",neg=" very bad"'
-TOL = {"atol": 1e-4, "rtol": 1e-5}  # float32 sums of a few log-probabilities
+ATOL, RTOL = 1e-4, 1e-5  # float32 sums of a few log-probabilities
 
 
 def tiny_tokenizer(bos: bool) -> Any:
@@ -293,9 +293,7 @@ def test_option_scores_equal_unpadded_token_loglikelihood_sums(
     for i, item in enumerate(task.test_encoded):
         for k, option in enumerate(task.options):
             expected = manual_logprob(model, item.context, option)
-            assert math.isclose(
-                float(scores[i, k]), expected, abs_tol=TOL["atol"], rel_tol=TOL["rtol"]
-            )
+            assert math.isclose(float(scores[i, k]), expected, abs_tol=ATOL, rel_tol=RTOL)
 
 
 @settings(max_examples=10)
@@ -317,7 +315,7 @@ def test_left_padding_gives_the_scores_of_no_padding(
     with torch.no_grad():
         padded = sequence_logprobs(model, collate(pairs, pad_id=0))
         alone = torch.cat([sequence_logprobs(model, collate([p], pad_id=0)) for p in pairs])
-    torch.testing.assert_close(padded, alone, **TOL)
+    torch.testing.assert_close(padded, alone, atol=ATOL, rtol=RTOL)
 
 
 @given(
@@ -465,6 +463,7 @@ def test_is_decoder_only_on_configs_models_and_specs(tok: Any, model: Any, tmp_p
 def test_load_causal_lm_from_a_folder(tok: Any, model: Any, tmp_path: Path) -> None:
     model.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
+    loaded: Any
     loaded, tokenizer = load_causal_lm(ModelSpec("tiny", str(tmp_path)))
     assert tokenizer.pad_token_id == tokenizer.eos_token_id == loaded.config.pad_token_id
     assert next(loaded.parameters()).dtype == torch.float32
