@@ -3,11 +3,12 @@
 The Python API under the ``tensortrain`` command line. transformers, peft, tqdm and matplotlib are
 imported where they are used.
 
-Example:
-    >>> from tensortrain_nn.finetune import FinetuneConfig, run, predict
-    >>> result = run(FinetuneConfig(method="lora", epochs=1, output_dir="runs/lora"))
-    >>> result.accuracy, result.adapter_params
-    >>> predict("runs/lora", ["a triumph", "a mess"])
+Example (trains for a minute on the packaged MiniLM)::
+
+    from tensortrain_nn.finetune import FinetuneConfig, run, predict
+    result = run(FinetuneConfig(method="lora", epochs=1, output_dir="runs/lora"))
+    result.accuracy, result.adapter_params
+    predict("runs/lora", ["a triumph", "a mess"])         # ['fresh', 'rotten']
 """
 
 from tensortrain_nn.finetune.config import FinetuneConfig, Result

@@ -2,9 +2,10 @@
 
 Nothing is downloaded: every load uses ``local_files_only=True``.
 
-Example:
-    >>> spec = resolve_model("minilm")
-    >>> model, tokenizer = load_model(spec, num_labels=2)
+Example::
+
+    spec = resolve_model("minilm")
+    model, tokenizer = load_model(spec, num_labels=2)
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Reports: one run's table (text, markdown, JSON), and the side-by-side comparison with its plot.
 
-Example:
-    >>> print(format_report(result))
-    >>> rows = write_comparison(results, Path("runs/compare"))
+Example::
+
+    print(format_report(result))
+    rows = write_comparison(results, Path("runs/compare"))
 """
 
 from __future__ import annotations
