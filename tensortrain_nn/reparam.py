@@ -168,14 +168,17 @@ class _FactorUpdate(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, a, b, mask, h = ctx.saved_tensors
         p, scaling = ctx.p, ctx.scaling
-        g = grad.reshape(-1, grad.shape[-1])
+        # backward runs outside autocast: compute in the forward's dtype (h's: bfloat16 under a
+        # bfloat16 autocast), as autocast did there; autograd casts each gradient to its input's
+        a, b, dt = a.to(h.dtype), b.to(h.dtype), h.dtype
+        g = grad.reshape(-1, grad.shape[-1]).to(dt)
         gh = (g @ b) * (scaling / (1 - p))  # (tokens, r): d/d(where(mask, x, 0))
         da = db = dx = None
         if ctx.needs_input_grad[2]:
             db = g.mT @ (h.reshape(-1, h.shape[-1]) * scaling)
         if ctx.needs_input_grad[1]:
             kept = x if mask is None else torch.where(mask, x, 0.0)
-            da = gh.mT @ kept.reshape(-1, x.shape[-1])
+            da = gh.mT @ kept.reshape(-1, x.shape[-1]).to(dt)
         if ctx.needs_input_grad[0]:
             dx = (gh @ a).reshape(x.shape)
             if mask is not None:

@@ -460,3 +460,16 @@ def test_reparam_saves_less_for_backward_than_lora():
     assert extra <= x.numel() + x.numel() // 256 * 8 * 4 + 64 * 1024
     # LoRA would keep dropout(x) in float32 on top of the mask: 4 bytes an entry more
     assert extra < x.numel() * 2
+
+
+def test_reparam_trains_under_bfloat16_autocast():
+    """The lean backward runs outside autocast: it must not mix bfloat16 grads and float32 factors."""
+    torch.manual_seed(0)
+    layer = TTReparam(nn.Linear(16, 16), dropout=0.1, init="paper").train()
+    x = torch.randn(4, 16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    y.float().pow(2).sum().backward()
+    grads = [p.grad for p in layer.parameters() if p.requires_grad]
+    assert grads and all(g is not None and g.dtype == torch.float32 for g in grads)
+    assert all(torch.isfinite(g).all() for g in grads) and x.grad is not None
