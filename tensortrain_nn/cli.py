@@ -10,6 +10,8 @@ Example:
     $ torchrun --nproc_per_node 2 -m tensortrain_nn.cli finetune --checkpoint-every 50 \\
           --output-dir runs/ddp            # data-parallel; rerun with --resume after a crash
     $ echo "a gorgeous film" | tensortrain predict --adapter runs/lora-20250101-120000
+    $ tensortrain finetune --model smollm2 --compare none,rep,adp,lora   # causal LM, verbalizer
+    $ tensortrain generate --adapter runs/rep-20250101-120000 "Review: a gem\\nSentiment:"
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any, NoReturn
 
 from tensortrain.errors import TTError
 
-COMMANDS = ("finetune", "predict", "evaluate")
+COMMANDS = ("finetune", "predict", "evaluate", "generate")
 
 
 def _value(text: str) -> Any:
@@ -146,6 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--adapter", required=True, help="a run folder written by finetune")
         p.add_argument("--model", help="base model to use instead of the one the run names")
         p.add_argument("--text-column", help="text column when the input is CSV / JSONL")
+    gen = sub.add_parser("generate", help="continue prompts with an lm run (adapter merged)")
+    gen.add_argument("prompts", nargs="*", help="prompts (default: stdin, one a line)")
+    gen.add_argument("--adapter", required=True, help="a run folder written by finetune --task lm")
+    gen.add_argument("--model", help="base model to use instead of the one the run names")
+    gen.add_argument("--max-new-tokens", type=int, default=32)
+    gen.add_argument("--temperature", type=_finite, default=0.0, help="0: greedy (default)")
+    gen.add_argument("--top-p", type=_finite, default=1.0)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--no-merge", action="store_true", help="keep the adapter unmerged")
     pred = sub.choices["predict"]
     pred.add_argument("--input", help="text file, one text a line, or CSV/JSONL (default stdin)")
     ev = sub.choices["evaluate"]
@@ -218,7 +229,34 @@ def _predict(args: argparse.Namespace) -> int:
     if not texts:
         raise ValueError("no input text (give --input FILE or lines on stdin)")
     for label in predict(args.adapter, texts, model=args.model):
-        print(label if label.isprintable() else label.encode("unicode_escape").decode())
+        print(one_line(label))
+    return 0
+
+
+def one_line(text: str) -> str:
+    """``text`` with its control characters escaped (``\\n``...): one output, one line.
+
+    Example:
+        >>> print(one_line("yes\\nreally"))
+        yes\\nreally
+    """
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from tensortrain_nn.finetune import generate_text
+    from tensortrain_nn.finetune.job import read_run
+
+    read_run(Path(args.adapter))  # a bad --adapter fails before stdin is read
+    prompts = args.prompts or [line for line in sys.stdin.read().splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError("no prompt (give prompts as arguments or lines on stdin)")
+    options = {k: getattr(args, k) for k in ("max_new_tokens", "temperature", "top_p", "seed")}
+    texts = generate_text(
+        args.adapter, prompts, model=args.model, merge=not args.no_merge, **options
+    )
+    for text in texts:
+        print(one_line(text))
     return 0
 
 
@@ -232,8 +270,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         label_column=args.label_column,
         model=args.model,
     )
-    print(f"accuracy  {100 * scores['accuracy']:.2f} %  ({int(scores['examples'])} examples)")
-    print(f"macro-F1  {100 * scores['macro_f1']:.2f} %")
+    if "accuracy" in scores:
+        print(f"accuracy    {100 * scores['accuracy']:.2f} %  ({int(scores['examples'])} examples)")
+        print(f"macro-F1    {100 * scores['macro_f1']:.2f} %")
+    if "perplexity" in scores:
+        print(f"loss        {scores['loss']:.4f} per token  ({int(scores['examples'])} examples)")
+        print(f"perplexity  {scores['perplexity']:.3f}")
     return 0
 
 
@@ -252,6 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _predict(args)
         if args.command == "evaluate":
             return _evaluate(args)
+        if args.command == "generate":
+            return _generate(args)
         return _finetune(args, args_list)
     except (TTError, OSError, ValueError, ImportError) as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -1,4 +1,4 @@
-"""Fine-tune a pretrained transformer for text classification: LoRETTA, LoRA, head-only, full.
+"""Fine-tune a pretrained transformer: LoRETTA, LoRA, head-only, full; classification or causal LM.
 
 The Python API under the ``tensortrain`` command line. transformers, peft, tqdm and matplotlib are
 imported where they are used.
@@ -13,7 +13,15 @@ Example (trains for a minute on the packaged MiniLM)::
 
 from tensortrain_nn.finetune.config import FinetuneConfig, Result
 from tensortrain_nn.finetune.errors import AdapterError, DataError, FinetuneError, ModelError
-from tensortrain_nn.finetune.job import build_split, compare, evaluate, load_run, predict, run
+from tensortrain_nn.finetune.job import (
+    build_split,
+    compare,
+    evaluate,
+    generate_text,
+    load_run,
+    predict,
+    run,
+)
 from tensortrain_nn.finetune.methods import DEFAULT_LR, METHODS, Method
 from tensortrain_nn.finetune.report import format_report
 
@@ -31,6 +39,7 @@ __all__ = [
     "compare",
     "evaluate",
     "format_report",
+    "generate_text",
     "load_run",
     "predict",
     "run",

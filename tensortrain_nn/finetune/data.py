@@ -76,8 +76,7 @@ def _read_rows(path: Path) -> tuple[list[dict[str, object]], list[str]]:
         return _parse_rows(path)
     except UnicodeDecodeError as exc:
         raise DataError(
-            f"data file {path} is not UTF-8 text (byte {exc.start}: {exc.reason}); "
-            "save it as UTF-8"
+            f"data file {path} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8"
         ) from None
     except (csv.Error, OSError, EOFError) as exc:
         if isinstance(exc, FileNotFoundError):

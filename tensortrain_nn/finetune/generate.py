@@ -24,89 +24,9 @@ import torch
 from torch import nn
 
 from tensortrain._checks import check_int, check_number
-from tensortrain_nn.finetune.errors import ModelError
-from tensortrain_nn.finetune.models import ModelSpec
 
 #: Label of a position that carries no loss (padding and context), as in transformers.
 IGNORE_INDEX = -100
-
-
-def _config_of(spec: ModelSpec) -> Any:
-    from transformers import AutoConfig
-
-    kwargs: dict[str, Any] = {"local_files_only": True}
-    if spec.gguf_file is not None:
-        kwargs["gguf_file"] = spec.gguf_file
-    try:
-        return AutoConfig.from_pretrained(spec.folder, **kwargs)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise ModelError(f"cannot read the config of {spec.name!r}: {_first_line(exc)}") from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def is_decoder_only(model: ModelSpec | Any) -> bool:
-    """Whether a model is a decoder-only LM (LLaMA, GPT-2...), i.e. one the ``lm`` task can train.
-
-    Args:
-        model: A :class:`ModelSpec` (its config is read: a few seconds for a GGUF file), a
-            transformers config, or a model with a ``config``.
-
-    Returns:
-        True for a model type with a causal-LM class and no masked-LM class that is not an
-        encoder-decoder; False for BERT-like encoders, T5/BART and unknown types.
-
-    Example:
-        >>> from transformers import BertConfig, LlamaConfig
-        >>> is_decoder_only(LlamaConfig()), is_decoder_only(BertConfig())
-        (True, False)
-    """
-    from transformers.models.auto.modeling_auto import (
-        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
-    )
-
-    config = _config_of(model) if isinstance(model, ModelSpec) else getattr(model, "config", model)
-    if getattr(config, "is_encoder_decoder", False):
-        return False
-    kind = getattr(config, "model_type", None)
-    return (
-        kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
-    )
-
-
-def load_causal_lm(spec: ModelSpec) -> tuple[nn.Module, Any]:
-    """Load a causal LM (float32, CPU, local files only) and its tokenizer.
-
-    A tokenizer without a pad token gets its EOS token as pad, and so does the model config.
-
-    Raises:
-        ModelError: transformers cannot read the folder or file as a causal LM (one line).
-
-    Example (not run here)::
-
-        model, tokenizer = load_causal_lm(resolve_model("smollm2"))
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    kwargs: dict[str, Any] = {"local_files_only": True}
-    if spec.gguf_file is not None:
-        kwargs["gguf_file"] = spec.gguf_file
-    source = spec.folder if spec.gguf_file is None else f"{spec.folder}/{spec.gguf_file}"
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(spec.folder, **kwargs)
-        # float32 at load time: GGUF models count as quantized, and refuse a later .float().
-        model = AutoModelForCausalLM.from_pretrained(spec.folder, **kwargs, dtype=torch.float32)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise ModelError(f"cannot load a causal LM from {source}: {_first_line(exc)}") from exc
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
-    return model, tokenizer
 
 
 def pad_id(tokenizer: Any) -> int:
@@ -302,7 +222,7 @@ def generate(
 
     Example (a real model)::
 
-        model, tokenizer = load_causal_lm(resolve_model("smollm2"))
+        model, tokenizer = load_model(resolve_model("smollm2"))
         generate(model.eval(), tokenizer, ["The capital of France is"], max_new_tokens=5)
     """
     check_int("max_new_tokens", max_new_tokens)

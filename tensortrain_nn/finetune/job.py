@@ -14,12 +14,14 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import PartialState
 from torch import nn
 
 from tensortrain_nn._files import atomic_write
@@ -31,11 +33,12 @@ from tensortrain_nn.finetune.models import (
     ModelSpec,
     check_fingerprint,
     fingerprint,
+    is_decoder_only,
     load_model,
     resolve_model,
 )
 from tensortrain_nn.finetune.report import write_comparison, write_report
-from tensortrain_nn.finetune.tasks import ClassifyTask, check_max_length, metrics
+from tensortrain_nn.finetune.tasks import ClassifyTask, check_max_length
 from tensortrain_nn.finetune.train import check_device, peak_memory_mb, train
 from tensortrain_nn.surgery.targets import is_head_parameter
 
@@ -139,25 +142,19 @@ def run(
 
 
 def _run(config: FinetuneConfig, on_step: Callable[[int, nn.Module], None] | None) -> Result:
-    from accelerate import PartialState
-
     check_device(config.device)
     method = get_method(config.method)
-    split = build_split(config)
     spec = resolve_model(config.model)
-    torch.manual_seed(config.seed)
-    model, tokenizer = load_model(spec, len(split.labels), labels=split.labels)
-    check_max_length(config.max_length, model, tokenizer)
-    task = ClassifyTask(tokenizer, split, config.max_length)
+    model, _, task, labels = build_task(config, spec)
     base_fingerprint = fingerprint(model)
-    model, description = method.setup(model, dict(config.method_options))
+    model, description = method.setup(model, dict(config.method_options), task.name)
     if config.gradient_checkpointing:
         _checkpoint_activations(model)
     counts = _count(model)
     # One folder for all processes (a timestamped default could differ by a second between them).
     out = Path(_broadcast(str(config.resolved_output_dir())))
     use_checkpoints = config.checkpoint_every > 0 or config.resume
-    stats = train(
+    stats = (_zero_shot if config.method == "none" else train)(
         model,
         task,
         config,
@@ -177,17 +174,18 @@ def _run(config: FinetuneConfig, on_step: Callable[[int, nn.Module], None] | Non
             "config": {**config.to_dict(), **_absolute_paths(config)},
             "model": spec.to_dict(),
             "base_fingerprint": base_fingerprint,
-            "labels": split.labels,
+            "labels": labels,
+            "task": task.name,
         }
         atomic_write(out / RUN_FILE, (json.dumps(saved, indent=2) + "\n").encode())
-        label2id = {name: i for i, name in enumerate(split.labels)}
+        label2id = {name: i for i, name in enumerate(labels)}
         atomic_write(out / "labels.json", (json.dumps(label2id, indent=2) + "\n").encode())
     trainable = counts["adapter"] + counts["head"] + counts["other"]
     result = Result(
         method=config.method,
         description=description,
-        accuracy=final["accuracy"],
-        macro_f1=final["macro_f1"],
+        accuracy=final.get("accuracy", math.nan),
+        macro_f1=final.get("macro_f1", math.nan),
         history=stats["history"],
         trainable_params=trainable,
         adapter_params=counts["adapter"],
@@ -200,8 +198,8 @@ def _run(config: FinetuneConfig, on_step: Callable[[int, nn.Module], None] | Non
         train_seconds=stats["train_seconds"],
         peak_memory_mb=peak_memory_mb(stats["device"]),
         num_train=task.num_train,
-        num_test=len(split.test_texts),
-        labels=split.labels,
+        num_test=int(final["examples"]),
+        labels=labels,
         seed=config.seed,
         output_dir=str(out) if config.save else None,
         world_size=stats["world_size"],
@@ -209,10 +207,111 @@ def _run(config: FinetuneConfig, on_step: Callable[[int, nn.Module], None] | Non
         resumed_from_step=stats["resumed_from"],
         task=task.name,
         tokens_per_second=stats["tokens_per_second"],
+        metrics={k: v for k, v in final.items() if k in _LM_METRICS},
+        samples=list(final.get("samples", [])),
     )
     if config.save and main:
         write_report(result, out)
     return result
+
+
+_LM_METRICS = ("loss", "perplexity", "tokens", "truncated")
+
+
+def build_task(config: FinetuneConfig, spec: ModelSpec) -> tuple[nn.Module, Any, Any, list[str]]:
+    """Read the data, load the model for ``config``'s task, and build the task.
+
+    ``task="auto"`` is ``lm`` for decoder-only models (said in the log) and ``classify`` otherwise.
+    The lm task takes its data form from the config: ``template`` and ``verbalizer``
+    (classification as text; the built-in data has a default prompt), or ``prompt_column`` and
+    ``completion_column``, or plain text from ``text_column``.
+
+    Returns:
+        ``(model, tokenizer, task, labels)``; ``labels`` is empty for unlabelled lm data.
+
+    Raises:
+        FinetuneError: ``--task lm`` on an encoder-only model, or options of the other task.
+    """
+    name = _task_name(config, spec)
+    data = read_data(config, name)
+    torch.manual_seed(config.seed)
+    labels = data.labels if isinstance(data, data_mod.Split) else []
+    model, tokenizer = load_model(spec, len(labels) if name == "classify" else None, labels=labels)
+    check_max_length(config.max_length, model, tokenizer)
+    return model, tokenizer, make_task(config, name, tokenizer, data), labels
+
+
+def read_data(config: FinetuneConfig, task: str) -> Any:
+    """A :class:`~tensortrain_nn.finetune.data.Split` of labelled texts, or ``(train, test)`` lm
+    examples (prompt/completion or plain text)."""
+    from tensortrain_nn.finetune import lm
+
+    builtin = config.data in (None, data_mod.BUILTIN)
+    if task == "classify" or builtin or config.template or config.verbalizer:
+        if task == "lm" and not builtin and (config.template is None or config.verbalizer is None):
+            raise FinetuneError("classification as text needs both --template and --verbalizer")
+        return build_split(config)
+    return lm.read_examples(config)
+
+
+def make_task(config: FinetuneConfig, task: str, tokenizer: Any, data: Any) -> Any:
+    """The task object over ``data`` (what :func:`read_data` returned)."""
+    from tensortrain_nn.finetune import lm
+
+    if not isinstance(data, data_mod.Split):
+        return lm.LMTask(tokenizer, *data, max_length=config.max_length)
+    if task == "classify":
+        return ClassifyTask(tokenizer, data, config.max_length)
+    return lm.classification_task(
+        tokenizer,
+        data,
+        template=config.template or lm.BUILTIN_TEMPLATE,
+        verbalizer=config.verbalizer or lm.BUILTIN_VERBALIZER,
+        max_length=config.max_length,
+        length_normalise=config.length_normalise,
+    )
+
+
+def _task_name(config: FinetuneConfig, spec: ModelSpec) -> str:
+    """``config.task``, with ``auto`` resolved from the model's kind (and said in the log)."""
+    decoder = is_decoder_only(spec)
+    name = config.task
+    if name == "auto":
+        name = "lm" if decoder else "classify"
+        if decoder and config.progress and PartialState().is_main_process:
+            print(f"--task auto: {spec.name} is a decoder-only LM, so the task is lm", flush=True)
+    if name == "lm" and not decoder:
+        raise FinetuneError(f"--task lm needs a decoder-only LM; --model {spec.name} is not one")
+    lm_only = ("template", "verbalizer", "prompt_column", "completion_column")
+    given = [f"--{f.replace('_', '-')}" for f in lm_only if getattr(config, f) is not None]
+    if name == "classify" and given:
+        raise FinetuneError(f"{given[0]} needs --task lm (the model is trained as a classifier)")
+    return name
+
+
+def _zero_shot(
+    model: nn.Module,
+    task: Any,
+    config: FinetuneConfig,
+    *,
+    evaluate: Any,
+    checkpoints: Path | None,
+    on_step: Any,
+) -> dict[str, Any]:
+    """``--method none``: no training, one evaluation (the baseline an LLM table needs)."""
+    model.eval()
+    with torch.no_grad():
+        scores = evaluate(model) if PartialState().is_main_process else {}
+    return {
+        "history": [{"epoch": 0, "loss": math.nan, **_broadcast(scores)}],
+        "train_seconds": 0.0,
+        "seconds_per_step": 0.0,
+        "tokens_per_second": 0.0,
+        "allreduce_bytes": 0,
+        "resumed_from": None,
+        "world_size": PartialState().num_processes,
+        "device": next(model.parameters()).device,
+    }
 
 
 def _checkpoint_activations(model: nn.Module) -> None:
@@ -350,27 +449,41 @@ def load_run(folder: str | Path, *, model: str | None = None) -> tuple[nn.Module
         spec = ModelSpec(**saved)
         if not Path(spec.folder).exists():
             raise FileNotFoundError(f"the run's base model folder no longer exists: {spec.folder}")
-    base, tokenizer = load_model(spec, len(info["labels"]), labels=info["labels"])
+    lm_run = info.get("task") == "lm"
+    base, tokenizer = load_model(
+        spec, None if lm_run else len(info["labels"]), labels=info["labels"]
+    )
     check_fingerprint(info["base_fingerprint"], base, saved_name=saved["name"], name=spec.name)
     loaded = get_method(info["config"]["method"]).load(base, root / ADAPTER_DIR)
     loaded.eval()
     return loaded, tokenizer, info
 
 
+def _saved_task(info: dict[str, Any], tokenizer: Any, texts: list[str], ids: list[int]) -> Any:
+    """The task of a saved run over labelled ``texts`` (classification, or as text for lm)."""
+    config = FinetuneConfig.from_dict({**info["config"], "progress": False})
+    split = data_mod.Split([], [], texts, ids, info["labels"])
+    return make_task(config, info.get("task", "classify"), tokenizer, split)
+
+
 def predict(
     folder: str | Path, texts: Sequence[str], *, model: str | None = None, batch_size: int = 64
 ) -> list[str]:
-    """Label ``texts`` with a saved run; returns label names."""
+    """Label ``texts`` with a saved run; returns label names.
+
+    Raises:
+        AdapterError: The run has no labels (an lm run on prompts or text: use :func:`generate`).
+    """
     loaded, tokenizer, info = load_run(folder, model=model)
-    task = _task_of(tokenizer, info, texts=list(texts))
-    ids = task.predict(loaded, list(texts), batch_size)
+    if not info["labels"]:
+        raise AdapterError(f"{folder} is an lm run without labels: use tensortrain generate")
+    task = _saved_task(info, tokenizer, list(texts), [0] * len(texts))
+    if isinstance(task, ClassifyTask):
+        ids = task.predict(loaded, list(texts), batch_size)
+    else:
+        with torch.no_grad():
+            ids = task.option_scores(loaded, batch_size).argmax(dim=-1).tolist()
     return [info["labels"][i] for i in ids]
-
-
-def _task_of(tokenizer: Any, info: dict[str, Any], texts: list[str]) -> ClassifyTask:
-    """A classification task over ``texts`` with a saved run's labels and length."""
-    split = data_mod.Split([], [], texts, [0] * len(texts), info["labels"])
-    return ClassifyTask(tokenizer, split, info["config"]["max_length"])
 
 
 def evaluate(
@@ -380,23 +493,80 @@ def evaluate(
     text_column: str | None = None,
     label_column: str | None = None,
     model: str | None = None,
-) -> dict[str, float]:
-    """Accuracy and macro-F1 of a saved run on ``data`` (default: the run's own held-out split).
+) -> dict[str, Any]:
+    """Held-out metrics of a saved run on ``data`` (default: the run's own held-out split).
+
+    Returns:
+        Accuracy and macro-F1 (and, for lm runs, loss and perplexity), with ``examples``.
 
     Raises:
         DataError: A label in ``data`` was not seen in training (the message names it).
     """
     loaded, tokenizer, info = load_run(folder, model=model)
-    cfg = info["config"]
-    if data is None:
-        split = build_split(FinetuneConfig.from_dict({**cfg, "progress": False}))
-        texts, ids = split.test_texts, split.test_labels
+    cfg = FinetuneConfig.from_dict({**info["config"], "progress": False})
+    if data is None and not info["labels"]:
+        task = make_task(cfg, "lm", tokenizer, read_data(cfg, "lm"))
+    elif data is None:
+        split = build_split(cfg)
+        task = _saved_task(info, tokenizer, split.test_texts, split.test_labels)
     else:
         texts, names = data_mod.load_table(
             data,
-            text_column=text_column or cfg["text_column"],
-            label_column=label_column or cfg["label_column"],
+            text_column=text_column or cfg.text_column,
+            label_column=label_column or cfg.label_column,
         )
         ids = data_mod.encode_labels(names, info["labels"], where=str(data))
-    predicted = _task_of(tokenizer, info, texts).predict(loaded, texts, 64)
-    return {**metrics(predicted, ids, len(info["labels"])), "examples": float(len(texts))}
+        task = _saved_task(info, tokenizer, texts, ids)
+    with torch.no_grad():
+        scores = task.evaluate(loaded.eval(), 64)
+    return {k: v for k, v in scores.items() if k != "samples"}
+
+
+def generate_text(
+    folder: str | Path,
+    prompts: Sequence[str],
+    *,
+    model: str | None = None,
+    merge: bool = True,
+    **options: Any,
+) -> list[str]:
+    """Continue ``prompts`` with a saved lm run's model and adapter (greedy by default).
+
+    The adapter is merged into the base weights first when it can be (rep, LoRA): generation then
+    costs what the base model costs, with the same greedy output as the unmerged model.
+
+    Args:
+        folder: A run written by ``finetune --task lm``.
+        prompts: Texts to continue.
+        model: Another base model of the same architecture.
+        merge: Fold the adapter into the weights (rep and LoRA; adp runs unmerged).
+        **options: ``max_new_tokens``, ``temperature``, ``top_p``, ``seed``, ``batch_size`` of
+            :func:`tensortrain_nn.finetune.generate.generate`.
+
+    Returns:
+        The new text of each prompt.
+
+    Raises:
+        AdapterError: Not an lm run, or an adapter made for another base model.
+    """
+    from tensortrain_nn.finetune import generate as gen
+
+    loaded, tokenizer, info = load_run(folder, model=model)
+    if info.get("task") != "lm":
+        raise AdapterError(
+            f"{folder} is a {info.get('task', 'classify')} run; generate needs an lm run"
+        )
+    if merge:
+        loaded = _merged(loaded, info["config"]["method"])
+    return gen.generate(loaded, tokenizer, list(prompts), **options)
+
+
+def _merged(model: nn.Module, method: str) -> nn.Module:
+    """The model with its adapter folded into the weights, where the method allows it."""
+    if method == "lora":
+        return model.merge_and_unload()  # type: ignore[operator]
+    if method == "rep":
+        import tensortrain_nn
+
+        return tensortrain_nn.merge_and_unload(model)
+    return model

@@ -19,7 +19,7 @@ Example:
 
 With a model (not run here)::
 
-    model, tokenizer = load_causal_lm(resolve_model("smollm2"))
+    model, tokenizer = load_model(resolve_model("smollm2"))
     task = classification_task(tokenizer, split, template="Review: {text}\\nSentiment:",
                                verbalizer='fresh=" good",rotten=" bad"', max_length=64)
     loss = task.loss(model, task.train_batch([0, 1, 2, 3]))
@@ -52,11 +52,7 @@ from tensortrain_nn.finetune.generate import (
     sequence_logprobs,
     target_logprobs,
 )
-
-try:
-    from tensortrain_nn.finetune.tasks import metrics
-except ImportError:  # before the loop's rewrite moved it into tasks.py
-    from tensortrain_nn.finetune.train import metrics  # type: ignore[no-redef, attr-defined]
+from tensortrain_nn.finetune.tasks import metrics
 
 #: Template and verbalizer of the built-in Rotten Tomatoes task (labels ``fresh`` / ``rotten``).
 BUILTIN_TEMPLATE = "Review: {text}\nSentiment:"
@@ -195,6 +191,24 @@ def split_examples(
             f"test_size {test_size} leaves no training data ({len(examples)} examples in all)"
         )
     return [examples[i] for i in order[n_test:]], [examples[i] for i in order[:n_test]]
+
+
+def read_examples(config: Any) -> tuple[list[LMExample], list[LMExample]]:
+    """``(train, test)`` examples of a prompt/completion or plain-text job (a ``FinetuneConfig``).
+
+    The held-out part is ``config.test_data``, or ``config.test_size`` of ``config.data`` (0.2
+    by default); ``max_train`` / ``max_test`` cut each part.
+    """
+    columns = {
+        "prompt_column": config.prompt_column,
+        "completion_column": config.completion_column,
+        "text_column": config.text_column,
+    }
+    examples = load_lm_examples(config.data, **columns)
+    test = None if config.test_data is None else load_lm_examples(config.test_data, **columns)
+    size = config.test_size if config.test_size is not None else 0.2
+    train, held = split_examples(examples, test_size=size, seed=config.split_seed, test=test)
+    return train[: config.max_train], held[: config.max_test]
 
 
 @dataclass(frozen=True)

@@ -22,12 +22,19 @@ from tensortrain_nn._files import atomic_write
 from tensortrain_nn.finetune.errors import AdapterError, FinetuneError
 from tensortrain_nn.surgery.targets import is_head_parameter
 
-Setup = Callable[[nn.Module, dict[str, Any]], tuple[nn.Module, str]]
+Setup = Callable[[nn.Module, dict[str, Any], str], tuple[nn.Module, str]]
 Save = Callable[[nn.Module, Path], None]
 Load = Callable[[nn.Module, Path], nn.Module]
 
 #: Default learning rate of each method (``FinetuneConfig.lr`` overrides it).
-DEFAULT_LR: dict[str, float] = {"head": 1e-3, "lora": 1e-3, "full": 5e-5, "rep": 2e-3, "adp": 1e-3}
+DEFAULT_LR: dict[str, float] = {
+    "head": 1e-3,
+    "lora": 1e-3,
+    "full": 5e-5,
+    "rep": 2e-3,
+    "adp": 1e-3,
+    "none": 1e-3,  # unused: nothing trains
+}
 #: LoRETTA options used unless ``method_options`` sets them: norms train too, as in the LoRETTA
 #: code (the settings compared on the default task are in docs/finetune.md).
 TT_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -46,8 +53,9 @@ class Method:
     """One fine-tuning method.
 
     Attributes:
-        setup: ``setup(model, options) -> (model, description)``: returns the model ready to train
-            (only what the method trains has ``requires_grad``) and a one-line description.
+        setup: ``setup(model, options, task) -> (model, description)``: returns the model ready
+            to train (only what the method trains has ``requires_grad``) and a one-line
+            description; ``task`` is ``classify`` or ``lm``.
         save: ``save(model, folder)``: writes what was trained into ``folder``.
         load: ``load(base_model, folder) -> model``: puts a saved adapter onto a fresh base model.
         lr: Default learning rate.
@@ -69,14 +77,25 @@ def _freeze_all_but_head(model: nn.Module) -> int:
     return count
 
 
-def _setup_head(model: nn.Module, options: dict[str, Any]) -> tuple[nn.Module, str]:
+def _setup_head(model: nn.Module, options: dict[str, Any], task: str) -> tuple[nn.Module, str]:
+    if task != "classify":
+        raise FinetuneError("--method head needs --task classify (a causal LM has no task head)")
     if options:
         raise FinetuneError(f"method 'head' takes no options, got: {', '.join(options)}")
     count = _freeze_all_but_head(model)
     return model, f"head only ({count:,} parameters)"
 
 
-def _setup_full(model: nn.Module, options: dict[str, Any]) -> tuple[nn.Module, str]:
+def _setup_none(model: nn.Module, options: dict[str, Any], task: str) -> tuple[nn.Module, str]:
+    if task != "lm":
+        raise FinetuneError("--method none (zero-shot) needs --task lm")
+    if options:
+        raise FinetuneError(f"method 'none' takes no options, got: {', '.join(options)}")
+    model.requires_grad_(False)
+    return model, "zero-shot (no training)"
+
+
+def _setup_full(model: nn.Module, options: dict[str, Any], task: str) -> tuple[nn.Module, str]:
     if options:
         raise FinetuneError(f"method 'full' takes no options, got: {', '.join(options)}")
     for param in model.parameters():
@@ -93,13 +112,14 @@ def lora_targets(model: nn.Module) -> list[str] | None:
     return None
 
 
-def _setup_lora(model: nn.Module, options: dict[str, Any]) -> tuple[nn.Module, str]:
+def _setup_lora(model: nn.Module, options: dict[str, Any], task: str) -> tuple[nn.Module, str]:
     from peft import LoraConfig, TaskType, get_peft_model
 
     settings = {**LORA_DEFAULTS, **options}
     settings.setdefault("target_modules", lora_targets(model))
     try:
-        config = LoraConfig(task_type=TaskType.SEQ_CLS, **settings)
+        kind = TaskType.SEQ_CLS if task == "classify" else TaskType.CAUSAL_LM
+        config = LoraConfig(task_type=kind, **settings)
     except TypeError as exc:
         raise FinetuneError(f"bad option for method 'lora': {exc}") from exc
     peft_model = get_peft_model(model, config)
@@ -176,7 +196,7 @@ def _tensortrain_nn() -> Any:
 
 
 def _tt_setup(mode: str) -> Setup:
-    def setup(model: nn.Module, options: dict[str, Any]) -> tuple[nn.Module, str]:
+    def setup(model: nn.Module, options: dict[str, Any], task: str) -> tuple[nn.Module, str]:
         options = {**TT_DEFAULTS[mode], **options}
         patched = _tensortrain_nn().patch(model, mode=mode, **options)
         model = patched if isinstance(patched, nn.Module) else model
@@ -201,6 +221,7 @@ METHODS: dict[str, Method] = {
     "lora": Method(_setup_lora, _save_lora, _load_lora, DEFAULT_LR["lora"]),
     "head": Method(_setup_head, _save_tensors, _load_tensors, DEFAULT_LR["head"]),
     "full": Method(_setup_full, _save_tensors, _load_tensors, DEFAULT_LR["full"]),
+    "none": Method(_setup_none, lambda model, folder: None, lambda model, folder: model, 0.0),
 }
 
 

@@ -94,49 +94,98 @@ def resolve_model(name: str) -> ModelSpec:
     return ModelSpec(name=name, folder=str(path.resolve()))
 
 
-def load_model(
-    spec: ModelSpec, num_labels: int, *, labels: list[str] | None = None
-) -> tuple[nn.Module, Any]:
-    """Load a model with a fresh sequence-classification head, and its tokenizer.
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
-    Decoder LMs get a pad token (their EOS token) when they have none, in the tokenizer and in the
-    model config, so that batches can be padded and the classifier finds each sequence's last token.
+
+def _load_kwargs(spec: ModelSpec) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"local_files_only": True}
+    if spec.gguf_file is not None:
+        kwargs["gguf_file"] = spec.gguf_file
+    return kwargs
+
+
+def load_model(
+    spec: ModelSpec, num_labels: int | None = None, *, labels: list[str] | None = None
+) -> tuple[nn.Module, Any]:
+    """Load a model and its tokenizer: with a fresh classification head, or as a causal LM.
+
+    A tokenizer without a pad token gets its EOS token as pad (in the model config too), so that
+    batches can be padded and a decoder's classifier finds each sequence's last token.
 
     Args:
         spec: Where the model is.
-        num_labels: Number of classes of the new head.
+        num_labels: Classes of a new sequence-classification head; None loads the causal LM.
         labels: Optional label names, stored in the model config as ``id2label``.
 
     Returns:
         ``(model, tokenizer)``; the model is in float32 on the CPU.
 
     Raises:
-        ModelError: transformers cannot read the folder or file as a model.
+        ModelError: transformers cannot read the folder or file as such a model (one line).
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    kwargs: dict[str, Any] = {"local_files_only": True}
-    if spec.gguf_file is not None:
-        kwargs["gguf_file"] = spec.gguf_file
-    extra: dict[str, Any] = {"num_labels": num_labels}
+    kwargs = _load_kwargs(spec)
+    extra: dict[str, Any] = {}
+    if num_labels is not None:
+        extra = {"num_labels": num_labels, "ignore_mismatched_sizes": True}
     if labels is not None:
         extra["id2label"] = dict(enumerate(labels))
         extra["label2id"] = {name: i for i, name in enumerate(labels)}
+    auto = AutoModelForCausalLM if num_labels is None else AutoModelForSequenceClassification
     source = spec.folder if spec.gguf_file is None else f"{spec.folder}/{spec.gguf_file}"
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec.folder, **kwargs)
         # float32 at load time: GGUF models count as quantized, and refuse a later .float().
-        model = AutoModelForSequenceClassification.from_pretrained(
-            spec.folder, **kwargs, **extra, dtype=torch.float32, ignore_mismatched_sizes=True
-        )
+        model = auto.from_pretrained(spec.folder, **kwargs, **extra, dtype=torch.float32)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"cannot load a model from {source}: {first}") from exc
+        kind = "a causal LM" if num_labels is None else "a model"
+        raise ModelError(f"cannot load {kind} from {source}: {_first_line(exc)}") from exc
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def is_decoder_only(model: ModelSpec | Any) -> bool:
+    """Whether a model is a decoder-only LM (LLaMA, GPT-2...), i.e. one the ``lm`` task trains.
+
+    Args:
+        model: A :class:`ModelSpec` (its config is read: a few seconds for a GGUF file), a
+            transformers config, or a model with a ``config``.
+
+    Returns:
+        True for a model type with a causal-LM class and no masked-LM class that is not an
+        encoder-decoder; False for BERT-like encoders, T5/BART and unknown types.
+
+    Example:
+        >>> from transformers import BertConfig, LlamaConfig
+        >>> is_decoder_only(LlamaConfig()), is_decoder_only(BertConfig())
+        (True, False)
+    """
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    config = getattr(model, "config", model)
+    if isinstance(model, ModelSpec):
+        try:
+            config = AutoConfig.from_pretrained(model.folder, **_load_kwargs(model))
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise ModelError(
+                f"cannot read the config of {model.name!r}: {_first_line(exc)}"
+            ) from exc
+    if getattr(config, "is_encoder_decoder", False):
+        return False
+    kind = getattr(config, "model_type", None)
+    return (
+        kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    )
 
 
 def fingerprint(model: nn.Module) -> dict[str, Any]:

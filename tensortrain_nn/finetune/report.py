@@ -9,6 +9,7 @@ Example::
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,10 +28,22 @@ def _size(num_bytes: int) -> str:
 
 def report_rows(result: Result) -> list[tuple[str, str]]:
     """``(field, value)`` rows of one run's report, formatted for people."""
-    rows = [
-        ("method", f"{result.method}: {result.description}"),
-        ("accuracy", f"{100 * result.accuracy:.2f} %  ({result.num_test} held-out examples)"),
-        ("macro-F1", f"{100 * result.macro_f1:.2f} %"),
+    rows = [("method", f"{result.method}: {result.description}"), ("task", result.task)]
+    if not math.isnan(result.accuracy):
+        rows += [
+            ("accuracy", f"{100 * result.accuracy:.2f} %  ({result.num_test} held-out examples)"),
+            ("macro-F1", f"{100 * result.macro_f1:.2f} %"),
+        ]
+    if "perplexity" in result.metrics:
+        rows += [
+            ("held-out loss", f"{result.metrics['loss']:.4f} per token"),
+            ("perplexity", f"{result.metrics['perplexity']:.3f}"),
+            (
+                "truncated prompts",
+                f"{int(result.metrics.get('truncated', 0))} of {result.num_test}",
+            ),
+        ]
+    rows += [
         ("trainable (adapter)", f"{result.adapter_params:,}"),
         ("trainable (head)", f"{result.head_params:,}"),
         ("trainable (other)", f"{result.other_params:,}  (norms, biases or base weights)"),
@@ -40,6 +53,7 @@ def report_rows(result: Result) -> list[tuple[str, str]]:
         ),
         ("adapter file size", _size(result.adapter_bytes) if result.adapter_bytes else "not saved"),
         ("seconds per step", f"{result.seconds_per_step:.3f}"),
+        ("tokens per second", f"{result.tokens_per_second:.0f}"),
         ("training time", f"{result.train_seconds:.1f} s ({result.num_train} examples)"),
         ("peak memory", f"{result.peak_memory_mb:.0f} MiB"),
     ]
@@ -81,7 +95,13 @@ def write_report(result: Result, folder: Path) -> None:
             for h in result.history
         ],
     )
-    (folder / "report.md").write_text(f"# Run report\n\n{body}\n## Per epoch\n\n{epochs}")
+    samples = "".join(
+        f"- prompt: `{s['prompt']!r}`\n  reference: `{s['reference']!r}`\n  "
+        f"generated: `{s['generated']!r}`\n"
+        for s in result.samples
+    )
+    text = f"# Run report\n\n{body}\n## Per epoch\n\n{epochs}"
+    (folder / "report.md").write_text(text + (f"\n## Samples\n\n{samples}" if samples else ""))
 
 
 def _spread(values: list[float]) -> float:

@@ -127,4 +127,7 @@ class ClassifyTask:
 
     def evaluate(self, model: nn.Module, batch_size: int) -> dict[str, Any]:
         ids = self.predict(model, self.split.test_texts, batch_size)
-        return metrics(ids, self.split.test_labels, len(self.split.labels))
+        return {
+            **metrics(ids, self.split.test_labels, len(self.split.labels)),
+            "examples": len(ids),
+        }

@@ -368,6 +368,12 @@ class _Loop:
             pos.tokens + tokens,
         )
 
+    @torch.no_grad()
+    def _evaluate(self, evaluate: Evaluate) -> dict[str, Any]:
+        model = self.acc.unwrap_model(self.model)
+        model.eval()
+        return evaluate(model)
+
     def _end_epoch(self, epoch: int, evaluate: Evaluate, show: bool) -> None:
         from accelerate.utils import broadcast_object_list
         from tqdm.auto import tqdm
@@ -375,7 +381,7 @@ class _Loop:
         acc, pos = self.acc, self.pos
         record: dict[str, Any] = {"epoch": epoch, "loss": pos.loss_sum / max(1.0, pos.seen)}
         if self.config.eval_every_epoch or epoch == self.config.epochs:
-            box = [evaluate(acc.unwrap_model(self.model)) if acc.is_main_process else None]
+            box = [self._evaluate(evaluate) if acc.is_main_process else None]
             if acc.num_processes > 1:
                 broadcast_object_list(box)
             record.update(box[0] or {})

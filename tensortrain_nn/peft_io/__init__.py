@@ -27,6 +27,7 @@ def __getattr__(name: str) -> Any:
         return AdapterCheckpointCallback
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 __all__ = [
     "AdapterCheckpointCallback",
     "LoraImportReport",

@@ -21,8 +21,6 @@ from tensortrain_nn.finetune.errors import DataError, FinetuneError, ModelError
 from tensortrain_nn.finetune.generate import (
     IGNORE_INDEX,
     collate,
-    is_decoder_only,
-    load_causal_lm,
     sequence_logprobs,
 )
 from tensortrain_nn.finetune.lm import (
@@ -34,7 +32,7 @@ from tensortrain_nn.finetune.lm import (
     parse_verbalizer,
     split_examples,
 )
-from tensortrain_nn.finetune.models import ModelSpec, resolve_model
+from tensortrain_nn.finetune.models import ModelSpec, is_decoder_only, load_model, resolve_model
 
 WORDS = ["good", "bad", "film", "plot", "warm", "dull", "actor", "scene", "story", "superb"]
 SENTENCES = [
@@ -464,7 +462,7 @@ def test_load_causal_lm_from_a_folder(tok: Any, model: Any, tmp_path: Path) -> N
     model.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     loaded: Any
-    loaded, tokenizer = load_causal_lm(ModelSpec("tiny", str(tmp_path)))
+    loaded, tokenizer = load_model(ModelSpec("tiny", str(tmp_path)))
     assert tokenizer.pad_token_id == tokenizer.eos_token_id == loaded.config.pad_token_id
     assert next(loaded.parameters()).dtype == torch.float32
     torch.testing.assert_close(loaded.model.embed_tokens.weight, model.model.embed_tokens.weight)
@@ -473,7 +471,7 @@ def test_load_causal_lm_from_a_folder(tok: Any, model: Any, tmp_path: Path) -> N
 def test_load_causal_lm_error_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ModelError) as caught:
-        load_causal_lm(ModelSpec("broken", str(tmp_path)))
+        load_model(ModelSpec("broken", str(tmp_path)))
     assert str(caught.value).startswith(f"cannot load a causal LM from {tmp_path}")
     assert "\n" not in str(caught.value)
 
@@ -486,7 +484,7 @@ def test_smollm2_scores_a_verbalizer_and_generates() -> None:
         spec = resolve_model("smollm2")
     except ModelError as exc:
         pytest.skip(str(exc))
-    model, tokenizer = load_causal_lm(spec)
+    model, tokenizer = load_model(spec)
     model.eval()
     assert is_decoder_only(model)
     texts = ["a triumph, warm and funny", "a dull, lifeless mess", "superb acting", "boring"]
