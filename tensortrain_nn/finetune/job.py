@@ -39,7 +39,7 @@ from tensortrain_nn.finetune.models import (
 )
 from tensortrain_nn.finetune.report import write_comparison, write_report
 from tensortrain_nn.finetune.tasks import ClassifyTask, check_max_length
-from tensortrain_nn.finetune.train import check_device, peak_memory_mb, train
+from tensortrain_nn.finetune.train import check_device, on_cpu, peak_memory_mb, train
 from tensortrain_nn.surgery.targets import is_head_parameter
 
 RUN_FILE = "run.json"
@@ -126,7 +126,7 @@ def run(
     from accelerate.state import AcceleratorState
 
     owns_group = not (dist.is_available() and dist.is_initialized())
-    PartialState(cpu=config.device == "cpu")  # joins torchrun's / accelerate's process group
+    PartialState(cpu=on_cpu(config.device))  # joins torchrun's / accelerate's process group
     clean = False
     try:
         result = _run(config, on_step)
@@ -347,7 +347,8 @@ def compare(
             every method when set (else each method's default), runs go to
             ``<output_dir>/<method>-seed<seed>``.
         methods: Method names, run in this order.
-        seeds: Training seeds; each method runs once per seed.
+        seeds: Training seeds; each method runs once per seed (``none``, which trains
+            nothing, once).
         method_options: Per-method options, e.g. ``{"rep": {"rank": 5}}`` (replace
             ``config.method_options`` for that method).
         command: The command line, recorded in ``compare.md``.
@@ -374,7 +375,7 @@ def compare(
             progress=config.progress and jobs == 1,
         )
         for name in methods
-        for seed in seeds
+        for seed in (seeds[:1] if name == "none" else seeds)  # zero-shot: no seed to vary
     ]
     results: list[Result] = []
     if jobs == 1:

@@ -156,6 +156,15 @@ def check_device(device: str) -> None:
         raise FinetuneError(f"--device {device}: this torch sees {seen}; use --device cpu or auto")
 
 
+def on_cpu(device: str) -> bool:
+    """Whether ``device`` means the CPU (``auto`` on a machine without CUDA does).
+
+    accelerate needs to be told: without ``cpu=True`` it runs a torchrun job on a CPU-only
+    machine as independent single processes.
+    """
+    return device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+
+
 def make_accelerator(config: FinetuneConfig, find_unused: bool = False) -> Any:
     """An ``Accelerator`` for ``config`` (device, bf16, DDP options); resets a previous run's."""
     from accelerate import Accelerator
@@ -167,7 +176,7 @@ def make_accelerator(config: FinetuneConfig, find_unused: bool = False) -> Any:
         torch.cuda.set_device(torch.device(config.device))
     AcceleratorState._reset_state(reset_partial_state=False)  # mixed precision may differ per run
     return Accelerator(
-        cpu=config.device == "cpu",
+        cpu=on_cpu(config.device),
         mixed_precision="bf16" if config.bf16 else "no",
         dataloader_config=DataLoaderConfiguration(split_batches=True),  # scheduler: once a step
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused)],

@@ -150,7 +150,7 @@ def test_bf16_autocast_trains_close_to_float32(
 
 def _launch(command: list[str], assets: dict[str, str], out: Path) -> dict[str, Any]:
     values = _values(assets, out)
-    argv = ["-m", "tensortrain_nn.cli", "finetune", "--no-progress", "--device", "cpu"]
+    argv = ["-m", "tensortrain_nn.cli", "finetune", "--no-progress", "--checkpoint-every", "4"]
     for key in (
         "model",
         "data",
@@ -180,8 +180,12 @@ def test_torchrun_and_accelerate_launch_run_the_cli(assets: dict[str, str], tmp_
         _launch(cmd, assets, tmp_path / name)
         for cmd, name in ((torchrun, "tr"), (accelerate, "acc"))
     ]
-    for report in reports:
+    for report, name in zip(reports, ("tr", "acc"), strict=True):  # --device auto, on the CPU
         assert report["world_size"] == 2 and report["allreduce_bytes_per_step"] > 0
+        manifest = json.loads(
+            (tmp_path / name / "checkpoints/step-00000008/MANIFEST.json").read_text()
+        )
+        assert {"random_states_0.pkl", "random_states_1.pkl"} <= set(manifest)
     assert reports[0]["history"] == reports[1]["history"]
 
 
