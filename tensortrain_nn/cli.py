@@ -29,7 +29,7 @@ from typing import Any, NoReturn
 
 from tensortrain.errors import TTError
 
-COMMANDS = ("finetune", "predict", "evaluate", "generate")
+COMMANDS = ("finetune", "predict", "evaluate", "generate", "export-lora", "compress-lora")
 
 
 def _value(text: str) -> Any:
@@ -157,6 +157,18 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-p", type=_finite, default=1.0)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--no-merge", action="store_true", help="keep the adapter unmerged")
+    exp = sub.add_parser("export-lora", help="write a LoRETTA_rep run's adapter as a peft LoRA")
+    exp.add_argument("adapter", help="a rep run folder (or its adapter/ sub-folder)")
+    exp.add_argument("out", help="the peft LoRA folder to write")
+    exp.add_argument("--rank", type=int, help="rank of a form='full' update's truncated SVD")
+    exp.add_argument("--model", help="base model to use instead of the one the run names")
+    com = sub.add_parser("compress-lora", help="compress a peft LoRA into TT (and back to LoRA)")
+    com.add_argument("adapter", help="a peft LoRA folder, or a lora run folder")
+    com.add_argument("out", help="folder for the compressed LoRA (TT adapter in OUT/tt_adapter)")
+    com.add_argument("--eps", type=_finite, help="relative error per factor (TT-SVD bound)")
+    com.add_argument("--tt-rank", type=int, help="largest TT rank")
+    com.add_argument("--model", help="base model (default: the run's; needed for a bare folder)")
+    com.add_argument("--num-labels", type=int, help="classes of the base's head (bare folder)")
     pred = sub.choices["predict"]
     pred.add_argument("--input", help="text file, one text a line, or CSV/JSONL (default stdin)")
     ev = sub.choices["evaluate"]
@@ -260,6 +272,34 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_lora(args: argparse.Namespace) -> int:
+    import tensortrain_nn
+    from tensortrain_nn.finetune import load_run
+
+    model, _, _ = load_run(args.adapter, model=args.model)
+    out = tensortrain_nn.export_lora(model, args.out, rank=args.rank)
+    print(f"peft LoRA adapter written to {out} (load it with PeftModel.from_pretrained)")
+    return 0
+
+
+def _compress_lora(args: argparse.Namespace) -> int:
+    import tensortrain_nn
+    from tensortrain_nn.finetune.job import ADAPTER_DIR, load_base
+    from tensortrain_nn.finetune.models import load_model, resolve_model
+
+    folder = Path(args.adapter)
+    if args.model is not None:  # a bare peft folder: the base model is named here
+        base, _ = load_model(resolve_model(args.model), args.num_labels)
+    else:  # a lora run (its folder or its adapter/ sub-folder) names its base model
+        root, base, _, _ = load_base(folder)
+        folder = root / ADAPTER_DIR
+    report = tensortrain_nn.compress_lora(
+        folder, args.out, base, eps=args.eps, tt_rank=args.tt_rank
+    )
+    print(report)
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from tensortrain_nn.finetune import evaluate
 
@@ -296,6 +336,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _evaluate(args)
         if args.command == "generate":
             return _generate(args)
+        if args.command == "export-lora":
+            return _export_lora(args)
+        if args.command == "compress-lora":
+            return _compress_lora(args)
         return _finetune(args, args_list)
     except (TTError, OSError, ValueError, ImportError) as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

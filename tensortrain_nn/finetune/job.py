@@ -162,26 +162,38 @@ def _run(config: FinetuneConfig, on_step: Callable[[int, nn.Module], None] | Non
         checkpoints=out / "checkpoints" if use_checkpoints else None,
         on_step=on_step,
     )
-    final = stats["history"][-1]
     main = PartialState().is_main_process
     adapter_bytes = 0
     if config.save and main:
         out.mkdir(parents=True, exist_ok=True)
         method.save(model, out / ADAPTER_DIR)
         adapter_bytes = _folder_bytes(out / ADAPTER_DIR)
-        saved = {
-            "format": 1,
-            "config": {**config.to_dict(), **_absolute_paths(config)},
-            "model": spec.to_dict(),
-            "base_fingerprint": base_fingerprint,
-            "labels": labels,
-            "task": task.name,
-        }
+        saved = {"format": 1, "config": {**config.to_dict(), **_absolute_paths(config)}}
+        saved |= {"model": spec.to_dict(), "base_fingerprint": base_fingerprint}
+        saved |= {"labels": labels, "task": task.name}
         atomic_write(out / RUN_FILE, (json.dumps(saved, indent=2) + "\n").encode())
         label2id = {name: i for i, name in enumerate(labels)}
         atomic_write(out / "labels.json", (json.dumps(label2id, indent=2) + "\n").encode())
+    result = _result(config, description, stats, counts, task, labels)
+    result.adapter_bytes = _broadcast(adapter_bytes)
+    result.output_dir = str(out) if config.save else None
+    if config.save and main:
+        write_report(result, out)
+    return result
+
+
+def _result(
+    config: FinetuneConfig,
+    description: str,
+    stats: dict[str, Any],
+    counts: dict[str, int],
+    task: Any,
+    labels: list[str],
+) -> Result:
+    """The :class:`Result` of a run from its training stats and parameter counts."""
+    final = stats["history"][-1]
     trainable = counts["adapter"] + counts["head"] + counts["other"]
-    result = Result(
+    return Result(
         method=config.method,
         description=description,
         accuracy=final.get("accuracy", math.nan),
@@ -193,7 +205,7 @@ def _run(config: FinetuneConfig, on_step: Callable[[int, nn.Module], None] | Non
         other_params=counts["other"],
         total_params=counts["total"],
         trainable_share=trainable / counts["total"],
-        adapter_bytes=_broadcast(adapter_bytes),
+        adapter_bytes=0,
         seconds_per_step=stats["seconds_per_step"],
         train_seconds=stats["train_seconds"],
         peak_memory_mb=peak_memory_mb(stats["device"]),
@@ -201,7 +213,7 @@ def _run(config: FinetuneConfig, on_step: Callable[[int, nn.Module], None] | Non
         num_test=int(final["examples"]),
         labels=labels,
         seed=config.seed,
-        output_dir=str(out) if config.save else None,
+        output_dir=None,
         world_size=stats["world_size"],
         allreduce_bytes_per_step=stats["allreduce_bytes"],
         resumed_from_step=stats["resumed_from"],
@@ -210,9 +222,6 @@ def _run(config: FinetuneConfig, on_step: Callable[[int, nn.Module], None] | Non
         metrics={k: v for k, v in final.items() if k in _LM_METRICS},
         samples=list(final.get("samples", [])),
     )
-    if config.save and main:
-        write_report(result, out)
-    return result
 
 
 _LM_METRICS = ("loss", "perplexity", "tokens", "truncated")
@@ -377,10 +386,17 @@ def compare(
         for name in methods
         for seed in (seeds[:1] if name == "none" else seeds)  # zero-shot: no seed to vary
     ]
+    return _run_all(configs, jobs, Path(base), command, config.progress)
+
+
+def _run_all(
+    configs: list[FinetuneConfig], jobs: int, base: Path, command: str | None, progress: bool
+) -> tuple[list[Result], list[dict[str, Any]]]:
+    """Run ``configs`` (``jobs`` at a time) and write the comparison into ``base``."""
     results: list[Result] = []
     if jobs == 1:
         for one in configs:
-            if config.progress:
+            if progress:
                 print(f"== {one.method}, seed {one.seed} ==", flush=True)
             results.append(run(one))
             gc.collect()
@@ -392,7 +408,7 @@ def compare(
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(jobs, mp_context=context) as pool:
             results = list(pool.map(_run_with_threads, configs, [threads] * len(configs)))
-    rows = write_comparison(results, Path(base), command=command)
+    rows = write_comparison(results, base, command=command)
     return results, rows
 
 
@@ -440,6 +456,19 @@ def load_run(folder: str | Path, *, model: str | None = None) -> tuple[nn.Module
         FileNotFoundError: The folder or the base model does not exist.
         AdapterError: Not a run folder, or the adapter was saved for another base model.
     """
+    root, base, tokenizer, info = load_base(folder, model=model)
+    loaded = get_method(info["config"]["method"]).load(base, root / ADAPTER_DIR)
+    loaded.eval()
+    return loaded, tokenizer, info
+
+
+def load_base(folder: str | Path, *, model: str | None = None) -> tuple[Path, nn.Module, Any, dict]:
+    """A saved run's base model without its adapter: ``(run folder, model, tokenizer, run_info)``.
+
+    Raises:
+        FileNotFoundError: The folder or the base model does not exist.
+        AdapterError: Not a run folder, or ``model`` is not the run's architecture.
+    """
     root, info = read_run(Path(folder))
     saved = info["model"]
     if model is not None:
@@ -455,9 +484,7 @@ def load_run(folder: str | Path, *, model: str | None = None) -> tuple[nn.Module
         spec, None if lm_run else len(info["labels"]), labels=info["labels"]
     )
     check_fingerprint(info["base_fingerprint"], base, saved_name=saved["name"], name=spec.name)
-    loaded = get_method(info["config"]["method"]).load(base, root / ADAPTER_DIR)
-    loaded.eval()
-    return loaded, tokenizer, info
+    return root, base, tokenizer, info
 
 
 def _saved_task(info: dict[str, Any], tokenizer: Any, texts: list[str], ids: list[int]) -> Any:
