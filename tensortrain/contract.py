@@ -380,29 +380,10 @@ def tt_linear(
         >>> tt_linear(x, w).shape
         torch.Size([2, 5, 16])
     """
-    if isinstance(weight, TTBase):
-        if weight.core_ndim != 4:
-            raise TTTypeError(
-                f"weight must be a TTMatrix or its cores, got a {type(weight).__name__}"
-            )
-        cores = weight.cores
-    else:
-        cores = check_cores(weight, 4, "weight")
-    if not isinstance(x, torch.Tensor):
-        raise TTTypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    cores = _checked_weight(weight, x)
     row_modes = tuple(int(c.shape[1]) for c in cores)
     col_modes = tuple(int(c.shape[2]) for c in cores)
     M, N = math.prod(row_modes), math.prod(col_modes)
-    if x.ndim < 1 or x.shape[-1] != N:
-        raise TTShapeError(
-            f"x must have shape (..., {N}) to match weight of shape ({M}, {N}), "
-            f"got {tuple(x.shape)}"
-        )
-    if x.dtype != cores[0].dtype or x.device != cores[0].device:
-        raise TTTypeError(
-            f"x has dtype {x.dtype} on {x.device} but weight has {cores[0].dtype} on "
-            f"{cores[0].device}"
-        )
     if bias is not None:
         _check_bias(bias, M, x)
     lead = x.shape[:-1]
@@ -413,6 +394,33 @@ def tt_linear(
     else:
         y = _sweep_groups(x.reshape(batch, N), cores, groups).reshape(*lead, M)
     return y if bias is None else y + bias
+
+
+def _checked_weight(weight: TTBase | Sequence[torch.Tensor], x: object) -> list[torch.Tensor]:
+    """The cores of ``weight``, checked against ``x`` (a tensor ``(..., N)``, same dtype/device)."""
+    if isinstance(weight, TTBase):
+        if weight.core_ndim != 4:
+            raise TTTypeError(
+                f"weight must be a TTMatrix or its cores, got a {type(weight).__name__}"
+            )
+        cores = list(weight.cores)
+    else:
+        cores = list(check_cores(weight, 4, "weight"))
+    if not isinstance(x, torch.Tensor):
+        raise TTTypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    M = math.prod(tuple(int(c.shape[1]) for c in cores))
+    N = math.prod(tuple(int(c.shape[2]) for c in cores))
+    if x.ndim < 1 or x.shape[-1] != N:
+        raise TTShapeError(
+            f"x must have shape (..., {N}) to match weight of shape ({M}, {N}), "
+            f"got {tuple(x.shape)}"
+        )
+    if x.dtype != cores[0].dtype or x.device != cores[0].device:
+        raise TTTypeError(
+            f"x has dtype {x.dtype} on {x.device} but weight has {cores[0].dtype} on "
+            f"{cores[0].device}"
+        )
+    return cores
 
 
 def _check_bias(bias: object, rows: int, x: torch.Tensor) -> None:

@@ -67,6 +67,26 @@ def _check_mode_shapes(mode_shapes: Sequence[Sequence[int]]) -> list[tuple[int, 
     return shapes
 
 
+def _check_random_args(
+    mode_shapes: Sequence[Sequence[int]],
+    ranks: Sequence[int],
+    std: float,
+    zero_core: int | None,
+    dtype: torch.dtype | None,
+) -> tuple[list[tuple[int, ...]], tuple[int, ...], torch.dtype]:
+    """Checked ``(mode shapes, full ranks, dtype)`` of :func:`random_cores`."""
+    shapes = _check_mode_shapes(mode_shapes)
+    d = len(shapes)
+    full = check_ranks(ranks, d)
+    check_number("std", std, minimum=0.0)
+    if zero_core is not None and not -d <= check_int("zero_core", zero_core, minimum=None) < d:
+        raise TTValueError(f"zero_core must be in [{-d}, {d - 1}] for {d} cores, got {zero_core}")
+    dtype = torch.get_default_dtype() if dtype is None else dtype
+    if not dtype.is_floating_point:
+        raise TTTypeError(f"dtype must be a floating dtype, got {dtype}")
+    return list(shapes), tuple(full), dtype
+
+
 def random_cores(
     mode_shapes: Sequence[Sequence[int]],
     ranks: Sequence[int],
@@ -109,15 +129,8 @@ def random_cores(
         >>> [tuple(c.shape) for c in cores]
         [(1, 4, 8, 5), (5, 8, 4, 1)]
     """
-    shapes = _check_mode_shapes(mode_shapes)
+    shapes, full, dtype = _check_random_args(mode_shapes, ranks, std, zero_core, dtype)
     d = len(shapes)
-    full = check_ranks(ranks, d)
-    check_number("std", std, minimum=0.0)
-    if zero_core is not None and not -d <= check_int("zero_core", zero_core, minimum=None) < d:
-        raise TTValueError(f"zero_core must be in [{-d}, {d - 1}] for {d} cores, got {zero_core}")
-    dtype = torch.get_default_dtype() if dtype is None else dtype
-    if not dtype.is_floating_point:
-        raise TTTypeError(f"dtype must be a floating dtype, got {dtype}")
     scale = std ** (1 / d) * math.exp(-sum(math.log(r) for r in full) / (2 * d))
     draw_device = generator.device if generator is not None else device
     cores = []

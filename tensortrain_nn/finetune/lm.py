@@ -483,6 +483,25 @@ class LMTask:
         ]
 
 
+def _answers(verbalizer: str | Mapping[str, str], labels: Sequence[str]) -> dict[str, str]:
+    """The verbalizer as ``{label: answer}``, naming exactly the labels of the data."""
+    answers = parse_verbalizer(verbalizer) if isinstance(verbalizer, str) else dict(verbalizer)
+    shown = verbalizer if isinstance(verbalizer, str) else answers
+    missing = [name for name in labels if name not in answers]
+    if missing:
+        raise DataError(
+            f"--verbalizer {shown!r} has no answer for label {missing[0]!r} of the data "
+            f"(its labels: {', '.join(labels)})"
+        )
+    extra = [name for name in answers if name not in labels]
+    if extra:
+        raise DataError(
+            f"--verbalizer {shown!r} names label {extra[0]!r}, which is not in the data "
+            f"(its labels: {', '.join(labels)})"
+        )
+    return answers
+
+
 def classification_task(
     tokenizer: Any,
     split: Split,
@@ -515,20 +534,7 @@ def classification_task(
     """
     if "{text}" not in template:
         raise DataError(f"--template {template!r} has no {{text}} placeholder for the text")
-    answers = parse_verbalizer(verbalizer) if isinstance(verbalizer, str) else dict(verbalizer)
-    shown = verbalizer if isinstance(verbalizer, str) else answers
-    missing = [name for name in split.labels if name not in answers]
-    if missing:
-        raise DataError(
-            f"--verbalizer {shown!r} has no answer for label {missing[0]!r} of the data "
-            f"(its labels: {', '.join(split.labels)})"
-        )
-    extra = [name for name in answers if name not in split.labels]
-    if extra:
-        raise DataError(
-            f"--verbalizer {shown!r} names label {extra[0]!r}, which is not in the data "
-            f"(its labels: {', '.join(split.labels)})"
-        )
+    answers = _answers(verbalizer, split.labels)
 
     def examples(texts: list[str], labels: list[int]) -> list[LMExample]:
         return [

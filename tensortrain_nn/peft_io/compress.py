@@ -315,8 +315,6 @@ def from_lora(
         report = from_lora(base, "runs/lora/adapter", eps=0.1)
         print(report)   # per-module errors and bounds, sizes
     """
-    from tensortrain_nn.surgery import delete_adapter, patch, set_adapter
-
     if not isinstance(model, nn.Module):
         raise TTTypeError(f"model must be an nn.Module, got {type(model).__name__}")
     _check_args(eps, tt_rank)
@@ -328,6 +326,29 @@ def from_lora(
     done = {p: compress_pair(a, b, eps=eps, tt_rank=tt_rank, dtype=dtype[p], name=p)
             for p, (a, b) in lora.pairs.items()}  # fmt: skip
     rank = max(max(a.ranks + b.ranks) for a, b, _ in done.values())
+    _check_rank_fits(lora, rank)
+    _install(model, lora, done, rank, adapter_name, head=head, norms=norms)
+    stored = sum(
+        p.numel()
+        for m in model.modules()
+        if isinstance(m, TTReparam) and adapter_name in m.adapters
+        for p in m.adapters[adapter_name].parameters()
+    )
+    return LoraImportReport(
+        adapter_name=adapter_name,
+        r=lora.r,
+        alpha=lora.alpha,
+        eps=eps,
+        tt_rank=tt_rank,
+        patched_tt_rank=rank,
+        modules=tuple(row for _, _, row in done.values()),
+        stored_params=stored,
+        head_params=sum(t.numel() for t in lora.saved.values()),
+    )
+
+
+def _check_rank_fits(lora: LoraFile, rank: int) -> None:
+    """One TT rank serves every factor: it must fit each factor's largest bond."""
     for path, (a, b) in lora.pairs.items():
         for label, (rows, cols) in (("A", a.shape), ("B", b.shape)):
             if rank > _largest_bond(rows, cols):
@@ -335,6 +356,21 @@ def from_lora(
                     f"the compressed factors need TT rank {rank}, but {path}.{label} ({rows} x "
                     f"{cols}) allows at most {_largest_bond(rows, cols)}: pass tt_rank <= that"
                 )
+
+
+def _install(
+    model: nn.Module,
+    lora: LoraFile,
+    done: dict[str, tuple[TTMatrix, TTMatrix, ModuleCompression]],
+    rank: int,
+    adapter_name: str,
+    *,
+    head: bool,
+    norms: bool,
+) -> None:
+    """Patch ``model`` for the LoRA and set the compressed cores; all or nothing."""
+    from tensortrain_nn.surgery import delete_adapter, patch, set_adapter
+
     before_active = {m.active_adapter for m in model.modules() if isinstance(m, TTReparam)}
     params = dict(model.named_parameters())
     saved_before = {n: params[n].detach().clone() for n in lora.saved}
@@ -369,23 +405,6 @@ def from_lora(
             for name, value in saved_before.items():
                 params[name].copy_(value)
         raise
-    stored = sum(
-        p.numel()
-        for m in model.modules()
-        if isinstance(m, TTReparam) and adapter_name in m.adapters
-        for p in m.adapters[adapter_name].parameters()
-    )
-    return LoraImportReport(
-        adapter_name=adapter_name,
-        r=lora.r,
-        alpha=lora.alpha,
-        eps=eps,
-        tt_rank=tt_rank,
-        patched_tt_rank=rank,
-        modules=tuple(row for _, _, row in done.values()),
-        stored_params=stored,
-        head_params=sum(t.numel() for t in lora.saved.values()),
-    )
 
 
 def compress_lora(

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tensortrain._checks import check_int
 from tensortrain.errors import TTTypeError, TTValueError
 from tensortrain_nn.adapter import TTAdapter
 from tensortrain_nn.linear import TTLinear
@@ -125,21 +126,8 @@ def _names(chosen: set[str], pool: list[str], match: Any) -> list[str]:
     return leaves if hit == chosen else sorted(chosen)
 
 
-def _export(
-    model: nn.Module,
-    folder: str | os.PathLike[str],
-    adapter_name: str | None,
-    rank: int | None,
-    base_model_name_or_path: Any = _KEEP,
-    task: Any = _KEEP,
-) -> Path:
-    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
-        raise TTValueError(f"rank must be a positive int or None, got {rank!r}")
-    name, found, wrappers = rep_updates(model, adapter_name)
-    settings = {(u.r, u.alpha, u.form) for _, _, u in found}
-    if len(settings) != 1:
-        raise TTValueError(f"adapter {name!r} mixes (r, alpha, form) across layers: {settings}")
-    r, alpha, form = settings.pop()
+def _trained_outside(model: nn.Module, wrappers: list[Any]) -> dict[str, torch.Tensor]:
+    """Trainable tensors outside the adapters (head, norms): peft's ``modules_to_save``."""
     inside = [p for p, _ in wrappers]
     adapter_ids = {id(t) for _, m in wrappers for t in m.adapters.parameters()}
     saved: dict[str, torch.Tensor] = {}
@@ -151,6 +139,26 @@ def _export(
                     "a LoRA export carries no biases; freeze it or patch without it"
                 )
             saved[pname] = param.detach()
+    return saved
+
+
+def _export(
+    model: nn.Module,
+    folder: str | os.PathLike[str],
+    adapter_name: str | None,
+    rank: int | None,
+    base_model_name_or_path: Any = _KEEP,
+    task: Any = _KEEP,
+) -> Path:
+    if rank is not None:
+        check_int("rank", rank)
+    name, found, wrappers = rep_updates(model, adapter_name)
+    settings = {(u.r, u.alpha, u.form) for _, _, u in found}
+    if len(settings) != 1:
+        raise TTValueError(f"adapter {name!r} mixes (r, alpha, form) across layers: {settings}")
+    r, alpha, form = settings.pop()
+    inside = [p for p, _ in wrappers]
+    saved = _trained_outside(model, wrappers)
     pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     errors: dict[str, float] = {}
     with torch.no_grad():
