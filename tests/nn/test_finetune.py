@@ -198,7 +198,7 @@ def test_config_validation() -> None:
         FinetuneConfig(batch_size=2, gradient_accumulation=3)
     assert FinetuneConfig(method="full").learning_rate == DEFAULT_LR["full"] == 5e-5
     assert FinetuneConfig(method="full", lr=0.1).learning_rate == 0.1
-    assert set(METHODS) == {"rep", "adp", "lora", "head", "full"}
+    assert set(METHODS) == {"rep", "adp", "lora", "head", "full", "none"}
 
 
 def test_model_errors(tmp_path: Path) -> None:
