@@ -14,9 +14,13 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
+
+from tensortrain.errors import TTValueError
 
 
 def fsync_dir(folder: Path) -> None:
@@ -58,3 +62,18 @@ def atomic_write(path: Path, data: bytes) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path`` (a config file); anything else is a named error.
+
+    Raises:
+        TTValueError: Not valid UTF-8 JSON, or JSON that is not an object.
+    """
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TTValueError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise TTValueError(f"{path} must hold a JSON object")
+    return data

@@ -66,22 +66,26 @@ def _open_text(path: Path) -> IO[str]:
     return path.open(encoding="utf-8-sig", newline="")
 
 
-def _read_rows(path: Path) -> tuple[list[dict[str, object]], list[str]]:
+def read_rows(path: Path) -> tuple[list[dict[str, object]], list[str]]:
     """Read every row of a CSV or JSONL file; returns the rows and the column names seen.
 
     Raises:
-        DataError: The file is not UTF-8 text, or not valid CSV / JSON lines (names the file).
+        FileNotFoundError: The file does not exist.
+        DataError: No rows, not UTF-8 text, or not valid CSV / JSON lines (names the file).
     """
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
     try:
-        return _parse_rows(path)
+        rows, columns = _parse_rows(path)
     except UnicodeDecodeError as exc:
         raise DataError(
             f"data file {path} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8"
         ) from None
     except (csv.Error, OSError, EOFError) as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
         raise DataError(f"data file {path} cannot be read: {exc}") from None
+    if not rows:
+        raise DataError(f"data file {path} has no rows")
+    return rows, columns
 
 
 def _parse_rows(path: Path) -> tuple[list[dict[str, object]], list[str]]:
@@ -128,11 +132,7 @@ def load_table(
             no label, or the file has no rows.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data file not found: {path}")
-    rows, columns = _read_rows(path)
-    if not rows:
-        raise DataError(f"data file {path} has no rows")
+    rows, columns = read_rows(path)
     for column in (text_column, label_column):
         if column not in columns:
             raise DataError(

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from tensortrain._checks import check_int
-from tensortrain_nn.finetune.data import Split, _read_rows
+from tensortrain_nn.finetune.data import Split, read_rows
 from tensortrain_nn.finetune.errors import DataError, FinetuneError
 from tensortrain_nn.finetune.generate import (
     collate,
@@ -137,11 +137,7 @@ def load_lm_examples(
             "the lm task needs --text-column, or --prompt-column and --completion-column"
         )
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data file not found: {path}")
-    rows, columns = _read_rows(path)
-    if not rows:
-        raise DataError(f"data file {path} has no rows")
+    rows, columns = read_rows(path)
     flags = (
         {"--prompt-column": prompt_column, "--completion-column": completion_column}
         if prompt_column is not None

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from tensortrain.errors import TTShapeError, TTValueError
-from tensortrain_nn._files import atomic_write
+from tensortrain_nn._files import atomic_write, read_json_object
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -102,12 +102,7 @@ def read_lora(folder: str | os.PathLike[str]) -> LoraFile:
     for fname in (CONFIG_NAME, WEIGHTS_NAME):
         if not (path / fname).is_file():
             raise TTValueError(f"peft_folder {str(path)!r} has no {fname}")
-    try:
-        config = json.loads((path / CONFIG_NAME).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise TTValueError(f"{path / CONFIG_NAME} is not valid JSON: {exc}") from exc
-    if not isinstance(config, dict):
-        raise TTValueError(f"{path / CONFIG_NAME} must hold a JSON object")
+    config = read_json_object(path / CONFIG_NAME)
     check_config(config, str(path / CONFIG_NAME))
     try:
         tensors = st_load((path / WEIGHTS_NAME).read_bytes())

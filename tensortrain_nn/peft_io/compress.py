@@ -320,11 +320,7 @@ def from_lora(
     _check_args(eps, tt_rank)
     lora = read_lora(peft_folder)
     head, norms = _check_model(model, lora)
-    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
-    lora.pairs = dict(sorted(lora.pairs.items(), key=lambda item: order[item[0]]))
-    dtype = {p: _weight(model.get_submodule(p)).dtype for p in lora.pairs}
-    done = {p: compress_pair(a, b, eps=eps, tt_rank=tt_rank, dtype=dtype[p], name=p)
-            for p, (a, b) in lora.pairs.items()}  # fmt: skip
+    done = _compress_all(model, lora, eps, tt_rank)
     rank = max(max(a.ranks + b.ranks) for a, b, _ in done.values())
     _check_rank_fits(lora, rank)
     _install(model, lora, done, rank, adapter_name, head=head, norms=norms)
@@ -345,6 +341,19 @@ def from_lora(
         stored_params=stored,
         head_params=sum(t.numel() for t in lora.saved.values()),
     )
+
+
+def _compress_all(
+    model: nn.Module, lora: LoraFile, eps: float | None, tt_rank: int | None
+) -> dict[str, tuple[TTMatrix, TTMatrix, ModuleCompression]]:
+    """TT-SVD of every LoRA pair, in model order, in the dtype of the weight it updates."""
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    lora.pairs = dict(sorted(lora.pairs.items(), key=lambda item: order[item[0]]))
+    done = {}
+    for path, (a, b) in lora.pairs.items():
+        dtype = _weight(model.get_submodule(path)).dtype
+        done[path] = compress_pair(a, b, eps=eps, tt_rank=tt_rank, dtype=dtype, name=path)
+    return done
 
 
 def _check_rank_fits(lora: LoraFile, rank: int) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from tensortrain.errors import TTError, TTValueError
-from tensortrain_nn._files import atomic_write
+from tensortrain_nn._files import atomic_write, read_json_object
 from tensortrain_nn.surgery.config import PatchConfig
 
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -85,12 +85,7 @@ def write_adapter(
 
 
 def _read_config(path: Path) -> tuple[PatchConfig, dict[str, Any]]:
-    try:
-        data = json.loads((path / CONFIG_NAME).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise TTValueError(f"{path / CONFIG_NAME} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise TTValueError(f"{path / CONFIG_NAME} must hold a JSON object")
+    data = read_json_object(path / CONFIG_NAME)
     meta = {k: data.pop(k, None) for k in META_KEYS}
     if meta["format_version"] != FORMAT_VERSION:
         raise TTValueError(

@@ -113,6 +113,17 @@ def tiny_values(model: str, data: str, out: Path, **extra: Any) -> dict[str, Any
     return values
 
 
+def fails_in_one_line(capsys: Any, argv: list[str], message: str) -> str:
+    """Run the CLI on ``argv``: exit 2, one line on stderr holding ``message``, no traceback."""
+    from tensortrain_nn import cli
+
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tensortrain: error: ") and message in err, err
+    assert "Traceback" not in err and err.count("\n") == 1
+    return err
+
+
 def digest(model: nn.Module) -> str:
     """sha256 of every trainable tensor's bytes, in parameter order."""
     h = hashlib.sha256()

@@ -17,7 +17,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from _helpers import make_tiny_bert, minilm_folder
+from _helpers import fails_in_one_line, make_tiny_bert, minilm_folder
 
 from tensortrain_nn import cli
 
@@ -59,13 +59,6 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _fails(capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
-    assert cli.main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("tensortrain: error: ") and message in err, err
-    assert "Traceback" not in err and err.count("\n") == 1
-
-
 def test_no_arguments_runs_the_default_finetune(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[argparse.Namespace] = []
 
@@ -91,7 +84,9 @@ def test_parse_options() -> None:
 
 
 def test_missing_data_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    _fails(capsys, ["finetune", "--data", str(tmp_path / "no.csv")], "data file not found")
+    fails_in_one_line(
+        capsys, ["finetune", "--data", str(tmp_path / "no.csv")], "data file not found"
+    )
 
 
 @pytest.mark.parametrize(
@@ -108,21 +103,23 @@ def test_bad_data(
 ) -> None:
     path = tmp_path / "d.csv"
     path.write_text(content)
-    _fails(capsys, ["finetune", "--data", str(path), "--method", "head"], message)
+    fails_in_one_line(capsys, ["finetune", "--data", str(path), "--method", "head"], message)
 
 
 def test_not_a_model_folder(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("hi")
-    _fails(capsys, ["finetune", "--model", str(tmp_path)], "not a model folder")
+    fails_in_one_line(capsys, ["finetune", "--model", str(tmp_path)], "not a model folder")
 
 
 def test_unknown_method(capsys: pytest.CaptureFixture[str]) -> None:
-    _fails(capsys, ["finetune", "--method", "nope"], "unknown method 'nope'")
+    fails_in_one_line(capsys, ["finetune", "--method", "nope"], "unknown method 'nope'")
 
 
 def test_predict_bad_adapter(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    _fails(capsys, ["predict", "--adapter", str(tmp_path / "none")], "adapter folder not found")
-    _fails(capsys, ["predict", "--adapter", str(tmp_path)], "has no run.json")
+    fails_in_one_line(
+        capsys, ["predict", "--adapter", str(tmp_path / "none")], "adapter folder not found"
+    )
+    fails_in_one_line(capsys, ["predict", "--adapter", str(tmp_path)], "has no run.json")
 
 
 def test_predict_and_evaluate_tiny_run(capsys: pytest.CaptureFixture[str], tiny_run: Path) -> None:
@@ -137,15 +134,15 @@ def test_predict_and_evaluate_tiny_run(capsys: pytest.CaptureFixture[str], tiny_
 
 def test_predict_and_evaluate_errors(capsys: pytest.CaptureFixture[str], tiny_run: Path) -> None:
     run = str(tiny_run / "run")
-    _fails(
+    fails_in_one_line(
         capsys,
         ["predict", "--adapter", run, "--input", str(tiny_run / "x.txt")],
         "input file not found",
     )
     bad = tiny_run / "unseen.csv"
     bad.write_text("text,label\ngood film,yes\nso-so film,maybe\n")
-    _fails(capsys, ["evaluate", "--adapter", run, "--data", str(bad)], "'maybe' (row 2)")
-    _fails(
+    fails_in_one_line(capsys, ["evaluate", "--adapter", run, "--data", str(bad)], "'maybe' (row 2)")
+    fails_in_one_line(
         capsys,
         ["predict", "--adapter", run, "--model", "minilm", "--input", str(bad)],
         "saved for base model",

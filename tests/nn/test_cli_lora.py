@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("peft")
 
-from _helpers import make_tiny_bert, make_tiny_csv, minilm_folder
+from _helpers import fails_in_one_line, make_tiny_bert, make_tiny_csv, minilm_folder
 
 from tensortrain_nn import cli
 
@@ -61,21 +61,16 @@ def test_compress_a_lora_run(
     assert (out / "adapter_config.json").is_file() and (out / "tt_adapter").is_dir()
 
 
-def _fails(capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
-    assert cli.main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("tensortrain: error: ") and message in err, err
-    assert "Traceback" not in err and err.count("\n") == 1
-
-
 def test_bad_exports_fail_in_one_line(
     runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _fails(capsys, ["export-lora", str(runs / "adp"), str(tmp_path / "x")], "adp")
+    fails_in_one_line(capsys, ["export-lora", str(runs / "adp"), str(tmp_path / "x")], "adp")
     assert not (tmp_path / "x").exists()
     bare = tmp_path / "bare"
     bare.mkdir()
-    _fails(capsys, ["compress-lora", str(bare), str(tmp_path / "y")], "is not a saved run")
-    _fails(
+    fails_in_one_line(
+        capsys, ["compress-lora", str(bare), str(tmp_path / "y")], "is not a saved run"
+    )
+    fails_in_one_line(
         capsys, ["compress-lora", str(runs / "lora"), str(tmp_path / "z"), "--eps", "nan"], "finite"
     )

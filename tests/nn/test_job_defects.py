@@ -15,7 +15,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from _helpers import make_tiny_bert, minilm_folder
+from _helpers import fails_in_one_line, make_tiny_bert, minilm_folder
 
 from tensortrain_nn import cli
 from tensortrain_nn.finetune import DataError, FinetuneConfig, FinetuneError, run
@@ -42,14 +42,6 @@ def _argv(root: Path, out: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def _fails(capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> str:
-    assert cli.main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("tensortrain: error: ") and message in err, err
-    assert "Traceback" not in err and err.count("\n") == 1
-    return err
-
-
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -71,7 +63,7 @@ def test_bad_options_fail_in_one_line_and_write_nothing(
     if extra[0] == "--device" and extra[1].startswith("cuda") and torch.cuda.device_count() > 3:
         pytest.skip("these CUDA devices exist here")
     out = tmp_path / "run"
-    _fails(capsys, _argv(root, out, *extra), message)
+    fails_in_one_line(capsys, _argv(root, out, *extra), message)
     assert not out.exists()
 
 
@@ -96,13 +88,15 @@ def test_damaged_saved_runs_give_one_line_errors(
     capsys.readouterr()
     tensors = head / "adapter" / "trainable.safetensors"
     tensors.write_bytes(tensors.read_bytes()[:50])
-    _fails(capsys, ["evaluate", "--adapter", str(head)], "truncated or corrupted")
+    fails_in_one_line(capsys, ["evaluate", "--adapter", str(head)], "truncated or corrupted")
     lora_file = lora / "adapter" / "adapter_model.safetensors"
     data = lora_file.read_bytes()
     lora_file.write_bytes(data[:50])
-    _fails(capsys, ["evaluate", "--adapter", str(lora)], "truncated or corrupted")
+    fails_in_one_line(capsys, ["evaluate", "--adapter", str(lora)], "truncated or corrupted")
     lora_file.unlink()
-    _fails(capsys, ["evaluate", "--adapter", str(lora)], "has no adapter_model.safetensors")
+    fails_in_one_line(
+        capsys, ["evaluate", "--adapter", str(lora)], "has no adapter_model.safetensors"
+    )
 
 
 def test_a_saved_run_works_from_any_folder(

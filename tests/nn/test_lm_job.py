@@ -12,6 +12,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
+from _helpers import fails_in_one_line
 from test_lm import tiny_llama, tiny_tokenizer
 
 from tensortrain_nn import cli
@@ -114,13 +115,6 @@ def test_generate_merged_equals_unmerged_under_greedy(
     assert printed == [cli.one_line(text) for text in merged]
 
 
-def _fails(capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
-    assert cli.main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("tensortrain: error: ") and message in err, err
-    assert "Traceback" not in err and err.count("\n") == 1
-
-
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -141,7 +135,7 @@ def test_bad_lm_input_fails_in_one_line_and_writes_nothing(
     argv = ["finetune", "--model", str(root / "llama"), "--data", str(root / "labelled.csv")]
     argv += ["--template", "Review: {text}\nSentiment:", "--verbalizer", 'pos=" good",neg=" bad"']
     argv += ["--test-size", "8", "--epochs", "1", "--no-progress", "--output-dir", str(out)]
-    _fails(capsys, argv + extra, message)
+    fails_in_one_line(capsys, argv + extra, message)
     assert not out.exists()
 
 
@@ -154,13 +148,13 @@ def test_lm_on_an_encoder_and_generate_on_a_classifier(
         pytest.skip("the packaged MiniLM (its tokenizer) is not installed")
     bert = make_tiny_bert(tmp_path / "bert", dropout=0.0)
     argv = ["finetune", "--task", "lm", "--model", bert, "--data", str(root / "labelled.csv")]
-    _fails(
+    fails_in_one_line(
         capsys, [*argv, "--output-dir", str(tmp_path / "x")], "--task lm needs a decoder-only LM"
     )
     argv = ["finetune", "--method", "head", "--model", bert, "--data", str(root / "labelled.csv")]
     argv += ["--epochs", "1", "--no-progress", "--output-dir", str(tmp_path / "cls")]
     assert cli.main(argv) == 0
     capsys.readouterr()
-    _fails(
+    fails_in_one_line(
         capsys, ["generate", "--adapter", str(tmp_path / "cls"), "hi"], "generate needs an lm run"
     )
