@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _surgery_models import build
 from torch import nn
 
 import tensortrain_nn as ttnn
@@ -39,19 +40,6 @@ class _Toy(torch.utils.data.Dataset):  # type: ignore[type-arg]
         }
 
 
-def _bert() -> nn.Module:
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        vocab_size=100,
-        num_labels=2,
-    )
-    return transformers.BertForSequenceClassification(config)
-
-
 def _train(model: nn.Module, out: Path, callback: AdapterCheckpointCallback) -> None:
     args = transformers.TrainingArguments(
         output_dir=str(out),
@@ -79,7 +67,7 @@ def _logits(model: nn.Module) -> torch.Tensor:
 
 
 def test_patched_model_trains_under_trainer(tmp_path: Path) -> None:
-    model = _bert()
+    model = build("bert").train()  # the surgery tests' tiny BERT
     fresh = copy.deepcopy(model)
     ttnn.patch(model, r=4, tt_rank=3, trainable_norms=True)
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
