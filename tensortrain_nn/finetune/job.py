@@ -94,7 +94,7 @@ def _kind(name: str) -> str:
 
 
 def _broadcast(value: Any) -> Any:
-    from accelerate import PartialState
+    """The main process's ``value`` on every process (small objects: paths, metrics)."""
     from accelerate.utils import broadcast_object_list
 
     return broadcast_object_list([value])[0] if PartialState().num_processes > 1 else value
@@ -122,7 +122,6 @@ def run(
         FinetuneError: Bad data, model, method or options (a ``ValueError``).
     """
     import torch.distributed as dist
-    from accelerate import PartialState
     from accelerate.state import AcceleratorState
 
     owns_group = not (dist.is_available() and dist.is_initialized())
