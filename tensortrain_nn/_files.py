@@ -77,3 +77,18 @@ def read_json_object(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise TTValueError(f"{path} must hold a JSON object")
     return data
+
+
+def read_safetensors(path: Path) -> dict[str, Any]:
+    """The tensors of a safetensors file; a damaged file is a named error, never a raw one.
+
+    Raises:
+        TTValueError: The file is corrupted or truncated (safetensors' own error type is not
+            exported stably, so any failure to parse counts).
+    """
+    from safetensors.torch import load
+
+    try:
+        return load(path.read_bytes())
+    except Exception as exc:
+        raise TTValueError(f"{path} is corrupted or truncated and cannot be read: {exc}") from exc

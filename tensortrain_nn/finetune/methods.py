@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import nn
 
-from tensortrain_nn._files import atomic_write
+from tensortrain_nn._files import atomic_write, read_safetensors
 from tensortrain_nn.finetune.errors import AdapterError, FinetuneError
 from tensortrain_nn.surgery.targets import is_head_parameter
 
@@ -141,15 +141,10 @@ def _save_tensors(model: nn.Module, folder: Path) -> None:
 
 
 def _read_safetensors(path: Path) -> dict[str, Any]:
-    """The tensors of ``path``; a missing, truncated or corrupted file is an AdapterError."""
-    from safetensors.torch import load
-
+    """The tensors of ``path``; a missing file is an AdapterError, a damaged one a named error."""
     if not path.is_file():
         raise AdapterError(f"adapter folder {path.parent} has no {path.name}")
-    try:
-        return load(path.read_bytes())
-    except Exception as exc:  # safetensors' own error type is not exported stably
-        raise AdapterError(f"{path} is truncated or corrupted and cannot be read") from exc
+    return read_safetensors(path)
 
 
 def _load_tensors(model: nn.Module, folder: Path) -> nn.Module:

@@ -98,19 +98,14 @@ def shard(global_idx: Sequence[int], rank: int, world: int) -> tuple[list[int], 
     return mine, len(mine) * world / len(global_idx)
 
 
-def inactive_adapter_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    """Trainable parameters of tensortrain adapters that are not the active one."""
-    from tensortrain_nn.surgery import inactive_adapter_parameters as found
-
-    return found(model)
-
-
 @contextmanager
 def frozen_inactive_adapters(model: nn.Module) -> Iterator[None]:
     """Freeze inactive adapters' trainable parameters (with a warning) for the duration.
 
     They take no part in the forward pass: under DDP they would make the second step fail.
     """
+    from tensortrain_nn.surgery import inactive_adapter_parameters
+
     found = inactive_adapter_parameters(model)
     if found:
         names = [n for n, _ in found]

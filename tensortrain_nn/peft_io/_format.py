@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from tensortrain.errors import TTShapeError, TTValueError
-from tensortrain_nn._files import atomic_write, read_json_object
+from tensortrain_nn._files import atomic_write, read_json_object, read_safetensors
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -96,20 +96,13 @@ def read_lora(folder: str | os.PathLike[str]) -> LoraFile:
             LoRA (the field is named); a tensor of another kind (``lora_embedding_A``, DoRA...).
         TTShapeError: ``lora_A`` / ``lora_B`` shapes disagree with ``r`` or with each other.
     """
-    from safetensors.torch import load as st_load
-
     path = Path(folder)
     for fname in (CONFIG_NAME, WEIGHTS_NAME):
         if not (path / fname).is_file():
             raise TTValueError(f"peft_folder {str(path)!r} has no {fname}")
     config = read_json_object(path / CONFIG_NAME)
     check_config(config, str(path / CONFIG_NAME))
-    try:
-        tensors = st_load((path / WEIGHTS_NAME).read_bytes())
-    except Exception as exc:  # safetensors' own error type is not exported stably
-        raise TTValueError(
-            f"{path / WEIGHTS_NAME} is corrupted or truncated and cannot be read: {exc}"
-        ) from exc
+    tensors = read_safetensors(path / WEIGHTS_NAME)
     r = int(config["r"])
     alpha = float(config.get("lora_alpha", 8))
     if config.get("use_rslora"):

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from tensortrain.errors import TTError, TTValueError
-from tensortrain_nn._files import atomic_write, read_json_object
+from tensortrain_nn._files import atomic_write, read_json_object, read_safetensors
 from tensortrain_nn.surgery.config import PatchConfig
 
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -115,17 +115,10 @@ def read_adapter(
             or of another format version; the message names the file.
         TTTypeError: A config field of the wrong type (the message names the file).
     """
-    from safetensors.torch import load as st_load
-
     path = Path(folder)
     for fname in (CONFIG_NAME, WEIGHTS_NAME):
         if not (path / fname).is_file():
             raise TTValueError(f"adapter folder {str(path)!r} has no {fname}")
     config, meta = _read_config(path)
-    try:
-        tensors = st_load((path / WEIGHTS_NAME).read_bytes())
-    except Exception as exc:  # safetensors raises its own SafetensorError (not exported stably)
-        raise TTValueError(
-            f"{path / WEIGHTS_NAME} is corrupted or truncated and cannot be read: {exc}"
-        ) from exc
+    tensors = read_safetensors(path / WEIGHTS_NAME)
     return config, meta, tensors

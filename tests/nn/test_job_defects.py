@@ -88,11 +88,11 @@ def test_damaged_saved_runs_give_one_line_errors(
     capsys.readouterr()
     tensors = head / "adapter" / "trainable.safetensors"
     tensors.write_bytes(tensors.read_bytes()[:50])
-    fails_in_one_line(capsys, ["evaluate", "--adapter", str(head)], "truncated or corrupted")
+    fails_in_one_line(capsys, ["evaluate", "--adapter", str(head)], "corrupted or truncated")
     lora_file = lora / "adapter" / "adapter_model.safetensors"
     data = lora_file.read_bytes()
     lora_file.write_bytes(data[:50])
-    fails_in_one_line(capsys, ["evaluate", "--adapter", str(lora)], "truncated or corrupted")
+    fails_in_one_line(capsys, ["evaluate", "--adapter", str(lora)], "corrupted or truncated")
     lora_file.unlink()
     fails_in_one_line(
         capsys, ["evaluate", "--adapter", str(lora)], "has no adapter_model.safetensors"
