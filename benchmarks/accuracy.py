@@ -27,7 +27,7 @@ import statistics
 import sys
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -334,7 +334,7 @@ def _plot_overfit(store: dict, path: Path) -> None:
     rows = _records(store, "overfit")
     fig, ax = plt.subplots(figsize=(6, 4))
     for (task, method, _), recs in rows.items():
-        hist = [statistics.mean(h) for h in zip(*(r["history"] for r in recs))]
+        hist = [statistics.mean(h) for h in zip(*(r["history"] for r in recs), strict=True)]
         ax.plot(range(1, len(hist) + 1), hist, marker="o", label=f"{method} ({task})")
     ax.set_xlabel("epoch")
     ax.set_ylabel("held-out accuracy %")
@@ -342,6 +342,61 @@ def _plot_overfit(store: dict, path: Path) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def forget_table(store: dict) -> str:
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for k, rec in sorted(store.items()):
+        parts = k.split("|")
+        if parts[0] == "forget":
+            rows.setdefault(f"{parts[2]}|{parts[1]}", []).append(rec)
+    lines = [
+        "| method | tasks (A > B) | seeds | A before B | A after B | A lost (points) | B |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, recs in rows.items():
+        method, pair = name.split("|")
+        before = [r["a_before"] for r in recs]
+        after = [r["a_after"] for r in recs]
+        lost = [b - a for b, a in zip(before, after, strict=True)]
+        b_acc = [r["b"] for r in recs]
+        lines.append(
+            f"| {method} | {pair} | {len(recs)} | {_mean_sd(before)} | {_mean_sd(after)} | "
+            f"{_mean_sd(lost)} | {_mean_sd(b_acc)} |"
+        )
+    return "\n".join(lines)
+
+
+def overfit_table(store: dict) -> str:
+    rows = _records(store, "overfit")
+    lines = [
+        "| method | task | " + " | ".join(f"ep {i}" for i in range(1, 11)) + " | best - last |"
+    ]
+    lines.append("|---|---|" + "---|" * 11)
+    for (task, method, _), recs in rows.items():
+        hist = [statistics.mean(h) for h in zip(*(r["history"] for r in recs), strict=True)]
+        cells = " | ".join(f"{a:.1f}" for a in hist)
+        lines.append(f"| {method} | {task} | {cells} | {max(hist) - hist[-1]:.1f} |")
+    return "\n".join(lines)
+
+
+def write_docs(store: dict) -> None:
+    """Replace the generated blocks of docs/accuracy.md (prose outside them is kept)."""
+    blocks = {
+        "bench": bench_table(store),
+        "sweep": sweep_tables(store),
+        "overfit": overfit_table(store),
+        "forget": forget_table(store),
+    }
+    text = DOC.read_text()
+    for name, body in blocks.items():
+        begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+        if begin in text:
+            head, rest = text.split(begin, 1)
+            text = head + begin + "\n" + body.strip("\n") + "\n" + end + rest.split(end, 1)[1]
+    DOC.write_text(text)
+    if _records(store, "overfit"):
+        _plot_overfit(store, STORE.parent / "overfit.png")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -370,9 +425,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "forget":
         forget(args.jobs, [int(s) for s in (args.seeds or "0").split(",")])
     else:
-        print(sweep_tables(load_store()))
-        print(bench_table(load_store()))
-        _plot_overfit(load_store(), ROOT / "docs" / "results" / "accuracy" / "overfit.png")
+        write_docs(load_store())
 
 
 if __name__ == "__main__":
