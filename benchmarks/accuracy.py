@@ -89,22 +89,8 @@ class Setting:
 SWEEP: list[Setting] = [
     Setting("lora", "default"),
     Setting("rep", "tt5-r8-lr2e-3 (old default)", lr=2e-3, options={"trainable_norms": True}),
-    Setting("rep", "lr5e-4", lr=5e-4, options={"trainable_norms": True}),
-    Setting("rep", "lr1e-3", lr=1e-3, options={"trainable_norms": True}),
-    Setting("rep", "alpha32-lr1e-3", lr=1e-3, options={"alpha": 32, "trainable_norms": True}),
-    Setting("rep", "no-norms", lr=2e-3, options={"trainable_norms": False}),
     Setting("rep", "lr3e-3", lr=3e-3, options={"trainable_norms": True}),
     Setting("rep", "lr5e-3", lr=5e-3, options={"trainable_norms": True}),
-    Setting("rep", "lr5e-3-no-norms", lr=5e-3, options={"trainable_norms": False}),
-    Setting(
-        "rep", "tt4-r16-lr3e-3", lr=3e-3, options={"tt_rank": 4, "r": 16, "trainable_norms": True}
-    ),
-    Setting(
-        "adp",
-        "b64-tt2-lr1e-3",
-        lr=1e-3,
-        options={"bottleneck": 64, "tt_rank": 2, "trainable_norms": True},
-    ),
     Setting(
         "adp",
         "b64-tt2-lr2e-3",
@@ -113,16 +99,30 @@ SWEEP: list[Setting] = [
     ),
     Setting(
         "adp",
+        "b16-tt3-lr2e-3",
+        lr=2e-3,
+        options={"bottleneck": 16, "tt_rank": 3, "trainable_norms": True},
+    ),
+    Setting("rep", "lr5e-3-no-norms", lr=5e-3, options={"trainable_norms": False}),
+    Setting(
+        "adp",
         "b64-tt2-lr5e-3",
         lr=5e-3,
         options={"bottleneck": 64, "tt_rank": 2, "trainable_norms": True},
     ),
     Setting(
-        "adp",
-        "b16-tt3-lr2e-3",
-        lr=2e-3,
-        options={"bottleneck": 16, "tt_rank": 3, "trainable_norms": True},
+        "rep", "tt4-r16-lr3e-3", lr=3e-3, options={"tt_rank": 4, "r": 16, "trainable_norms": True}
     ),
+    Setting("rep", "no-norms", lr=2e-3, options={"trainable_norms": False}),
+    Setting(
+        "adp",
+        "b64-tt2-lr1e-3",
+        lr=1e-3,
+        options={"bottleneck": 64, "tt_rank": 2, "trainable_norms": True},
+    ),
+    Setting("rep", "lr1e-3", lr=1e-3, options={"trainable_norms": True}),
+    Setting("rep", "lr5e-4", lr=5e-4, options={"trainable_norms": True}),
+    Setting("rep", "alpha32-lr1e-3", lr=1e-3, options={"alpha": 32, "trainable_norms": True}),
     Setting(
         "adp",
         "b8-tt4-lr2e-3",
