@@ -111,6 +111,19 @@ SWEEP: list[Setting] = [
         options={"bottleneck": 64, "tt_rank": 2, "trainable_norms": True},
     ),
     Setting(
+        "rep",
+        "qkvo-tt3-lr3e-3",
+        lr=3e-3,
+        options={
+            "tt_rank": 3,
+            "target_modules": ["query", "key", "value", "attention.output.dense"],
+            "trainable_norms": True,
+        },
+    ),
+    Setting(
+        "rep", "paper-init-lr2e-3", lr=2e-3, options={"init": "paper", "trainable_norms": True}
+    ),
+    Setting(
         "rep", "tt4-r16-lr3e-3", lr=3e-3, options={"tt_rank": 4, "r": 16, "trainable_norms": True}
     ),
     Setting("rep", "no-norms", lr=2e-3, options={"trainable_norms": False}),
