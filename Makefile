@@ -56,4 +56,14 @@ bench-layers: $(VENV)/.installed
 bench-llm: $(VENV)/.installed
 	$(BIN)/python benchmarks/llm_bench.py
 
+# Accuracy over three public tasks (docs/accuracy.md): the sweep behind the defaults, the defaults
+# at 3 seeds, the overfitting and forgetting studies. About two hours on 2 cores; resumable.
+.PHONY: bench-accuracy
+bench-accuracy: $(VENV)/.installed
+	$(BIN)/python benchmarks/accuracy.py sweep
+	$(BIN)/python benchmarks/accuracy.py bench
+	$(BIN)/python benchmarks/accuracy.py overfit
+	$(BIN)/python benchmarks/accuracy.py forget
+	$(BIN)/python benchmarks/accuracy.py docs
+
 bench: bench-core bench-layers bench-llm
