@@ -9,7 +9,6 @@ Run: ``python benchmarks/param_counts.py [--out docs/param_counts.md]``.
 from __future__ import annotations
 
 import argparse
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,18 +133,6 @@ SPECS = [
         **_LLAMA,
     ),
 ]
-#: The official code's hand-written TT tensor shapes that we know of: (in_or_out, r) -> shape.
-PAPER_SHAPES: dict[tuple[int, int], tuple[int, ...]] = {
-    (4096, 16): (16, 16, 16, 4, 4),
-    (768, 8): (8, 8, 12, 8),
-}
-
-
-def tt_tensor_params(shape: Sequence[int], rank: int) -> int:
-    """Entries in the cores of a TT tensor of ``shape`` at uniform ``rank`` (clipped)."""
-    d = len(shape)
-    ranks = [1] + [min(rank, math.prod(shape[:k]), math.prod(shape[k:])) for k in range(1, d)] + [1]
-    return sum(ranks[k] * shape[k] * ranks[k + 1] for k in range(d))
 
 
 def adapter_params(model: nn.Module) -> int:
@@ -173,35 +160,70 @@ def lora_params(spec: Spec, r: int) -> int:
     return sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
 
 
-def paper_rep(model: nn.Module, spec: Spec) -> int | None:
-    """What the official code's shape table implies for rep (A and B as TT tensors), if known."""
-    r, rank = spec.rep["r"], spec.rep["tt_rank"]
-    total = 0
+def _fallback(model: nn.Module) -> bool:
+    """Whether some paper-layout factor of ``model`` is not in the official shape table."""
+    from tensortrain_nn._wrapper import PAPER_ADP_SHAPES, PAPER_SHAPES, TTTensorLinear
+
     for m in model.modules():
-        if isinstance(m, ttnn.TTReparam):
-            for features in (m.in_features, m.out_features):
-                shape = PAPER_SHAPES.get((features, r))
-                if shape is None:
-                    return None
-                total += tt_tensor_params(shape, rank)
-    return total
+        if isinstance(m, TTTensorLinear):
+            narrow = min(m.in_features, m.out_features)
+            wide = max(m.in_features, m.out_features)
+            if wide not in PAPER_SHAPES.get(narrow, {}) and (wide, narrow) not in PAPER_ADP_SHAPES:
+                return True
+    return False
 
 
-def count(spec: Spec) -> dict[str, int | None]:
-    full = sum(p.numel() for p in spec.build().parameters())
-    rep = ttnn.patch(
-        spec.build(), mode="rep", r=spec.rep["r"], tt_rank=spec.rep["tt_rank"], trainable_head=False
+def official(spec: Spec) -> dict[str, int]:
+    """The official code's LLaMA runs, counted as it trains them (adapters + every norm).
+
+    rep: r=8, TT rank 8, q/v, ``layout="paper"``. adp: bottleneck 64, TT rank 5, before the gate
+    and up projections and after the down projection (``placement="paper"``), ``layout="paper"``.
+    """
+    common: dict[str, Any] = {"layout": "paper", "trainable_norms": True, "trainable_head": False}
+    rep = ttnn.patch(spec.build(), mode="rep", r=8, tt_rank=8, **common)
+    adp = ttnn.patch(
+        spec.build(),
+        mode="adp",
+        bottleneck=64,
+        tt_rank=5,
+        placement="paper",
+        target_modules=["gate_proj", "up_proj", "down_proj"],
+        **common,
     )
-    adp = ttnn.patch(spec.build(), mode="adp", bottleneck=64, tt_rank=5, trainable_head=False)
     return {
+        "rep": trainable_params(rep),
+        "rep_adapter": adapter_params(rep),
+        "adp": trainable_params(adp),
+        "adp_adapter": adapter_params(adp),
+        "adp_count": sum(isinstance(m, ttnn.TTAdapter) for m in adp.modules()),
+        "norms": norm_params(rep),
+    }
+
+
+def trainable_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def count(spec: Spec) -> dict[str, Any]:
+    full = sum(p.numel() for p in spec.build().parameters())
+    r, rank = spec.rep["r"], spec.rep["tt_rank"]
+    out: dict[str, Any] = {
         "full": full,
         "lora8": lora_params(spec, 8),
         "lora16": lora_params(spec, 16),
-        "rep": adapter_params(rep),
-        "paper_rep": paper_rep(rep, spec),
-        "adp": adapter_params(adp),
-        "norms": norm_params(rep),
     }
+    for layout in ("matrix", "paper"):
+        rep = ttnn.patch(
+            spec.build(), mode="rep", r=r, tt_rank=rank, layout=layout, trainable_head=False
+        )
+        adp = ttnn.patch(
+            spec.build(), mode="adp", bottleneck=64, tt_rank=5, layout=layout, trainable_head=False
+        )
+        out[f"rep_{layout}"], out[f"adp_{layout}"] = adapter_params(rep), adapter_params(adp)
+        if layout == "paper":
+            out["rep_fallback"], out["adp_fallback"] = _fallback(rep), _fallback(adp)
+        out["norms"] = norm_params(rep)
+    return out
 
 
 def _m(n: int | None) -> str:
@@ -215,25 +237,31 @@ def _size(n: int, nbytes: int) -> str:
     return f"{b / 2**20:.2f} MiB" if b >= 2**20 else f"{b / 2**10:.0f} KiB"
 
 
-def table(rows: list[tuple[Spec, dict[str, int | None]]]) -> str:
+def table(rows: list[tuple[Spec, dict[str, Any]]]) -> str:
     head = (
-        "| model | full FT | LoRA r=8 | LoRA r=16 | LoRETTA_rep (ours) | rep, paper's shapes "
-        "| LoRETTA_adp (ours) | norms (+) |\n|---|---|---|---|---|---|---|---|\n"
+        "| model | full FT | LoRA r=8 | LoRA r=16 | rep settings | LoRETTA_rep matrix "
+        "| LoRETTA_rep paper | LoRETTA_adp matrix | LoRETTA_adp paper | norms (+) |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n"
     )
     body = ""
     for spec, c in rows:
         opts = f"r={spec.rep['r']}, tt {spec.rep['tt_rank']}"
+        rep_p = _m(c["rep_paper"]) + (" †" if c["rep_fallback"] else "")
+        adp_p = _m(c["adp_paper"]) + (" †" if c["adp_fallback"] else "")
         body += (
-            f"| {spec.name} | {_m(c['full'])} | {_m(c['lora8'])} | {_m(c['lora16'])} | "
-            f"{_m(c['rep'])} ({opts}) | {_m(c['paper_rep'])} | {_m(c['adp'])} | "
+            f"| {spec.name} | {_m(c['full'])} | {_m(c['lora8'])} | {_m(c['lora16'])} | {opts} | "
+            f"{_m(c['rep_matrix'])} | {rep_p} | {_m(c['adp_matrix'])} | {adp_p} | "
             f"{_m(c['norms'])} |\n"
         )
+    if any(c["rep_fallback"] or c["adp_fallback"] for _, c in rows):
+        body += "\n† a factor's size is not in the official shape table: the documented fallback.\n"
     sizes = (
-        "\n| model | rep fp32 | rep bf16 | adp fp32 | adp bf16 | LoRA r=8 fp32 | LoRA r=8 bf16 |\n"
+        "\nFile sizes (matrix layout):\n\n"
+        "| model | rep fp32 | rep bf16 | adp fp32 | adp bf16 | LoRA r=8 fp32 | LoRA r=8 bf16 |\n"
         "|---|---|---|---|---|---|---|\n"
     )
     for spec, c in rows:
-        rep, adp, lora = int(c["rep"] or 0), int(c["adp"] or 0), int(c["lora8"] or 0)
+        rep, adp, lora = int(c["rep_matrix"]), int(c["adp_matrix"]), int(c["lora8"])
         sizes += (
             f"| {spec.name} | {_size(rep, 4)} | {_size(rep, 2)} | {_size(adp, 4)} | "
             f"{_size(adp, 2)} | {_size(lora, 4)} | {_size(lora, 2)} |\n"
@@ -241,12 +269,25 @@ def table(rows: list[tuple[Spec, dict[str, int | None]]]) -> str:
     return head + body + sizes
 
 
+def official_table(name: str, c: dict[str, int]) -> str:
+    """The official settings on one model: exact counts, split into adapters and norms."""
+    return (
+        f'\n{name}, the official code\'s settings (`layout="paper"`, norms trained):\n\n'
+        "| method | adapters | norms | trainable |\n|---|---|---|---|\n"
+        f"| LoRETTA_rep (r=8, TT rank 8, q/v) | {c['rep_adapter']:,} | {c['norms']:,} | "
+        f"**{c['rep']:,}** |\n"
+        f"| LoRETTA_adp (bottleneck 64, TT rank 5, {c['adp_count']} adapters) | "
+        f"{c['adp_adapter']:,} | {c['norms']:,} | **{c['adp']:,}** |\n"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="docs/param_counts.md")
     args = parser.parse_args(argv)
     rows = [(spec, count(spec)) for spec in SPECS]
-    text = table(rows)
+    llama = next(spec for spec in SPECS if spec.name == "LLaMA-2-7B")
+    text = table(rows) + official_table(llama.name, official(llama))
     print(text)
     out = Path(args.out)
     doc = out.read_text() if out.exists() else ""

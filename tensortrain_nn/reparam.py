@@ -11,7 +11,16 @@ from torch.utils.checkpoint import checkpoint
 from tensortrain._checks import check_int, check_number
 from tensortrain.errors import TTValueError
 from tensortrain.init import linear_init_std
-from tensortrain_nn._wrapper import AdapterWrapper, cast_like, linear_features
+from tensortrain_nn._wrapper import (
+    AdapterWrapper,
+    Layout,
+    TTTensorLinear,
+    cast_like,
+    check_layout,
+    factor_layer,
+    factor_weight,
+    linear_features,
+)
 from tensortrain_nn.linear import TTLinear
 
 Form = Literal["factors", "full"]
@@ -31,6 +40,13 @@ class TTUpdate(nn.Module):
     moves the zero core only (as LoRA's first step moves only ``B``); from the second step every
     core moves. ``init="paper"``: every core random with entry std ``sqrt(1 / (in + out))`` as in
     the LoRETTA code, so the update starts small but nonzero.
+
+    ``layout="matrix"`` (default): each factor a TT-matrix (:class:`~tensortrain_nn.TTLinear`,
+    modes chosen for any size, ranks clipped). ``layout="paper"``: each factor one TT tensor of
+    the official code's shape for its size, ranks not clipped
+    (:class:`~tensortrain_nn._wrapper.TTTensorLinear`, shapes from
+    :func:`~tensortrain_nn._wrapper.paper_shape`); it reproduces that code's parameter counts
+    (``form="factors"`` only).
     """
 
     def __init__(
@@ -44,6 +60,7 @@ class TTUpdate(nn.Module):
         dropout: float = 0.05,
         form: Form = "factors",
         init: Init = "zero",
+        layout: Layout = "matrix",
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> None:
@@ -55,14 +72,22 @@ class TTUpdate(nn.Module):
             raise TTValueError(f"form must be 'factors' or 'full', got {form!r}")
         if init not in ("zero", "paper"):
             raise TTValueError(f"init must be 'zero' or 'paper', got {init!r}")
+        self.layout = check_layout(layout)
+        if layout == "paper" and form != "factors":
+            raise TTValueError(
+                f"layout='paper' needs form='factors' (the official code has no full form), "
+                f"got form={form!r}"
+            )
         self.r, self.alpha, self.form, self.init = r, float(alpha), form, init
         #: Store less for backward than plain autograd would (see forward).
         self.lean_backward = True
         self.scaling = self.alpha / r
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         zero = -1 if init == "zero" else None
-        kw = {"rank": tt_rank, "bias": False, "dtype": dtype, "device": device}
-        self.A: TTLinear | None = None
+        kw: dict[str, Any] = {"rank": tt_rank, "bias": False, "dtype": dtype, "device": device}
+        kw.update(layout=layout, role="rep")
+        self.A: TTLinear | TTTensorLinear | None = None
+        self.B: TTLinear | TTTensorLinear
         if form == "factors":
             std = (
                 linear_init_std(in_features, r)
@@ -74,13 +99,13 @@ class TTUpdate(nn.Module):
                 if init == "zero"
                 else (1 / (r + out_features)) ** 0.5
             )
-            self.A = TTLinear(in_features, r, init=std, **kw)  # type: ignore[arg-type]
-            self.B = TTLinear(r, out_features, init=b_std, zero_core=zero, **kw)  # type: ignore[arg-type]
+            self.A = factor_layer(in_features, r, std=std, zero_core=None, **kw)
+            self.B = factor_layer(r, out_features, std=b_std, zero_core=zero, **kw)
         else:
             std = linear_init_std(in_features, out_features)
             if init == "paper":
                 std = (1 / (in_features + out_features)) ** 0.5
-            self.B = TTLinear(in_features, out_features, init=std, zero_core=zero, **kw)  # type: ignore[arg-type]
+            self.B = factor_layer(in_features, out_features, std=std, zero_core=zero, **kw)
         # The merge state lives in a buffer (so it survives state_dict round trips) and is mirrored
         # in a Python bool that forward reads (no device sync, no graph break under torch.compile).
         self.merged: torch.Tensor
@@ -93,11 +118,10 @@ class TTUpdate(nn.Module):
 
         With ``dtype``, the cores are cast first, so the product itself is computed in ``dtype``.
         """
-        b = self.B.tt if dtype is None else self.B.tt.to(dtype)
+        b = factor_weight(self.B, dtype)
         if self.A is None:
-            return b.full() * self.scaling
-        a = self.A.tt if dtype is None else self.A.tt.to(dtype)
-        return (b.full() * self.scaling) @ a.full()
+            return b * self.scaling
+        return (b * self.scaling) @ factor_weight(self.A, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(alpha / r) dW dropout(x)`` for ``x (..., in)``.
@@ -201,8 +225,8 @@ class TTReparam(AdapterWrapper):
     Args:
         base_layer: the frozen layer.
         adapter_name: name of the first update.
-        r, alpha, tt_rank, dropout, form, init: see :class:`TTUpdate` (defaults follow the
-            LoRETTA code: ``r=8, alpha=16, tt_rank=5, dropout=0.05``).
+        r, alpha, tt_rank, dropout, form, init, layout: see :class:`TTUpdate` (defaults follow
+            the LoRETTA code: ``r=8, alpha=16, tt_rank=5, dropout=0.05``).
         dtype: dtype of the TT cores (default: the base weight's; the base is never cast).
 
     Shape:
@@ -227,6 +251,7 @@ class TTReparam(AdapterWrapper):
         dropout: float = 0.05,
         form: Form = "factors",
         init: Init = "zero",
+        layout: Layout = "matrix",
         dtype: torch.dtype | None = None,
     ) -> None:
         self.in_features, self.out_features, self.transposed = linear_features(base_layer)
@@ -239,6 +264,7 @@ class TTReparam(AdapterWrapper):
             dropout=dropout,
             form=form,
             init=init,
+            layout=layout,
             dtype=dtype,
         )
 

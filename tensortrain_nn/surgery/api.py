@@ -64,9 +64,13 @@ def patch(
         config: a :class:`PatchConfig` (then no ``config_fields``).
         adapter_name: a Python identifier naming this adapter.
         **config_fields: :class:`PatchConfig` fields for ``mode``: rep ``r, alpha, tt_rank,
-            dropout, form, init``; adp ``bottleneck, tt_rank, activation, scale, dropout,
-            init``; linear ``max_rank, eps``; any mode ``target_modules, trainable_norms,
-            trainable_head, trainable_biases``. ``rank`` is an alias of the TT rank.
+            dropout, form, init, layout``; adp ``bottleneck, tt_rank, activation, scale,
+            dropout, init, layout, placement``; linear ``max_rank, eps``; any mode
+            ``target_modules, trainable_norms, trainable_head, trainable_biases``. ``rank`` is
+            an alias of the TT rank. ``layout="paper"`` stores each factor as one TT tensor of
+            the official LoRETTA code's shape (its parameter counts exactly);
+            ``placement="paper"`` (adp) puts adapters before LLaMA's gate/up projections and
+            after the others, as that code does.
 
     Returns:
         ``model`` itself, patched (only the adapter, and head/norms/biases as asked, train).

@@ -11,8 +11,17 @@ from tensortrain.errors import TTTypeError, TTValueError
 
 #: Fields that only one mode reads (a registry: ``patch(mode="rep", bottleneck=8)`` is an error).
 MODE_FIELDS: dict[str, tuple[str, ...]] = {
-    "rep": ("r", "alpha", "tt_rank", "dropout", "form", "init"),
-    "adp": ("bottleneck", "tt_rank", "activation", "scale", "dropout", "init"),
+    "rep": ("r", "alpha", "tt_rank", "dropout", "form", "init", "layout"),
+    "adp": (
+        "bottleneck",
+        "tt_rank",
+        "activation",
+        "scale",
+        "dropout",
+        "init",
+        "layout",
+        "placement",
+    ),
     "linear": ("max_rank", "eps"),
 }
 #: Fields every mode reads.
@@ -23,6 +32,10 @@ COMMON_FIELDS = (
     "trainable_head",
     "trainable_biases",
 )
+#: Fields added after format version 1, with their defaults: written to ``adapter_config.json``
+#: only when they differ, so a default config's file is byte-for-byte what the first release
+#: wrote (and older readers, which refuse unknown keys, still read it).
+LATER_FIELDS: dict[str, object] = {"layout": "matrix", "placement": "after"}
 #: Default dropout per mode when ``dropout`` is None (the LoRETTA code's choices).
 DEFAULT_DROPOUT = {"rep": 0.05, "adp": 0.0}
 
@@ -51,6 +64,14 @@ class PatchConfig:
             support are clipped, a rank that no bond can reach is an error.
         dropout: rep and adp; None means 0.05 for rep, 0.0 for adp.
         init: ``"zero"`` (output exactly zero at step 0) or ``"paper"`` (all cores random).
+        layout: rep and adp: ``"matrix"`` (each factor a TT-matrix, any size, ranks clipped) or
+            ``"paper"`` (each factor one TT tensor of the official LoRETTA code's shape table,
+            ranks not clipped: reproduces its parameter counts; rep needs ``form="factors"``).
+            See :func:`tensortrain_nn._wrapper.paper_shape`.
+        placement: adp only: ``"after"`` the target (on its output, default), ``"before"`` it (on
+            its input), or ``"paper"``: as the official code, before targets named in
+            :data:`~tensortrain_nn.surgery.targets.BEFORE_NAMES` (LLaMA's ``gate_proj`` and
+            ``up_proj``...), after the others.
         max_rank, eps: linear only: TT-SVD truncation (see ``TTLinear.from_linear``).
         trainable_norms: also train every normalisation layer (LayerNorm, RMSNorm...): the
             LoRETTA code trains parameters whose name contains ``Norm``.
@@ -81,6 +102,8 @@ class PatchConfig:
     dropout: float | None = None
     form: str = "factors"
     init: str = "zero"
+    layout: str = "matrix"
+    placement: str = "after"
     bottleneck: int = 64
     activation: str = "relu"
     scale: float = 1.0
@@ -105,6 +128,13 @@ class PatchConfig:
             check_number("dropout", self.dropout, minimum=0.0, maximum=1.0, open_max=True)
         _check_choice("form", self.form, ("factors", "full"))
         _check_choice("init", self.init, ("zero", "paper"))
+        _check_choice("layout", self.layout, ("matrix", "paper"))
+        _check_choice("placement", self.placement, ("after", "before", "paper"))
+        if self.mode == "rep" and self.layout == "paper" and self.form != "factors":
+            raise TTValueError(
+                f"layout='paper' needs form='factors' (the official code has no full form), "
+                f"got form={self.form!r}"
+            )
         from tensortrain_nn.adapter import ACTIVATIONS
 
         _check_choice("activation", self.activation, tuple(sorted(ACTIVATIONS)))
@@ -169,13 +199,17 @@ class PatchConfig:
         """Keyword arguments for the mode's layer (TTReparam / TTAdapter / from_linear)."""
         if self.mode == "linear":
             return {"max_rank": self.max_rank, "eps": self.eps}
-        kw = {k: getattr(self, k) for k in MODE_FIELDS[self.mode]}
+        kw = {k: getattr(self, k) for k in MODE_FIELDS[self.mode] if k != "placement"}
         kw["dropout"] = self.resolved_dropout
         return kw
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict (``target_modules`` tuples become lists)."""
+        """A JSON-serialisable dict (``target_modules`` tuples become lists; fields of
+        :data:`LATER_FIELDS` at their defaults are left out)."""
         data = asdict(self)
+        for key, default in LATER_FIELDS.items():
+            if data[key] == default:
+                del data[key]
         if isinstance(data["target_modules"], tuple):
             data["target_modules"] = list(data["target_modules"])
         return data

@@ -13,14 +13,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from tensortrain.errors import TTShapeError, TTValueError
+from tensortrain.errors import TTShapeError, TTTypeError, TTValueError
 from tensortrain.shapes import choose_modes
 from tensortrain_nn._wrapper import AdapterWrapper, linear_features
 from tensortrain_nn.adapter import TTAdapter, TTBottleneck
 from tensortrain_nn.linear import TTLinear
 from tensortrain_nn.reparam import TTReparam, TTUpdate
 from tensortrain_nn.surgery.config import PatchConfig
-from tensortrain_nn.surgery.targets import adapter_features, resolve_targets
+from tensortrain_nn.surgery.targets import adapter_features, placement_of, resolve_targets
 
 #: The wrapper class each adapter mode installs (linear mode installs a plain TTLinear).
 WRAPPERS: dict[str, type[AdapterWrapper]] = {"rep": TTReparam, "adp": TTAdapter}
@@ -33,6 +33,7 @@ class Plan:
     name: str
     module: nn.Module
     features: int = 0
+    placement: str = "after"
     factors: list[tuple[str, int, int]] = field(default_factory=list)
 
 
@@ -65,8 +66,8 @@ def _check_ranks(config: PatchConfig, plan: Plan, in_f: int, out_f: int) -> None
             f"bottleneck={config.bottleneck} exceeds the {out_f} features of {plan.name!r}"
         )
     rank = config.max_rank if config.mode == "linear" else config.tt_rank
-    if rank is None:
-        return
+    if rank is None or (config.mode != "linear" and config.layout == "paper"):
+        return  # the paper layout does not clip ranks: any rank builds
     for label, fin, fout in plan.factors:
         limit = _max_bond(fin, fout)
         if rank > limit:
@@ -95,8 +96,28 @@ def _check_stackable(config: PatchConfig, name: str, module: nn.Module, adapter_
             f"{name!r} is already a {type(module).__name__}; mode={config.mode!r} "
             "cannot be stacked on it (use the same mode, or other target_modules)"
         )
+    if isinstance(module, TTAdapter):
+        want = placement_of(name, config.placement)
+        if module.placement != want:
+            raise TTValueError(
+                f"{name!r} holds adapters placed {module.placement!r} its sublayer; "
+                f"placement={config.placement!r} would put this one {want!r} it"
+            )
     if adapter_name in module.adapters:
         raise TTValueError(f"{name!r} already has an adapter named {adapter_name!r}")
+
+
+def _adp_features(model: nn.Module, base: nn.Module, name: str, placement: str) -> int:
+    """The size an adp adapter works on: the target's output (after) or input (before)."""
+    if placement == "after":
+        return adapter_features(model, base, name)
+    try:
+        return linear_features(base)[0]
+    except TTTypeError:
+        raise TTTypeError(
+            f"placement='before' needs an nn.Linear or Conv1D target (its input size), but "
+            f"{name!r} is a {type(base).__name__}"
+        ) from None
 
 
 def plan_targets(model: nn.Module, config: PatchConfig, adapter_name: str) -> list[Plan]:
@@ -114,7 +135,10 @@ def plan_targets(model: nn.Module, config: PatchConfig, adapter_name: str) -> li
         base = module.base_layer if isinstance(module, AdapterWrapper) else module
         plan = Plan(name, module)
         if config.mode == "adp":
-            plan.features = getattr(module, "features", None) or adapter_features(model, base, name)
+            plan.placement = placement_of(name, config.placement)
+            plan.features = getattr(module, "features", None) or _adp_features(
+                model, base, name, plan.placement
+            )
             in_f = out_f = plan.features
         else:
             in_f, out_f, _ = linear_features(base)
@@ -151,7 +175,13 @@ def build(config: PatchConfig, plan: Plan, adapter_name: str) -> nn.Module:
     if config.mode == "rep":
         new = TTReparam(plan.module, adapter_name=adapter_name, **kw)
     elif config.mode == "adp":
-        new = TTAdapter(plan.module, features=plan.features, adapter_name=adapter_name, **kw)
+        new = TTAdapter(
+            plan.module,
+            features=plan.features,
+            placement=plan.placement,  # type: ignore[arg-type]
+            adapter_name=adapter_name,
+            **kw,
+        )
     else:
         new = TTLinear.from_linear(_as_linear(plan.module), **kw)
     return new.train(plan.module.training)

@@ -53,6 +53,26 @@ DEFAULT_TARGETS: dict[str, ArchTargets] = {
     "phi3": ArchTargets(rep=("qkv_proj",), adp=("mlp",)),
     "opt": ArchTargets(rep=("q_proj", "v_proj"), adp=("self_attn.out_proj", "fc2")),
 }
+#: Targets that ``placement="paper"`` adapts before (on their input): the official code's
+#: ``mh_adapter`` modules (LLaMA's gate and up projections, the first MLP dense of BLOOM, GPT-J,
+#: GPT-Neo, OPT, ChatGLM); every other target is adapted after.
+BEFORE_NAMES = ("gate_proj", "up_proj", "dense_h_to_4h", "fc_in", "c_fc", "fc1")
+
+
+def placement_of(name: str, placement: str) -> str:
+    """``"before"`` or ``"after"`` for target ``name`` under a config's ``placement``.
+
+    Example:
+        >>> placement_of("model.layers.0.mlp.up_proj", "paper")
+        'before'
+        >>> placement_of("model.layers.0.mlp.down_proj", "paper")
+        'after'
+    """
+    if placement != "paper":
+        return placement
+    return "before" if name.rsplit(".", 1)[-1] in BEFORE_NAMES else "after"
+
+
 #: Module names of a task head, the one list for ``patch(trainable_head=True)`` and the job's
 #: ``head`` method: peft's ``SEQ_CLS`` modules_to_save (``classifier``, ``score``) plus DistilBERT's
 #: freshly initialised ``pre_classifier``.
