@@ -8,7 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from tensortrain import TTMatrix, tt_linear, tt_matrix_svd
+from tensortrain import TTMatrix, round_cores, tt_linear, tt_matrix_svd
+from tensortrain._cores import check_cores
 from tensortrain.errors import TTShapeError, TTTypeError, TTValueError
 from tensortrain.init import linear_init_std, random_cores
 from tensortrain.matrix import dense
@@ -134,6 +135,27 @@ class TTLinear(nn.Module):
         """Parameters in the cores and bias."""
         return sum(p.numel() for p in self.parameters())
 
+    def round_(
+        self, max_rank: int | Sequence[int] | None = None, eps: float | None = None
+    ) -> tuple[int, ...]:
+        """Round the weight in place (TT rounding in float64); returns the new ranks.
+
+        The cores are replaced by new Parameters of the rounded shapes (same dtype, device and
+        ``requires_grad``); an optimizer built on the old ones must be rebuilt. ``max_rank``
+        caps the ranks, ``eps`` bounds the relative error ``||W - W_new||_F <= eps ||W||_F``
+        (see :func:`tensortrain.round_cores`); ranks never grow. Costs ``O(d (m n) r^3)``, no
+        dense weight.
+
+        Example:
+            >>> layer = TTLinear(256, 256, rank=8, bias=False)
+            >>> layer.round_(max_rank=3)
+            (1, 3, 3, 1)
+            >>> [tuple(c.shape) for c in layer.cores]
+            [(1, 8, 8, 3), (3, 8, 8, 3), (3, 4, 4, 1)]
+        """
+        replace_cores(self, rounded_cores(list(self.cores), max_rank=max_rank, eps=eps))
+        return self.ranks
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return tt_linear(x, list(self.cores), self.bias)
 
@@ -176,3 +198,72 @@ def _resolve_modes(
             f"in_modes and out_modes must have the same length, got {in_modes} and {out_modes}"
         )
     return in_modes, out_modes
+
+
+def rounded_cores(
+    cores: Sequence[torch.Tensor],
+    max_rank: int | Sequence[int] | None = None,
+    eps: float | None = None,
+) -> list[torch.Tensor]:
+    """TT rounding of TT-tensor or TT-matrix cores, computed in float64, in their own dtype.
+
+    Cores ``(r, *modes, r')`` (3-D or 4-D) are merged to ``(r, prod(modes), r')``, rounded with
+    :func:`tensortrain.round_cores` and split back. Detached: the result carries no graph.
+
+    Example:
+        >>> cores = [torch.randn(1, 2, 3, 4), torch.randn(4, 2, 3, 1)]
+        >>> [tuple(c.shape) for c in rounded_cores(cores, max_rank=2)]
+        [(1, 2, 3, 2), (2, 2, 3, 1)]
+    """
+    cores = check_cores([c.detach() for c in cores], cores[0].ndim if cores else 3)
+    modes = [tuple(c.shape[1:-1]) for c in cores]
+    wide = torch.complex128 if cores[0].is_complex() else torch.float64
+    merged = [c.to(wide).reshape(c.shape[0], -1, c.shape[-1]) for c in cores]
+    with torch.no_grad():
+        out = round_cores(merged, eps=eps, max_rank=max_rank)
+    return [
+        c.reshape(c.shape[0], *m, c.shape[-1]).to(cores[0].dtype)
+        for c, m in zip(out, modes, strict=True)
+    ]
+
+
+def replace_cores(layer: nn.Module, cores: Sequence[torch.Tensor]) -> None:
+    """Put ``cores`` into a TT layer's ``cores`` ParameterList as new Parameters.
+
+    Only the ranks may change: each new core must have the mode sizes of the one it replaces.
+    Each new Parameter gets the old one's dtype, device and ``requires_grad``; ``layer.ranks``
+    is updated. Everything is checked before the first core is replaced.
+
+    Raises:
+        TTTypeError: ``layer`` has no ``cores`` ParameterList.
+        TTShapeError: another number of cores, other mode sizes, or ranks that do not chain.
+
+    Example:
+        >>> layer = TTLinear(16, 16, rank=4, bias=False)
+        >>> replace_cores(layer, [c[..., :2] if k == 0 else c[:2] for k, c in
+        ...                       enumerate(layer.cores)])
+        >>> layer.ranks
+        (1, 2, 1)
+    """
+    old = getattr(layer, "cores", None)
+    if not isinstance(old, nn.ParameterList):
+        raise TTTypeError(f"layer must hold its cores in an nn.ParameterList, got {type(old)}")
+    new = check_cores(list(cores), old[0].ndim, name="cores")
+    if len(new) != len(old):
+        raise TTShapeError(f"cores must hold {len(old)} cores, got {len(new)}")
+    for k, (a, b) in enumerate(zip(old, new, strict=True)):
+        if a.shape[1:-1] != b.shape[1:-1]:
+            raise TTShapeError(
+                f"cores[{k}] must have mode sizes {tuple(a.shape[1:-1])}, "
+                f"got shape {tuple(b.shape)}"
+            )
+    params = [
+        nn.Parameter(
+            b.detach().to(dtype=a.dtype, device=a.device).contiguous(),
+            requires_grad=a.requires_grad,
+        )
+        for a, b in zip(old, new, strict=True)
+    ]
+    for k, p in enumerate(params):
+        old[k] = p
+    layer.ranks = (1, *(int(p.shape[-1]) for p in params))  # type: ignore[assignment]
