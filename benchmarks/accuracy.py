@@ -88,6 +88,7 @@ class Setting:
 #: The settings tried for the rep and adp defaults (LoRA and head at their defaults as reference).
 SWEEP: list[Setting] = [
     Setting("lora", "default"),
+    Setting("lora", "lr2e-3", lr=2e-3),
     Setting("rep", "tt5-r8-lr2e-3 (old default)", lr=2e-3, options={"trainable_norms": True}),
     Setting("rep", "lr3e-3", lr=3e-3, options={"trainable_norms": True}),
     Setting("rep", "lr5e-3", lr=5e-3, options={"trainable_norms": True}),
