@@ -237,6 +237,33 @@ def _check_unmerged(model: nn.Module, layers: Mapping[str, nn.Module]) -> None:
                 )
 
 
+def check_budget(model: nn.Module, budget: int, *, adapter_name: str | None = None) -> int:
+    """Check that :func:`fit_budget` can reach ``budget``; returns it. Changes nothing.
+
+    Raises:
+        TTValueError: ``budget`` is below :func:`minimum_parameters` (the message says both),
+            or the adapter has no TT layers.
+        TTTypeError: ``budget`` is not an int.
+
+    Example:
+        >>> check_budget(nn.Sequential(TTLinear(16, 16, rank=2, bias=False)), 32)
+        32
+        >>> check_budget(nn.Sequential(TTLinear(16, 16, rank=2, bias=False)), 31)
+        Traceback (most recent call last):
+        ...
+        tensortrain.errors.TTValueError: budget must be at least 32 (every TT rank 1 in the ...
+    """
+    budget = check_int("budget", budget, minimum=0)
+    layers = tt_layers(model, adapter_name)
+    lowest = sum(_fixed(m) + sum(_sizes(m)) for m in layers.values())
+    if budget < lowest:
+        raise TTValueError(
+            f"budget must be at least {lowest} (every TT rank 1 in the {len(layers)} TT layers, "
+            f"biases included), got {budget}"
+        )
+    return budget
+
+
 def fit_budget(
     model: nn.Module, budget: int, *, adapter_name: str | None = None
 ) -> dict[str, tuple[int, ...]]:
@@ -272,15 +299,9 @@ def fit_budget(
         >>> adapter_parameters(model)
         640
     """
-    budget = check_int("budget", budget, minimum=0)
+    budget = check_budget(model, budget, adapter_name=adapter_name)
     layers = tt_layers(model, adapter_name)
     _check_unmerged(model, layers)
-    lowest = sum(_fixed(m) + sum(_sizes(m)) for m in layers.values())
-    if budget < lowest:
-        raise TTValueError(
-            f"budget must be at least {lowest} (every TT rank 1 in the {len(layers)} TT layers, "
-            f"biases included), got {budget}"
-        )
     if budget >= sum(_count(m) for m in layers.values()):
         return {name: _ranks(m) for name, m in layers.items()}
     names = list(layers)
@@ -430,6 +451,12 @@ def load_adapter(
     from tensortrain_nn.surgery.tensors import put_tensors
 
     config, meta, tensors = read_adapter(folder)
+    svd = next((k for k in tensors if ".svd_init." in k), None)
+    if svd is not None:  # its base-weight correction is applied by the surgery's own loader
+        raise TTValueError(
+            f"adapter in {folder!s} holds init='svd' tensors ({svd!r}); this loader cannot "
+            "apply their base-weight correction: load it with tensortrain_nn.load_adapter"
+        )
     saved_type, here = meta["model_type"], model_type(model)
     if saved_type and here and saved_type != here:
         raise TTValueError(

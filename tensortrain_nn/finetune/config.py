@@ -123,6 +123,40 @@ class FinetuneConfig:
         if not isinstance(self.method_options, dict):
             raise FinetuneError(f"method_options must be a dict, got {self.method_options!r}")
         _check_finite_options(self.method_options)
+        self._check_budget()
+
+    def _check_budget(self) -> None:
+        """``budget`` / ``budget_at`` options: rep and adp only, in range, no checkpoints."""
+        from tensortrain_nn.budget import BUDGET_OPTIONS
+
+        given = [k for k in BUDGET_OPTIONS if k in self.method_options]
+        if not given:
+            return
+        if self.method not in ("rep", "adp"):
+            raise FinetuneError(
+                f"method option {given[0]} needs method rep or adp (TT ranks to round), "
+                f"got method {self.method!r}"
+            )
+        if "budget" not in self.method_options:
+            raise FinetuneError("method option budget_at needs budget (the parameter budget)")
+        check_int("method option budget", self.method_options["budget"])
+        at = self.method_options.get("budget_at", 0.0)
+        check_number("method option budget_at", at, minimum=0.0, maximum=1.0)
+        if self.checkpoint_every > 0 or self.resume:
+            raise FinetuneError(
+                "method option budget cannot be combined with checkpoint_every or resume: a "
+                "checkpoint written after the rounding holds cores of other shapes"
+            )
+
+    @property
+    def rank_budget(self) -> tuple[int, float] | None:
+        """``(budget, budget_at)`` from the method options, or None without a budget."""
+        from tensortrain_nn.budget import DEFAULT_BUDGET_AT
+
+        if "budget" not in self.method_options:
+            return None
+        at = self.method_options.get("budget_at", DEFAULT_BUDGET_AT)
+        return int(self.method_options["budget"]), float(at)
 
     @property
     def learning_rate(self) -> float:
@@ -187,6 +221,10 @@ class Result:
         tokens_per_second: Training tokens (padding excluded) per second of training.
         metrics: The last evaluation's other numbers (lm: loss, perplexity, truncated prompts).
         samples: Generated samples of the last evaluation (lm).
+        budget: With ``--opt budget=N``: ``budget``, ``step`` (the optimizer step after which
+            the TT ranks were rounded), ``adapter_params_before`` and ``adapter_params_after``
+            the rounding, and ``ranks`` (per TT layer); empty otherwise. ``adapter_params``
+            counts the final adapter.
     """
 
     method: str
@@ -216,6 +254,7 @@ class Result:
     tokens_per_second: float = 0.0
     metrics: dict[str, float] = field(default_factory=dict)
     samples: list[dict[str, str]] = field(default_factory=list)
+    budget: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The result as a JSON-ready dict."""

@@ -149,7 +149,6 @@ def _run(config: FinetuneConfig, on_step: Callable[[int, nn.Module], None] | Non
     model, description = method.setup(model, dict(config.method_options), task.name)
     if config.gradient_checkpointing:
         _checkpoint_activations(model)
-    counts = _count(model)
     # One folder for all processes (a timestamped default could differ by a second between them).
     out = Path(_broadcast(str(config.resolved_output_dir())))
     use_checkpoints = config.checkpoint_every > 0 or config.resume
@@ -161,6 +160,7 @@ def _run(config: FinetuneConfig, on_step: Callable[[int, nn.Module], None] | Non
         checkpoints=out / "checkpoints" if use_checkpoints else None,
         on_step=on_step,
     )
+    counts = _count(model)  # after training: a rank budget changes the adapter's size
     main = PartialState().is_main_process
     adapter_bytes = 0
     if config.save and main:
@@ -220,6 +220,7 @@ def _result(
         tokens_per_second=stats["tokens_per_second"],
         metrics={k: v for k, v in final.items() if k in _LM_METRICS},
         samples=list(final.get("samples", [])),
+        budget=dict(stats.get("budget") or {}),
     )
 
 
@@ -456,9 +457,19 @@ def load_run(folder: str | Path, *, model: str | None = None) -> tuple[nn.Module
         AdapterError: Not a run folder, or the adapter was saved for another base model.
     """
     root, base, tokenizer, info = load_base(folder, model=model)
-    loaded = get_method(info["config"]["method"]).load(base, root / ADAPTER_DIR)
+    loaded = _load_adapter(info, base, root / ADAPTER_DIR)
     loaded.eval()
     return loaded, tokenizer, info
+
+
+def _load_adapter(info: dict[str, Any], base: nn.Module, folder: Path) -> nn.Module:
+    """Put a run's saved adapter on ``base``; a rank-budget run's TT ranks come from the file."""
+    config = info["config"]
+    if config["method"] in ("rep", "adp") and "budget" in config.get("method_options", {}):
+        from tensortrain_nn.budget import load_adapter
+
+        return load_adapter(base, folder)
+    return get_method(config["method"]).load(base, folder)
 
 
 def load_base(folder: str | Path, *, model: str | None = None) -> tuple[Path, nn.Module, Any, dict]:

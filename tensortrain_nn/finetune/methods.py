@@ -192,9 +192,14 @@ def _tensortrain_nn() -> Any:
 
 def _tt_setup(mode: str) -> Setup:
     def setup(model: nn.Module, options: dict[str, Any], task: str) -> tuple[nn.Module, str]:
+        from tensortrain_nn.budget import BUDGET_OPTIONS, check_budget
+
         options = {**TT_DEFAULTS[mode], **options}
-        patched = _tensortrain_nn().patch(model, mode=mode, **options)
+        patch_options = {k: v for k, v in options.items() if k not in BUDGET_OPTIONS}
+        patched = _tensortrain_nn().patch(model, mode=mode, **patch_options)
         model = patched if isinstance(patched, nn.Module) else model
+        if "budget" in options:  # the loop rounds to it (train.py); refuse one out of reach now
+            check_budget(model, options["budget"])
         shown = ", ".join(f"{k}={v}" for k, v in options.items())
         return model, f"LoRETTA_{mode}" + (f" ({shown})" if shown else "")
 

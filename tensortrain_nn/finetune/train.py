@@ -246,13 +246,26 @@ def train(
 
     Returns:
         ``{"history", "steps", "train_seconds", "seconds_per_step", "tokens_per_second",
-        "allreduce_bytes", "resumed_from", "world_size", "device"}``.
+        "allreduce_bytes", "resumed_from", "world_size", "device", "budget"}``.
+
+    With ``config.rank_budget`` (method options ``budget`` and ``budget_at``), the adapter's TT
+    layers are rounded to the budget (:func:`tensortrain_nn.budget.fit_budget`) after
+    ``floor(budget_at * total_steps)`` optimizer steps (0: before the first), and the optimizer
+    and schedule are rebuilt for the new cores at the same point of the schedule; ``budget``
+    reports the rounding (empty without a budget).
 
     Raises:
-        FinetuneError: The loss became NaN or infinite, or a checkpoint cannot be resumed.
+        FinetuneError: The loss became NaN or infinite, a checkpoint cannot be resumed, or a
+            budget under more than one process.
     """
     with frozen_inactive_adapters(model):
         world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world > 1 and config.rank_budget is not None:
+            raise FinetuneError(
+                "method option budget needs a single process: rounding gives the TT cores new "
+                f"shapes, and the DDP wrapper of {world} processes is not rebuilt for them; "
+                "train on one process (one GPU or the CPU)"
+            )
         find_unused = world > 1 and bool(unused_parameters(model, task, config.batch_size))
         if find_unused:
             warnings.warn(
@@ -270,14 +283,17 @@ class _Loop:
     def __init__(
         self, acc: Any, model: nn.Module, task: Task, config: FinetuneConfig, folder: Path | None
     ) -> None:
-        groups = parameter_groups(model, config.weight_decay, config.tt_weight_decay)
-        optimizer = torch.optim.AdamW(groups, lr=config.learning_rate)
         self.steps_per_epoch = math.ceil(task.num_train / config.batch_size)
         self.total = self.steps_per_epoch * config.epochs
-        schedule = linear_schedule(self.total, config.warmup_ratio)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        self.model, self.optimizer, self.scheduler = acc.prepare(model, optimizer, scheduler)
+        self.schedule = linear_schedule(self.total, config.warmup_ratio)
         self.acc, self.task, self.config, self.pos = acc, task, config, Position()
+        budget = config.rank_budget
+        self.budget_step = None if budget is None else math.floor(budget[1] * self.total)
+        self.budget: dict[str, Any] = {}
+        if self.budget_step == 0:  # before the first step: nothing to rebuild
+            self._fit_budget(model)
+        optimizer, scheduler = self._optimizer(model)
+        self.model, self.optimizer, self.scheduler = acc.prepare(model, optimizer, scheduler)
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         self.store = (
             None if folder is None else Checkpoints(folder, acc, config_digest(config.to_dict()))
@@ -293,6 +309,66 @@ class _Loop:
             self.store.refuse_stale()
         if self.resumed_from is None and acc.process_index > 0:
             torch.manual_seed(config.seed + acc.process_index)  # own dropout masks per process
+
+    def _optimizer(self, model: nn.Module) -> tuple[torch.optim.Optimizer, Any]:
+        """AdamW over ``model``'s parameter groups and the schedule, at ``pos.global_step``.
+
+        Past step 0 (a rebuild after rounding) the schedule resumes where it was: the new
+        scheduler's ``last_epoch`` is the step count, so the next step's learning rate is the
+        one the old scheduler would have given.
+        """
+        config, step = self.config, self.pos.global_step
+        groups = parameter_groups(model, config.weight_decay, config.tt_weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=config.learning_rate)
+        if step > 0:
+            for group in optimizer.param_groups:
+                group["initial_lr"] = config.learning_rate
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.schedule, last_epoch=step - 1)
+        return optimizer, scheduler
+
+    def _fit_budget(self, model: nn.Module) -> bool:
+        """Round ``model``'s adapter to the budget; whether any parameter was replaced."""
+        from tensortrain_nn.budget import adapter_parameters, fit_budget
+
+        assert self.config.rank_budget is not None
+        params = [id(p) for p in model.parameters()]
+        before = adapter_parameters(model)
+        ranks = fit_budget(model, self.config.rank_budget[0])
+        self.budget = {
+            "budget": self.config.rank_budget[0],
+            "step": self.pos.global_step,
+            "adapter_params_before": before,
+            "adapter_params_after": adapter_parameters(model),
+            "ranks": {name: list(r) for name, r in ranks.items()},
+        }
+        return [id(p) for p in model.parameters()] != params
+
+    def _round_and_rebuild(self) -> None:
+        """Round to the budget mid-run, then rebuild optimizer and scheduler for the new cores.
+
+        Adam's moments carry over for the parameters that stayed (head, norms...); the rounded
+        cores start with fresh moments. The old optimizer and scheduler leave the accelerator's
+        lists (``_optimizers`` / ``_schedulers``, which accelerate offers no public way to
+        drop from), so that only the new ones are stepped, clipped and saved.
+        """
+        acc = self.acc
+        model = acc.unwrap_model(self.model)
+        if not self._fit_budget(model):
+            return
+        old = self.optimizer.optimizer
+        optimizer, scheduler = self._optimizer(model)
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                if param in old.state:
+                    optimizer.state[param] = old.state[param]
+        for registry, stale in (
+            (acc._optimizers, self.optimizer),
+            (acc._schedulers, self.scheduler),
+        ):
+            if stale in registry:
+                registry.remove(stale)
+        self.optimizer, self.scheduler = acc.prepare(optimizer, scheduler)
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
 
     def run(self, evaluate: Evaluate, on_step: OnStep | None) -> dict[str, Any]:
         from tqdm.auto import tqdm
@@ -314,6 +390,8 @@ class _Loop:
                     order[step * config.batch_size : (step + 1) * config.batch_size]
                 )
                 pos.step, pos.global_step = step + 1, pos.global_step + 1
+                if pos.global_step == self.budget_step:
+                    self._round_and_rebuild()
                 every = config.checkpoint_every
                 if (
                     self.store is not None
@@ -346,6 +424,7 @@ class _Loop:
             "resumed_from": self.resumed_from,
             "world_size": acc.num_processes,
             "device": acc.device,
+            "budget": self.budget,
         }
 
     def _optimizer_step(self, idx: Sequence[int]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -305,3 +306,161 @@ def test_match_ranks_refuses_saved_ranks_that_do_not_chain() -> None:
     with pytest.raises(TTShapeError, match="left rank 2"):
         match_ranks(model, saved, None)
     assert model[0].ranks == (1, 8, 1)
+
+
+# ---------------------------------------------------------------- the fine-tuning job
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A tiny random BERT and a 48-row CSV (the fine-tuning tests' helpers)."""
+    pytest.importorskip("transformers")
+    from _helpers import tiny_assets
+
+    return tiny_assets(tmp_path_factory, "budget", dropout=0.1)
+
+
+def _bounds(model_folder: str, mode: str, options: dict) -> tuple[int, int]:
+    """(minimum, starting) adapter parameters of ``mode`` with ``options`` on the tiny BERT."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(model_folder, num_labels=2)
+    ttnn.patch(model, mode=mode, **options)
+    return minimum_parameters(model), adapter_parameters(model)
+
+
+@pytest.mark.parametrize("method", ["rep", "adp"])
+def test_budget_run_reports_the_final_adapter_and_reloads(
+    tiny: dict[str, str], tmp_path: Path, method: str
+) -> None:
+    from _helpers import tiny_values
+
+    from tensortrain_nn.finetune import FinetuneConfig, evaluate, run
+
+    shape = {"tt_rank": 8} if method == "rep" else {"tt_rank": 8, "bottleneck": 16}
+    lowest, start = _bounds(tiny["model"], method, shape)
+    budget = (lowest + start) // 2
+    options = {**shape, "budget": budget, "budget_at": 0.5}
+    result = run(
+        FinetuneConfig(
+            **tiny_values(
+                tiny["model"], tiny["data"], tmp_path, method=method, method_options=options
+            )
+        )
+    )
+    total = 2 * math.ceil(result.num_train / 8)  # 2 epochs of batches of 8
+    assert result.budget["step"] == math.floor(0.5 * total)
+    assert result.budget["adapter_params_before"] == start
+    assert result.adapter_params == result.budget["adapter_params_after"] <= budget
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["adapter_params"] == result.adapter_params
+    assert evaluate(tmp_path)["accuracy"] == pytest.approx(result.accuracy)
+
+
+def test_budget_on_the_command_line_and_evaluate(
+    tiny: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tensortrain_nn import cli
+
+    lowest, start = _bounds(tiny["model"], "rep", {"tt_rank": 8, "trainable_norms": True})
+    budget = lowest + (start - lowest) // 3
+    out = tmp_path / "run"
+    argv = [
+        "finetune",
+        "--model",
+        tiny["model"],
+        "--data",
+        tiny["data"],
+        "--text-column",
+        "review",
+        "--label-column",
+        "sentiment",
+        "--test-size",
+        "16",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--max-length",
+        "16",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--opt",
+        "tt_rank=8",
+        "--opt",
+        f"budget={budget}",
+        "--output-dir",
+        str(out),
+    ]
+    assert cli.main(argv) == 0
+    capsys.readouterr()
+    report = json.loads((out / "report.json").read_text())
+    assert report["adapter_params"] <= budget < report["budget"]["adapter_params_before"]
+    assert cli.main(["evaluate", "--adapter", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert f"accuracy    {100 * report['accuracy']:.2f} %" in shown
+
+
+def test_budget_option_errors(tiny: dict[str, str], tmp_path: Path) -> None:
+    from _helpers import tiny_values
+
+    from tensortrain_nn.finetune import FinetuneConfig, FinetuneError, run
+
+    def config(**extra: object) -> FinetuneConfig:
+        return FinetuneConfig(**tiny_values(tiny["model"], tiny["data"], tmp_path, **extra))
+
+    with pytest.raises(FinetuneError, match=r"budget needs method rep or adp.*'lora'"):
+        config(method="lora", method_options={"budget": 100})
+    with pytest.raises(FinetuneError, match=r"budget_at must be .*got 1\.5"):
+        config(method_options={"budget": 100, "budget_at": 1.5})
+    with pytest.raises(FinetuneError, match="budget_at needs budget"):
+        config(method_options={"budget_at": 0.5})
+    with pytest.raises(FinetuneError, match="budget must be an int"):
+        config(method_options={"budget": "many"})
+    with pytest.raises(FinetuneError, match="cannot be combined with checkpoint_every"):
+        config(method_options={"budget": 100}, checkpoint_every=2)
+    lowest, _ = _bounds(tiny["model"], "rep", {"trainable_norms": True})
+    with pytest.raises(TTValueError, match=f"budget must be at least {lowest}"):
+        run(config(method_options={"budget": lowest - 1}))
+    assert not (tmp_path / "report.json").exists()  # refused before training
+
+
+def test_budget_is_refused_under_several_processes(
+    tiny: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from _helpers import tiny_values
+
+    from tensortrain_nn.finetune import FinetuneConfig, FinetuneError
+    from tensortrain_nn.finetune.train import train
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    config = FinetuneConfig(
+        **tiny_values(tiny["model"], tiny["data"], tmp_path, method_options={"budget": 10**6})
+    )
+    with pytest.raises(FinetuneError, match="budget needs a single process"):
+        train(nn.Linear(2, 2), None, config, evaluate=lambda m: {})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("step", [1, 3, 7])
+def test_rebuilt_schedule_continues_where_it_was(step: int) -> None:
+    from tensortrain_nn.finetune import FinetuneConfig
+    from tensortrain_nn.finetune.train import Position, _Loop, linear_schedule
+
+    config = FinetuneConfig(lr=0.01, warmup_ratio=0.2)
+    loop = _Loop.__new__(_Loop)
+    loop.config, loop.pos = config, Position(global_step=step)
+    loop.schedule = linear_schedule(10, config.warmup_ratio)
+    model = nn.Linear(3, 3)
+    # the reference: one optimizer and scheduler stepped `step` times, then more
+    reference = torch.optim.AdamW(model.parameters(), lr=config.learning_rate)
+    ref_sched = torch.optim.lr_scheduler.LambdaLR(reference, loop.schedule)
+    for _ in range(step):
+        reference.step()
+        ref_sched.step()
+    optimizer, scheduler = loop._optimizer(model)
+    for _ in range(10 - step):
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(reference.param_groups[0]["lr"])
+        for opt, sched in ((optimizer, scheduler), (reference, ref_sched)):
+            opt.step()
+            sched.step()
