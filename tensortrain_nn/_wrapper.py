@@ -9,10 +9,11 @@ from typing import Any, Literal, cast
 import torch
 from torch import nn
 
-from tensortrain import TTTensor
+from tensortrain import TTTensor, tt_matrix_svd, tt_svd
 from tensortrain._checks import check_int
 from tensortrain.errors import TTShapeError, TTTypeError, TTValueError
 from tensortrain.init import linear_init_std, random_cores
+from tensortrain.matrix import dense
 from tensortrain.shapes import factorize
 from tensortrain_nn.linear import TTLinear
 
@@ -96,6 +97,11 @@ class AdapterWrapper(nn.Module):
 
     def _before_delete(self, name: str) -> None:
         """Hook for subclasses (TTReparam refuses to delete a merged adapter)."""
+
+    def release_base(self) -> nn.Module:
+        """Undo every change this wrapper made to ``base_layer`` and return it (taking the
+        wrapper out is then putting this module back)."""
+        return self.base_layer
 
     def _active(self) -> nn.Module | None:
         if self.adapters_disabled or self.active_adapter is None:
@@ -376,14 +382,42 @@ def factor_layer(
 
 
 def factor_weight(
-    layer: TTLinear | TTTensorLinear, dtype: torch.dtype | None = None
+    layer: TTLinear | TTTensorLinear,
+    dtype: torch.dtype | None = None,
+    cores: Sequence[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The dense ``(out, in)`` weight of a factor (either layout), the cores cast to ``dtype``
-    before the product (materialised)."""
+    before the product (materialised). With ``cores``: of those cores (same shapes as the
+    layer's) in the layer's layout."""
+    cores = list(layer.cores if cores is None else cores)
+    if dtype is not None:
+        cores = [c.to(dtype) for c in cores]
     if isinstance(layer, TTTensorLinear):
-        return layer.dense_weight(dtype)
-    tt = layer.tt  # TTLinear's TTMatrix
-    return cast(torch.Tensor, (tt if dtype is None else tt.to(dtype)).full())
+        return TTTensor(cores).full().reshape(layer.in_features, layer.out_features).T
+    return dense(cores)
+
+
+def svd_cores_of(layer: TTLinear | TTTensorLinear, target: torch.Tensor) -> list[torch.Tensor]:
+    """TT-SVD of a dense ``(out, in)`` ``target`` into cores of ``layer``'s exact shapes.
+
+    The TT-matrix layout uses :func:`tensortrain.tt_matrix_svd` with the layer's modes, the paper
+    layout :func:`tensortrain.tt_svd` of ``target.T`` reshaped to the layer's shape; either is
+    capped at the layer's bond ranks, and bonds the decomposition left smaller (an exactly
+    low-rank target) are padded with zeros, which changes no entry of the product. Computed in
+    ``target``'s dtype; the cores come back in it.
+    """
+    if isinstance(layer, TTTensorLinear):
+        caps = layer.ranks[1:-1]
+        cores = tt_svd(target.T.reshape(layer.shape), max_rank=caps).cores
+    else:
+        caps = layer.ranks[1:-1]
+        cores = tt_matrix_svd(target, layer.out_modes, layer.in_modes, max_rank=caps).cores
+    out = []
+    for core, want in zip(cores, layer.cores, strict=True):
+        padded = torch.zeros(want.shape, dtype=core.dtype, device=core.device)
+        padded[: core.shape[0], ..., : core.shape[-1]] = core
+        out.append(padded)
+    return out
 
 
 def check_layout(layout: object) -> str:

@@ -20,11 +20,13 @@ from tensortrain_nn._wrapper import (
     factor_layer,
     factor_weight,
     linear_features,
+    svd_cores_of,
 )
 from tensortrain_nn.linear import TTLinear
 
 Form = Literal["factors", "full"]
-Init = Literal["zero", "paper"]
+Init = Literal["zero", "paper", "svd"]
+INITS: tuple[str, ...] = ("zero", "paper", "svd")
 _HALF = (torch.float16, torch.bfloat16)
 
 
@@ -39,7 +41,10 @@ class TTUpdate(nn.Module):
     the others are drawn so that ``A`` has ``nn.Linear``'s entry std. The first optimiser step
     moves the zero core only (as LoRA's first step moves only ``B``); from the second step every
     core moves. ``init="paper"``: every core random with entry std ``sqrt(1 / (in + out))`` as in
-    the LoRETTA code, so the update starts small but nonzero.
+    the LoRETTA code, so the update starts small but nonzero. ``init="svd"``: the update starts
+    from the frozen weight's principal part (:meth:`svd_init_`, PiSSA with TT factors), which
+    :class:`TTReparam` takes out of the base weight so the output is unchanged at step 0; the
+    initial cores are kept as buffers (``svd_init``, saved with the adapter).
 
     ``layout="matrix"`` (default): each factor a TT-matrix (:class:`~tensortrain_nn.TTLinear`,
     modes chosen for any size, ranks clipped). ``layout="paper"``: each factor one TT tensor of
@@ -70,8 +75,8 @@ class TTUpdate(nn.Module):
         dropout = check_number("dropout", dropout, minimum=0.0, maximum=1.0, open_max=True)
         if form not in ("factors", "full"):
             raise TTValueError(f"form must be 'factors' or 'full', got {form!r}")
-        if init not in ("zero", "paper"):
-            raise TTValueError(f"init must be 'zero' or 'paper', got {init!r}")
+        if init not in INITS:
+            raise TTValueError(f"init must be one of {list(INITS)}, got {init!r}")
         self.layout = check_layout(layout)
         if layout == "paper" and form != "factors":
             raise TTValueError(
@@ -83,7 +88,7 @@ class TTUpdate(nn.Module):
         self.lean_backward = True
         self.scaling = self.alpha / r
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        zero = -1 if init == "zero" else None
+        zero = None if init == "paper" else -1  # svd: a zero start until svd_init_ fills the cores
         kw: dict[str, Any] = {"rank": tt_rank, "bias": False, "dtype": dtype, "device": device}
         kw.update(layout=layout, role="rep")
         self.A: TTLinear | TTTensorLinear | None = None
@@ -91,12 +96,12 @@ class TTUpdate(nn.Module):
         if form == "factors":
             std = (
                 linear_init_std(in_features, r)
-                if init == "zero"
+                if init != "paper"
                 else (1 / (in_features + r)) ** 0.5
             )
             b_std = (
                 linear_init_std(r, out_features)
-                if init == "zero"
+                if init != "paper"
                 else (1 / (r + out_features)) ** 0.5
             )
             self.A = factor_layer(in_features, r, std=std, zero_core=None, **kw)
@@ -112,6 +117,58 @@ class TTUpdate(nn.Module):
         self.register_buffer("merged", torch.zeros((), dtype=torch.bool))
         self.is_merged = False
         self.register_load_state_dict_post_hook(_sync_merged)
+        #: init="svd": the initial cores (buffers, saved with the adapter), which define the
+        #: correction ``(alpha / r) B0 A0`` taken out of the base weight; None otherwise.
+        self.svd_init: _InitCores | None = None
+        if init == "svd":
+            self.svd_init = _InitCores(self.A, self.B)
+        #: Whether the correction is now subtracted from the base weight (TTReparam sets it).
+        self.corrected = False
+
+    def svd_init_(self, weight: torch.Tensor) -> None:
+        """Start from the principal part of ``weight (out, in)`` (``init="svd"``; PiSSA with TT
+        factors). Materialises an SVD of ``weight`` in float64: ``O(out * in * min(out, in))``.
+
+        Top-``r`` SVD ``W ~ U S V^T``; ``A0 = sqrt(S) V^T / sqrt(s)``, ``B0 = U sqrt(S) / sqrt(s)``
+        (``s = alpha / r``), each TT-SVD-compressed to its factor's shape and ranks; the full form
+        compresses ``U S V^T / s``. The cores and the ``svd_init`` buffers get the result (in the
+        cores' dtype). The base weight is not touched here (TTReparam corrects it).
+        """
+        if self.svd_init is None:
+            raise TTValueError(f"svd_init_ needs init='svd', this update has init={self.init!r}")
+        with torch.no_grad():
+            w = weight.detach().to(torch.float64)
+            u, sv, vh = torch.linalg.svd(w, full_matrices=False)
+            u, sv, vh = u[:, : self.r], sv[: self.r], vh[: self.r]
+            root = (sv / self.scaling).sqrt()
+            targets = (
+                [(self.B, (u * root) @ (root[:, None] * vh))]
+                if self.A is None
+                else [(self.A, root[:, None] * vh), (self.B, u * root)]
+            )
+            for layer, target in targets:
+                for core, new in zip(layer.cores, svd_cores_of(layer, target), strict=True):
+                    core.copy_(new)
+            self.svd_init.copy_from(self.A, self.B)
+
+    def init_delta(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """The correction ``(alpha / r) B0 A0`` (dense ``(out, in)``, from the saved initial cores,
+        cast to ``dtype`` before the product): what ``delta_weight`` was at step 0."""
+        assert self.svd_init is not None
+        b = factor_weight(self.B, dtype, self.svd_init.cores("B"))
+        if self.A is None:
+            return b * self.scaling
+        return (b * self.scaling) @ factor_weight(self.A, dtype, self.svd_init.cores("A"))
+
+    def init_update(self, x: torch.Tensor) -> torch.Tensor:
+        """``(alpha / r) B0 A0 x`` for ``x (..., in)``, no dropout (adds a correction back)."""
+        assert self.svd_init is not None
+        x = cast_like(x, self.B.cores[0])
+        b = factor_weight(self.B, None, self.svd_init.cores("B"))
+        if self.A is None:
+            return (x @ b.T) * self.scaling
+        a = factor_weight(self.A, None, self.svd_init.cores("A"))
+        return ((x @ a.T) * self.scaling) @ b.T
 
     def delta_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The scaled update ``(alpha / r) dW`` as a dense ``(out, in)`` matrix (materialised).
@@ -210,6 +267,28 @@ class _FactorUpdate(torch.autograd.Function):
         return dx, da, db, None, None, None
 
 
+class _InitCores(nn.Module):
+    """The initial cores of an ``init="svd"`` update, as buffers ``A_0, A_1, ..., B_0, ...``."""
+
+    def __init__(self, a: TTLinear | TTTensorLinear | None, b: TTLinear | TTTensorLinear) -> None:
+        super().__init__()
+        for label, layer in (("A", a), ("B", b)):
+            if layer is not None:
+                for k, core in enumerate(layer.cores):
+                    self.register_buffer(f"{label}_{k}", torch.zeros_like(core.detach()))
+
+    def cores(self, label: str) -> list[torch.Tensor]:
+        """The buffers of factor ``label`` (``"A"`` or ``"B"``), in core order."""
+        found = {n: b for n, b in self.named_buffers() if n.startswith(label + "_")}
+        return [found[f"{label}_{k}"] for k in range(len(found))]
+
+    def copy_from(self, a: TTLinear | TTTensorLinear | None, b: TTLinear | TTTensorLinear) -> None:
+        for label, layer in (("A", a), ("B", b)):
+            if layer is not None:
+                for buf, core in zip(self.cores(label), layer.cores, strict=True):
+                    buf.copy_(core.detach())
+
+
 def _sync_merged(module: nn.Module, incompatible_keys: object) -> None:
     assert isinstance(module, TTUpdate)
     module.is_merged = bool(module.merged)
@@ -228,6 +307,7 @@ class TTReparam(AdapterWrapper):
         r, alpha, tt_rank, dropout, form, init, layout: see :class:`TTUpdate` (defaults follow
             the LoRETTA code: ``r=8, alpha=16, tt_rank=5, dropout=0.05``).
         dtype: dtype of the TT cores (default: the base weight's; the base is never cast).
+        svd_from_weight: see :meth:`add_adapter` (``init="svd"`` only).
 
     Shape:
         ``x (..., in) -> y (..., out)``.
@@ -253,11 +333,13 @@ class TTReparam(AdapterWrapper):
         init: Init = "zero",
         layout: Layout = "matrix",
         dtype: torch.dtype | None = None,
+        svd_from_weight: bool = True,
     ) -> None:
         self.in_features, self.out_features, self.transposed = linear_features(base_layer)
         super().__init__(base_layer)
         self.add_adapter(
             adapter_name,
+            svd_from_weight=svd_from_weight,
             r=r,
             alpha=alpha,
             tt_rank=tt_rank,
@@ -268,14 +350,101 @@ class TTReparam(AdapterWrapper):
             dtype=dtype,
         )
 
-    def add_adapter(self, adapter_name: str, **kwargs: object) -> None:
-        """Add a named update with :class:`TTUpdate`'s keyword arguments."""
-        weight = self.base_layer.weight
+    def add_adapter(
+        self, adapter_name: str, *, svd_from_weight: bool = True, **kwargs: object
+    ) -> None:
+        """Add a named update with :class:`TTUpdate`'s keyword arguments.
+
+        ``init="svd"``: the update starts from the base weight's principal part
+        (:meth:`TTUpdate.svd_init_`) and that part, as the TT factors hold it, is taken out of the
+        base weight (:meth:`correct`), so the layer's output is unchanged. At most one such
+        update per layer. With ``svd_from_weight=False`` neither happens: the caller loads the
+        saved cores and buffers, then calls :meth:`correct` (how a saved adapter is loaded).
+        A base weight on the meta device is left alone (counting parameters needs no SVD).
+        """
+        weight = cast(torch.Tensor, self.base_layer.weight)
         kwargs.setdefault("dtype", None)
         if kwargs["dtype"] is None:
             kwargs["dtype"] = weight.dtype
         update = TTUpdate(self.in_features, self.out_features, device=weight.device, **kwargs)  # type: ignore[arg-type]
+        svd = update.svd_init is not None
+        if svd:
+            self.check_svd_slot(adapter_name)
+            if svd_from_weight and not weight.is_meta:
+                update.svd_init_(weight.T if self.transposed else weight)
         self._add(adapter_name, update)
+        if svd and svd_from_weight and not weight.is_meta:
+            try:
+                self.correct(adapter_name)
+            except BaseException:
+                del self.adapters[adapter_name]
+                self.active_adapter = next(iter(self.adapters), None)
+                raise
+
+    def check_svd_slot(self, adapter_name: str) -> None:
+        """Raise if this layer cannot take an ``init="svd"`` update (it already holds one)."""
+        held = [n for n in self.adapters if self._update(n).svd_init is not None]
+        if held:
+            raise TTValueError(
+                f"cannot add init='svd' adapter {adapter_name!r}: this layer already holds "
+                f"init='svd' adapter {held[0]!r} (its correction is in the base weight; one "
+                "per layer)"
+            )
+
+    def correct(self, name: str) -> None:
+        """Take update ``name``'s initial part ``(alpha / r) B0 A0`` out of the base weight
+        (``init="svd"``), computed in float64 and rounded once to the weight's dtype.
+
+        Raises:
+            TTValueError: Not an svd update, already corrected, or the result is not finite
+                (the weight is then left unchanged).
+        """
+        update = self._svd_update(name)
+        if update.corrected:
+            raise TTValueError(f"adapter {name!r} is already taken out of the base weight")
+        self._shift(update, -1)
+        update.corrected = True
+
+    def uncorrect(self, name: str) -> None:
+        """Put update ``name``'s initial part back into the base weight (undoes :meth:`correct`
+        to one rounding of the weight's dtype)."""
+        update = self._svd_update(name)
+        if update.corrected:
+            self._shift(update, +1)
+            update.corrected = False
+
+    def holds_svd(self, name: str) -> bool:
+        """Whether this layer holds update ``name`` and it has ``init="svd"``."""
+        return name in self.adapters and self._update(name).svd_init is not None
+
+    def _svd_update(self, name: str) -> TTUpdate:
+        if name not in self.adapters:
+            raise TTValueError(f"adapter_name must be one of {list(self.adapters)}, got {name!r}")
+        update = self._update(name)
+        if update.svd_init is None:
+            raise TTValueError(f"adapter {name!r} has init={update.init!r}, not 'svd'")
+        return update
+
+    def _shift(self, update: TTUpdate, sign: int) -> None:
+        weight = cast(torch.Tensor, self.base_layer.weight)
+        with torch.no_grad():
+            delta = update.init_delta(torch.float64)
+            new = weight.to(torch.float64) + sign * (delta.T if self.transposed else delta)
+            if not bool(torch.isfinite(new).all()):
+                raise TTValueError(
+                    "the init='svd' correction would write non-finite values into the base "
+                    "weight; the weight was left unchanged"
+                )
+            weight.copy_(new.to(weight.dtype))
+
+    def release_base(self) -> nn.Module:
+        """Undo every change to the base layer (merged updates out, svd corrections back in) and
+        return it: the original layer, to the weight dtype's rounding."""
+        self.unmerge()
+        for name in self.adapters:
+            if self._update(name).corrected:
+                self.uncorrect(name)
+        return self.base_layer
 
     @property
     def merged_adapters(self) -> list[str]:
@@ -287,10 +456,15 @@ class TTReparam(AdapterWrapper):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_layer(x)
-        for name in self.merged_adapters:  # merged but not to be applied: take it back out
-            if self.adapters_disabled or name != self.active_adapter:
+        for name in self.adapters:
+            if not self.adapters_disabled and name == self.active_adapter:
+                continue
+            other = self._update(name)
+            if other.is_merged:  # merged but not to be applied: take it back out
                 # the merged update has no dropout: subtract it without dropout (train mode too)
-                y = y - cast_like(self._update(name).deterministic(x), y)
+                y = y - cast_like(other.deterministic(x), y)
+            if other.corrected:  # an svd init's part taken out of the base: put it back
+                y = y + cast_like(other.init_update(x), y)
         update = cast("TTUpdate | None", self._active())
         if update is not None and not update.is_merged:
             y = y + cast_like(update(x), y)
@@ -358,3 +532,5 @@ class TTReparam(AdapterWrapper):
     def _before_delete(self, name: str) -> None:
         if self._update(name).is_merged:
             raise TTValueError(f"adapter {name!r} is merged: unmerge() before deleting it")
+        if self._update(name).corrected:  # the base weight gets its svd part back
+            self.uncorrect(name)

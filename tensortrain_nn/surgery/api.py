@@ -67,8 +67,13 @@ def patch(
             dropout, form, init, layout``; adp ``bottleneck, tt_rank, activation, scale,
             dropout, init, layout, placement``; linear ``max_rank, eps``; any mode
             ``target_modules, trainable_norms, trainable_head, trainable_biases``. ``rank`` is
-            an alias of the TT rank. ``layout="paper"`` stores each factor as one TT tensor of
-            the official LoRETTA code's shape (its parameter counts exactly);
+            an alias of the TT rank. rep ``init="svd"``: each update starts from the TT-SVD
+            of its weight's top-``r`` part, which is taken out of the frozen weight (output
+            unchanged at step 0; one SVD per target at patch time; the initial cores are saved
+            with the adapter and ``load_adapter`` takes the same part out of a fresh base;
+            disabling, ``unpatch`` and ``merge_and_unload`` account for it).
+            ``layout="paper"`` stores each factor as one TT tensor of the official LoRETTA
+            code's shape (its parameter counts exactly);
             ``placement="paper"`` (adp) puts adapters before LLaMA's gate/up projections and
             after the others, as that code does.
 

@@ -63,7 +63,10 @@ class PatchConfig:
         tt_rank: TT rank of every adapter factor (rep and adp); bonds the mode sizes cannot
             support are clipped, a rank that no bond can reach is an error.
         dropout: rep and adp; None means 0.05 for rep, 0.0 for adp.
-        init: ``"zero"`` (output exactly zero at step 0) or ``"paper"`` (all cores random).
+        init: ``"zero"`` (output exactly zero at step 0) or ``"paper"`` (all cores random);
+            rep also ``"svd"``: the factors start from the TT-SVD of the frozen weight's top-``r``
+            part, which is taken out of the frozen weight (output unchanged at step 0; see
+            ``docs/layers.md``).
         layout: rep and adp: ``"matrix"`` (each factor a TT-matrix, any size, ranks clipped) or
             ``"paper"`` (each factor one TT tensor of the official LoRETTA code's shape table,
             ranks not clipped: reproduces its parameter counts; rep needs ``form="factors"``).
@@ -127,7 +130,12 @@ class PatchConfig:
         if self.dropout is not None:
             check_number("dropout", self.dropout, minimum=0.0, maximum=1.0, open_max=True)
         _check_choice("form", self.form, ("factors", "full"))
-        _check_choice("init", self.init, ("zero", "paper"))
+        _check_choice("init", self.init, ("zero", "paper", "svd"))
+        if self.mode == "adp" and self.init == "svd":
+            raise TTValueError(
+                "init='svd' is for mode='rep' (it starts an update from the frozen weight's "
+                "principal part); mode='adp' takes init 'zero' or 'paper'"
+            )
         _check_choice("layout", self.layout, ("matrix", "paper"))
         _check_choice("placement", self.placement, ("after", "before", "paper"))
         if self.mode == "rep" and self.layout == "paper" and self.form != "factors":

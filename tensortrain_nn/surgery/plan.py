@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import nn
@@ -105,6 +106,11 @@ def _check_stackable(config: PatchConfig, name: str, module: nn.Module, adapter_
             )
     if adapter_name in module.adapters:
         raise TTValueError(f"{name!r} already has an adapter named {adapter_name!r}")
+    if isinstance(module, TTReparam) and config.init == "svd":
+        try:
+            module.check_svd_slot(adapter_name)
+        except TTValueError as exc:
+            raise TTValueError(f"{name!r}: {exc}") from None
 
 
 def _adp_features(model: nn.Module, base: nn.Module, name: str, placement: str) -> int:
@@ -118,6 +124,15 @@ def _adp_features(model: nn.Module, base: nn.Module, name: str, placement: str) 
             f"placement='before' needs an nn.Linear or Conv1D target (its input size), but "
             f"{name!r} is a {type(base).__name__}"
         ) from None
+
+
+def _check_svd_weight(name: str, base: nn.Module) -> None:
+    """``init="svd"`` decomposes the target's weight: it must be finite (meta: not checked)."""
+    weight = cast(torch.Tensor, base.weight)
+    if not weight.is_meta and not bool(torch.isfinite(weight).all()):
+        raise TTValueError(
+            f"init='svd' needs a finite weight, but {name!r} holds NaN or inf values"
+        )
 
 
 def plan_targets(model: nn.Module, config: PatchConfig, adapter_name: str) -> list[Plan]:
@@ -144,6 +159,8 @@ def plan_targets(model: nn.Module, config: PatchConfig, adapter_name: str) -> li
             in_f, out_f, _ = linear_features(base)
         plan.factors = _factors(config, in_f, out_f)
         _check_ranks(config, plan, in_f, out_f)
+        if config.mode == "rep" and config.init == "svd":
+            _check_svd_weight(name, base)
         plans.append(plan)
     shapes = {(p.features, tuple(p.factors)): p for p in plans}
     for plan in shapes.values():  # one dry build per distinct shape
@@ -165,15 +182,20 @@ def _as_linear(module: nn.Module) -> nn.Linear:
     return linear
 
 
-def build(config: PatchConfig, plan: Plan, adapter_name: str) -> nn.Module:
+def build(
+    config: PatchConfig, plan: Plan, adapter_name: str, svd_from_weight: bool = True
+) -> nn.Module:
     """The new module for a target that is not a wrapper yet (in the target's train/eval mode).
 
     Wrapping freezes the base layer's parameters (the owner records and restores their flags).
+    ``svd_from_weight=False``: an ``init="svd"`` update is left for the loader to fill and correct.
     """
     kw = config.layer_kwargs()
     new: nn.Module
     if config.mode == "rep":
-        new = TTReparam(plan.module, adapter_name=adapter_name, **kw)
+        new = TTReparam(
+            plan.module, adapter_name=adapter_name, svd_from_weight=svd_from_weight, **kw
+        )
     elif config.mode == "adp":
         new = TTAdapter(
             plan.module,

@@ -122,18 +122,30 @@ class SurgeryState:
             )
 
     def _install(
-        self, config: PatchConfig, name: str, plans: list[Plan], undo: Undo, activate: bool = True
+        self,
+        config: PatchConfig,
+        name: str,
+        plans: list[Plan],
+        undo: Undo,
+        activate: bool = True,
+        svd_from_weight: bool = True,
     ) -> None:
-        """Put the planned modules in (each step undoable), attach, and switch to ``name``."""
+        """Put the planned modules in (each step undoable), attach, and switch to ``name``.
+
+        ``svd_from_weight=False`` (loading): ``init="svd"`` updates are not computed from the
+        weights nor taken out of them; :meth:`load` does that from the saved initial cores.
+        """
         first = not self.configs
+        extra = {"svd_from_weight": svd_from_weight} if config.mode == "rep" else {}
         for plan in plans:
             if isinstance(plan.module, AdapterWrapper):
-                plan.module.add_adapter(name, **config.layer_kwargs())
+                plan.module.add_adapter(name, **config.layer_kwargs(), **extra)
                 plan.module.adapters[name].train(plan.module.training)
                 undo.append(partial(plan.module.delete_adapter, name))
             else:
-                replace_module(self.model, plan.name, build(config, plan, name))
-                undo.append(partial(replace_module, self.model, plan.name, plan.module))
+                new = build(config, plan, name, svd_from_weight)
+                replace_module(self.model, plan.name, new)
+                undo.append(partial(self._put_back, plan.name, new))
         self.configs[name] = config
         self.targets[name] = [p.name for p in plans]
         if first:  # everything outside the adapters starts frozen; _switch adds what trains
@@ -142,6 +154,11 @@ class SurgeryState:
                     param.requires_grad_(False)
         self._attach()
         self._switch(name if activate or first else self.active)
+
+    def _put_back(self, path: str, wrapper: nn.Module) -> None:
+        """Replace ``wrapper`` at ``path`` by the base layer it wraps, every change to it undone."""
+        if isinstance(wrapper, AdapterWrapper):
+            replace_module(self.model, path, wrapper.release_base())
 
     def _attach(self) -> None:
         """The one place the state goes onto the model (with the ``save_pretrained`` redirect)."""
@@ -327,9 +344,9 @@ class SurgeryState:
     def unpatch(self) -> nn.Module:
         """Take every adapter out, merged updates subtracted; original modules and flags back."""
         self._check_reversible("unpatch")
-        self.unmerge()
-        for path, wrapper in self.wrappers():
-            replace_module(self.model, path, wrapper.base_layer)
+        with torch.no_grad():
+            for path, wrapper in self.wrappers():  # merged updates out, svd corrections back
+                replace_module(self.model, path, wrapper.release_base())
         return self._finish()
 
     def merge_and_unload(self, safe_merge: bool = True) -> nn.Module:
@@ -341,6 +358,9 @@ class SurgeryState:
                     for name in w.merged_adapters:
                         if name != w.active_adapter or w.adapters_disabled:
                             w.unmerge(name)
+                    for name in w.adapters:  # svd parts of updates not merged go back in
+                        if w.adapters[name].corrected and name not in w.merged_adapters:
+                            w.uncorrect(name)
             for path, w in self.wrappers():
                 replace_module(self.model, path, w.base_layer)
             for path, layer in tt_modules(self.model):
@@ -392,8 +412,12 @@ class SurgeryState:
         state._check_new_name(name)
         plans = plan_targets(model, config, name)
         with state._transaction() as undo:
-            state._install(config, name, plans, undo)
+            state._install(config, name, plans, undo, svd_from_weight=False)
             put_tensors(model, name, tensors, str(folder), undo)
+            for _, wrapper in state.wrappers():  # init="svd": the saved initial part comes out
+                if isinstance(wrapper, TTReparam) and wrapper.holds_svd(name):
+                    wrapper.correct(name)
+                    undo.append(partial(wrapper.uncorrect, name))
         return state
 
 

@@ -1,8 +1,9 @@
 """An adapter's tensors, taken from a patched model (to save) and put back (on load).
 
-Saved: the adapter's own parameters and every trainable parameter outside the adapters (head,
-norms, biases, TTLinear cores, and whatever the user unfroze, a BERT pooler say), keyed by
-:func:`~tensortrain_nn.surgery.flags.portable_name`. Whatever is saved loads back.
+Saved: the adapter's own parameters, its ``init="svd"`` initial cores (buffers under
+``svd_init``: what the base weight's correction is made of), and every trainable parameter outside
+the adapters (head, norms, biases, TTLinear cores, and whatever the user unfroze, a BERT pooler
+say), keyed by :func:`~tensortrain_nn.surgery.flags.portable_name`. Whatever is saved loads back.
 """
 
 from __future__ import annotations
@@ -30,6 +31,18 @@ def adapter_tensors(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
         portable_name(n): p
         for n, p in model.named_parameters()
         if adapter_of(n) == name or (adapter_of(n) is None and p.requires_grad)
+    } | _saved_buffers(model, name)
+
+
+#: Adapter buffers that are saved and loaded with its parameters (a registry of name parts).
+SAVED_BUFFERS = (".svd_init.",)
+
+
+def _saved_buffers(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
+    return {
+        portable_name(n): b
+        for n, b in model.named_buffers()
+        if adapter_of(n) == name and any(part in n for part in SAVED_BUFFERS)
     }
 
 
@@ -60,7 +73,10 @@ def put_tensors(
         TTShapeError: A missing, unknown or misshapen tensor (the first, in model order).
     """
     params = dict(model.named_parameters())
-    own = {portable_name(n): p for n, p in params.items() if adapter_of(n) == name}
+    own: dict[str, torch.Tensor] = {
+        portable_name(n): p for n, p in params.items() if adapter_of(n) == name
+    }
+    own |= _saved_buffers(model, name)
     base = {n: p for n, p in params.items() if adapter_of(n) is None}
     for key, param in own.items():
         if key not in tensors:
