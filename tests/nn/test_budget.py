@@ -341,15 +341,27 @@ def test_budget_run_reports_the_final_adapter_and_reloads(
     lowest, start = _bounds(tiny["model"], method, shape)
     budget = (lowest + start) // 2
     options = {**shape, "budget": budget, "budget_at": 0.5}
+    cores: dict[int, dict[str, torch.Tensor]] = {}
+
+    def record(step: int, model: nn.Module) -> None:
+        cores[step] = {n: p.detach().clone() for n, p in model.named_parameters() if ".cores." in n}
+
     result = run(
         FinetuneConfig(
             **tiny_values(
                 tiny["model"], tiny["data"], tmp_path, method=method, method_options=options
             )
-        )
+        ),
+        on_step=record,
     )
     total = 2 * math.ceil(result.num_train / 8)  # 2 epochs of batches of 8
     assert result.budget["step"] == math.floor(0.5 * total)
+    # after the rounding the new cores keep their shapes and the rebuilt optimizer moves them
+    rounded, last = cores[result.budget["step"]], cores[total]
+    assert {n: t.shape for n, t in rounded.items()} == {n: t.shape for n, t in last.items()}
+    assert all(not torch.equal(rounded[n], last[n]) for n in rounded)
+    before = cores[result.budget["step"] - 1]
+    assert any(before[n].shape != rounded[n].shape for n in rounded)
     assert result.budget["adapter_params_before"] == start
     assert result.adapter_params == result.budget["adapter_params_after"] <= budget
     report = json.loads((tmp_path / "report.json").read_text())
