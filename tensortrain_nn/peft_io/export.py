@@ -103,10 +103,15 @@ def rep_updates(
 def _factors(update: TTUpdate, rank: int | None, path: str) -> tuple[torch.Tensor, ...]:
     """``(A (k, in), B (out, k), relative error)`` with ``(alpha / k) B A`` the update."""
     dtype = update.B.cores[0].dtype
-    if rank is None and update.A is not None:
+    svd = update.svd_init is not None
+    if rank is None and update.A is not None and not svd:
         return update.A.weight.detach(), update.B.weight.detach(), torch.zeros(())
-    k = update.r if rank is None else rank
+    # An init="svd" update moved (alpha / r) B0 A0 out of the frozen weight: against the original
+    # base, the net change is (alpha / r) (B A - B0 A0), of rank <= 2r, exported exactly at 2r.
+    k = (2 * update.r if svd else update.r) if rank is None else rank
     delta = update.delta_weight(torch.float64).detach()
+    if svd:
+        delta = delta - update.init_delta(torch.float64)
     if k > min(delta.shape):
         raise TTValueError(
             f"rank={k} exceeds min(out, in)={min(delta.shape)} of {path!r}: choose rank <= "
@@ -157,6 +162,8 @@ def _export(
     if len(settings) != 1:
         raise TTValueError(f"adapter {name!r} mixes (r, alpha, form) across layers: {settings}")
     r, alpha, form = settings.pop()
+    if rank is None and any(u.svd_init is not None for _, _, u in found):
+        rank = 2 * r  # the net change of an init="svd" adapter: see _factors
     inside = [p for p, _ in wrappers]
     saved = _trained_outside(model, wrappers)
     pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -209,7 +216,9 @@ def export_lora(
     of rank ``r`` as it stands: ``lora_A.weight = A``, ``lora_B.weight = B`` (materialised, thin),
     same ``r`` and ``lora_alpha``; the export is exact. ``form="full"`` updates (one TT-matrix
     ``dW``, ``(out, in)``, materialised) go through a truncated SVD at ``rank`` (default: the
-    adapter's ``r``); any form may be re-ranked this way. The relative Frobenius error of every
+    adapter's ``r``); any form may be re-ranked this way. An ``init="svd"`` adapter exports its
+    net change against the original base, ``(alpha / r) (B A - B0 A0)``, exactly at rank ``2 r``
+    (default), so the LoRA loads onto the unmodified base model. The relative Frobenius error of every
     module's update is written to ``tt_export.json`` beside the peft files (peft ignores it).
 
     Every trainable parameter outside the adapters (the head, norms: what

@@ -139,6 +139,16 @@ def test_export_gives_peft_the_same_logits(name: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", list(MODELS))
+def test_svd_initialised_export_loads_onto_the_original_base(name: str, tmp_path: Path) -> None:
+    """init="svd" took B0 A0 out of the frozen weights: the LoRA carries the net change at 2r."""
+    model, fresh = _patched(name, init="svd")
+    export_lora(model, tmp_path)
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["r"] == 8
+    peft_model = peft.PeftModel.from_pretrained(fresh, str(tmp_path)).eval()
+    assert _rel(_logits(peft_model), _logits(model)) <= RTOL
+
+
+@pytest.mark.parametrize("name", list(MODELS))
 def test_peft_merge_equals_ours(name: str, tmp_path: Path) -> None:
     model, fresh = _patched(name)
     export_lora(model, tmp_path)
