@@ -218,8 +218,8 @@ def export_lora(
     ``dW``, ``(out, in)``, materialised) go through a truncated SVD at ``rank`` (default: the
     adapter's ``r``); any form may be re-ranked this way. An ``init="svd"`` adapter exports its
     net change against the original base, ``(alpha / r) (B A - B0 A0)``, exactly at rank ``2 r``
-    (default), so the LoRA loads onto the unmodified base model. The relative Frobenius error of every
-    module's update is written to ``tt_export.json`` beside the peft files (peft ignores it).
+    (default), so the LoRA loads onto the unmodified base model. The relative Frobenius error of
+    every module's update is written to ``tt_export.json`` beside the peft files (peft ignores it).
 
     Every trainable parameter outside the adapters (the head, norms: what
     :func:`tensortrain_nn.save_adapter` saves) goes into ``modules_to_save``. ``target_modules``
