@@ -7,6 +7,8 @@
   :func:`unpatch` / :func:`disable_adapters` / :func:`set_adapter` and peft's names
   (:func:`add_adapter`, :func:`unload`, :func:`disable_adapter`,
   :func:`print_trainable_parameters`...): model surgery (see :mod:`tensortrain_nn.surgery`).
+* :func:`fit_budget` / :func:`fit_ranks`: round an adapter's TT ranks down to a parameter
+  budget or a rank per module (see :mod:`tensortrain_nn.budget`).
 * :func:`export_lora` / :func:`from_lora` / :func:`compress_lora`: interop with peft LoRA
   folders (see :mod:`tensortrain_nn.peft_io`).
 
@@ -20,6 +22,7 @@ Example:
 """
 
 from tensortrain_nn.adapter import TTAdapter, TTBottleneck
+from tensortrain_nn.budget import fit_budget, fit_ranks
 from tensortrain_nn.linear import TTLinear
 from tensortrain_nn.peft_io import compress_lora, export_lora, export_lora_folder, from_lora
 from tensortrain_nn.reparam import TTReparam, TTUpdate
@@ -59,6 +62,8 @@ __all__ = [
     "disable_adapters",
     "export_lora",
     "export_lora_folder",
+    "fit_budget",
+    "fit_ranks",
     "from_lora",
     "inactive_adapter_parameters",
     "load_adapter",

@@ -13,8 +13,9 @@ smallest kept value is the smallest loses one rank, until the count fits. Measur
 each layer's norm makes the rule blind to how a product splits its scale (``B A = (cB)(A/c)``);
 a layer that is exactly zero (``B`` before the first step) goes to rank 1 first.
 
-:func:`fit_ranks` takes a rank per module instead, and :func:`load_adapter` loads a saved
-adapter whose ranks were rounded (its ranks come from the file's tensor shapes).
+:func:`fit_ranks` takes a rank per module instead. :func:`tensortrain_nn.load_adapter` loads a
+saved adapter whose ranks were rounded (its ranks come from the file's tensor shapes, through
+:func:`match_ranks`).
 
 Example:
     >>> import torch
@@ -32,9 +33,8 @@ from __future__ import annotations
 
 import heapq
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, cast
+from typing import cast
 
 import torch
 from torch import nn
@@ -43,8 +43,9 @@ from tensortrain import orthogonalize
 from tensortrain._checks import check_int
 from tensortrain._cores import bond_caps
 from tensortrain.errors import TTShapeError, TTTypeError, TTValueError
-from tensortrain_nn.linear import TTLinear, replace_cores, rounded_cores
-from tensortrain_nn.surgery.flags import adapter_of, portable_name
+from tensortrain_nn.linear import replace_cores, rounded_cores
+from tensortrain_nn.surgery.flags import adapter_of
+from tensortrain_nn.surgery.tensors import is_tt_layer
 
 #: Method options of the fine-tuning job that this module reads (``--opt budget=N``).
 BUDGET_OPTIONS = ("budget", "budget_at")
@@ -53,19 +54,6 @@ DEFAULT_BUDGET_AT = 0.33
 
 RankSpec = int | Sequence[int]
 Ranks = Mapping[str, RankSpec] | Callable[[str, nn.Module], RankSpec | None]
-
-
-def is_tt_layer(module: nn.Module) -> bool:
-    """A :class:`TTLinear`, or any layer that keeps TT cores in a ``cores`` ParameterList.
-
-    Example:
-        >>> is_tt_layer(TTLinear(8, 8, rank=2)), is_tt_layer(nn.Linear(8, 8))
-        (True, False)
-    """
-    cores = getattr(module, "cores", None)
-    return isinstance(module, TTLinear) or (
-        isinstance(cores, nn.ParameterList) and len(cores) > 0 and cores[0].ndim in (3, 4)
-    )
 
 
 def tt_layers(model: nn.Module, adapter_name: str | None = None) -> dict[str, nn.Module]:
@@ -80,6 +68,7 @@ def tt_layers(model: nn.Module, adapter_name: str | None = None) -> dict[str, nn
         TTValueError: no TT layer found (the message names the adapters there are).
 
     Example:
+        >>> from tensortrain_nn import TTLinear
         >>> list(tt_layers(nn.Sequential(TTLinear(8, 8, rank=2))))
         ['0']
     """
@@ -106,6 +95,7 @@ def adapter_parameters(model: nn.Module, adapter_name: str | None = None) -> int
     """Parameters of an adapter's TT layers: cores and biases (what a budget counts).
 
     Example:
+        >>> from tensortrain_nn import TTLinear
         >>> adapter_parameters(nn.Sequential(TTLinear(16, 16, rank=2, bias=False)))
         64
     """
@@ -141,6 +131,7 @@ def minimum_parameters(model: nn.Module, adapter_name: str | None = None) -> int
     """The smallest count rounding can reach: every TT rank 1 (biases kept).
 
     Example:
+        >>> from tensortrain_nn import TTLinear
         >>> minimum_parameters(nn.Sequential(TTLinear(16, 16, rank=2, bias=False)))
         32
     """
@@ -246,6 +237,7 @@ def check_budget(model: nn.Module, budget: int, *, adapter_name: str | None = No
         TTTypeError: ``budget`` is not an int.
 
     Example:
+        >>> from tensortrain_nn import TTLinear
         >>> check_budget(nn.Sequential(TTLinear(16, 16, rank=2, bias=False)), 32)
         32
         >>> check_budget(nn.Sequential(TTLinear(16, 16, rank=2, bias=False)), 31)
@@ -293,6 +285,7 @@ def fit_budget(
         TTTypeError: ``budget`` is not an int.
 
     Example:
+        >>> from tensortrain_nn import TTLinear
         >>> model = nn.Sequential(TTLinear(64, 64, rank=8, bias=False))
         >>> fit_budget(model, 700)
         {'0': (1, 5, 1)}
@@ -349,6 +342,7 @@ def fit_ranks(
             rank (named); nothing changed.
 
     Example:
+        >>> from tensortrain_nn import TTLinear
         >>> model = nn.Sequential(TTLinear(64, 64, rank=8), TTLinear(64, 64, rank=8))
         >>> fit_ranks(model, {"1": 2})
         {'0': (1, 8, 1), '1': (1, 2, 1)}
@@ -377,106 +371,3 @@ def fit_ranks(
         bonds = [min(c or r, r) for c, r in zip(given, current[1:-1], strict=True)]
         caps[name] = (1, *bonds, 1)
     return _round_to(layers, caps)
-
-
-def match_ranks(
-    model: nn.Module, tensors: Mapping[str, torch.Tensor], adapter_name: str | None
-) -> list[str]:
-    """Give adapter ``adapter_name``'s TT layers the ranks of saved ``tensors`` (zero cores).
-
-    ``adapter_name=None`` means the TT layers outside any adapter (``mode="linear"`` layers,
-    or a model built from :class:`TTLinear` directly).
-
-    For loading an adapter whose ranks were rounded: ``tensors`` are keyed by portable name
-    (as :func:`tensortrain_nn.save_adapter` writes them). A layer whose saved cores differ from
-    its own in ranks only gets zero cores of the saved shapes, ready to be loaded into; cores
-    with other mode sizes are left for the loader's shape check to report. All checks run first.
-
-    Returns:
-        The names of the layers that changed.
-
-    Raises:
-        TTShapeError: saved cores of one layer whose ranks do not chain.
-
-    Example:
-        >>> model = nn.Sequential(TTLinear(64, 64, rank=8, bias=False))
-        >>> match_ranks(model, {"0.cores.0": torch.zeros(1, 8, 8, 3),
-        ...                     "0.cores.1": torch.zeros(3, 8, 8, 1)}, None)
-        ['0']
-        >>> model[0].ranks
-        (1, 3, 1)
-    """
-    todo: dict[str, list[torch.Tensor]] = {}
-    for name, layer in model.named_modules():
-        if not is_tt_layer(layer) or adapter_of(f"{name}.") != adapter_name:
-            continue
-        keys = [portable_name(f"{name}.cores.{k}") for k in range(len(_cores(layer)))]
-        if not all(k in tensors for k in keys):
-            continue
-        saved = [tensors[k] for k in keys]
-        own = _cores(layer)
-        same_modes = all(
-            a.shape[1:-1] == b.shape[1:-1] and a.ndim == b.ndim
-            for a, b in zip(own, saved, strict=True)
-        )
-        if same_modes and any(a.shape != b.shape for a, b in zip(own, saved, strict=True)):
-            for k in range(1, len(saved)):
-                if saved[k].shape[0] != saved[k - 1].shape[-1]:
-                    raise TTShapeError(
-                        f"saved tensor {keys[k]!r} has left rank {saved[k].shape[0]} but "
-                        f"{keys[k - 1]!r} has right rank {saved[k - 1].shape[-1]}"
-                    )
-            todo[name] = [own[0].new_zeros(s.shape) for s in saved]
-    layers = dict(model.named_modules())
-    for name, cores in todo.items():
-        replace_cores(layers[name], cores)
-    return list(todo)
-
-
-def load_adapter(
-    model: nn.Module, folder: str | os.PathLike[str], adapter_name: str | None = None
-) -> nn.Module:
-    """:func:`tensortrain_nn.load_adapter` for adapters whose TT ranks were rounded.
-
-    The ranks come from the saved tensors' shapes (the saved config holds the starting
-    ``tt_rank``). A failure leaves the model as it was.
-
-    Raises:
-        TTValueError / TTShapeError: as :func:`tensortrain_nn.load_adapter`.
-    """
-    from tensortrain_nn.surgery.api import delete_adapter, patch, set_adapter
-    from tensortrain_nn.surgery.io import read_adapter
-    from tensortrain_nn.surgery.state import get_state
-    from tensortrain_nn.surgery.targets import model_type
-    from tensortrain_nn.surgery.tensors import put_tensors
-
-    config, meta, tensors = read_adapter(folder)
-    svd = next((k for k in tensors if ".svd_init." in k), None)
-    if svd is not None:  # its base-weight correction is applied by the surgery's own loader
-        raise TTValueError(
-            f"adapter in {folder!s} holds init='svd' tensors ({svd!r}); this loader cannot "
-            "apply their base-weight correction: load it with tensortrain_nn.load_adapter"
-        )
-    saved_type, here = meta["model_type"], model_type(model)
-    if saved_type and here and saved_type != here:
-        raise TTValueError(
-            f"adapter in {folder!s} was trained on model_type {saved_type!r}, not {here!r}"
-        )
-    name = adapter_name or meta["adapter_name"] or "default"
-    before = get_state(model, required=False)
-    previous = None if before is None else before.active
-    patch(model, config=config, adapter_name=name)
-    undo: list[Callable[[], Any]] = []
-    try:
-        with torch.no_grad():
-            match_ranks(model, tensors, name)
-            put_tensors(model, name, tensors, str(folder), undo)
-    except BaseException:
-        with torch.no_grad():
-            for step in reversed(undo):
-                step()
-        delete_adapter(model, name)
-        if previous is not None:
-            set_adapter(model, previous)
-        raise
-    return model

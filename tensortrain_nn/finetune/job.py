@@ -463,13 +463,8 @@ def load_run(folder: str | Path, *, model: str | None = None) -> tuple[nn.Module
 
 
 def _load_adapter(info: dict[str, Any], base: nn.Module, folder: Path) -> nn.Module:
-    """Put a run's saved adapter on ``base``; a rank-budget run's TT ranks come from the file."""
-    config = info["config"]
-    if config["method"] in ("rep", "adp") and "budget" in config.get("method_options", {}):
-        from tensortrain_nn.budget import load_adapter
-
-        return load_adapter(base, folder)
-    return get_method(config["method"]).load(base, folder)
+    """Put a run's saved adapter on ``base`` (a rank-budget run's TT ranks come from the file)."""
+    return get_method(info["config"]["method"]).load(base, folder)
 
 
 def load_base(folder: str | Path, *, model: str | None = None) -> tuple[Path, nn.Module, Any, dict]:

@@ -41,7 +41,7 @@ from tensortrain_nn.surgery.flags import adapter_of, config_trainable
 from tensortrain_nn.surgery.io import read_adapter, write_adapter
 from tensortrain_nn.surgery.plan import Plan, build, dense_linear, plan_targets, replace_module
 from tensortrain_nn.surgery.targets import model_type, tt_modules
-from tensortrain_nn.surgery.tensors import adapter_tensors, put_tensors
+from tensortrain_nn.surgery.tensors import adapter_tensors, match_ranks, put_tensors
 
 __all__ = ["STATE_ATTR", "SurgeryState", "adapter_of", "get_state"]
 
@@ -413,6 +413,7 @@ class SurgeryState:
         plans = plan_targets(model, config, name)
         with state._transaction() as undo:
             state._install(config, name, plans, undo, svd_from_weight=False)
+            match_ranks(model, tensors, name)  # a rank budget: the ranks come from the file
             put_tensors(model, name, tensors, str(folder), undo)
             for _, wrapper in state.wrappers():  # init="svd": the saved initial part comes out
                 if isinstance(wrapper, TTReparam) and wrapper.holds_svd(name):

@@ -8,13 +8,15 @@ say), keyed by :func:`~tensortrain_nn.surgery.flags.portable_name`. Whatever is 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
+from typing import cast
 
 import torch
 from torch import nn
 
 from tensortrain.errors import TTShapeError
+from tensortrain_nn.linear import replace_cores
 from tensortrain_nn.surgery.flags import adapter_of, portable_name
 
 
@@ -100,3 +102,70 @@ def put_tensors(
         (own[key] if key in own else base[key]).copy_(tensor)
     for key, param in base.items():
         param.requires_grad_(key in tensors)
+
+
+def is_tt_layer(module: nn.Module) -> bool:
+    """A :class:`TTLinear`, or any layer that keeps TT cores in a ``cores`` ParameterList.
+
+    Example:
+        >>> from tensortrain_nn import TTLinear
+        >>> is_tt_layer(TTLinear(8, 8, rank=2)), is_tt_layer(nn.Linear(8, 8))
+        (True, False)
+    """
+    cores = getattr(module, "cores", None)
+    return isinstance(cores, nn.ParameterList) and len(cores) > 0 and cores[0].ndim in (3, 4)
+
+
+def match_ranks(
+    model: nn.Module, tensors: Mapping[str, torch.Tensor], adapter_name: str | None
+) -> list[str]:
+    """Give adapter ``adapter_name``'s TT layers the ranks of saved ``tensors`` (zero cores).
+
+    ``adapter_name=None`` means the TT layers outside any adapter (``mode="linear"`` layers,
+    or a model built from :class:`TTLinear` directly).
+
+    For loading an adapter whose ranks were rounded: ``tensors`` are keyed by portable name
+    (as :func:`tensortrain_nn.save_adapter` writes them). A layer whose saved cores differ from
+    its own in ranks only gets zero cores of the saved shapes, ready to be loaded into; cores
+    with other mode sizes are left for the loader's shape check to report. All checks run first.
+
+    Returns:
+        The names of the layers that changed.
+
+    Raises:
+        TTShapeError: saved cores of one layer whose ranks do not chain.
+
+    Example:
+        >>> from tensortrain_nn import TTLinear
+        >>> model = nn.Sequential(TTLinear(64, 64, rank=8, bias=False))
+        >>> match_ranks(model, {"0.cores.0": torch.zeros(1, 8, 8, 3),
+        ...                     "0.cores.1": torch.zeros(3, 8, 8, 1)}, None)
+        ['0']
+        >>> model[0].ranks
+        (1, 3, 1)
+    """
+    todo: dict[str, list[torch.Tensor]] = {}
+    for name, layer in model.named_modules():
+        if not is_tt_layer(layer) or adapter_of(f"{name}.") != adapter_name:
+            continue
+        keys = [portable_name(f"{name}.cores.{k}") for k in range(len(layer.cores))]
+        if not all(k in tensors for k in keys):
+            continue
+        saved = [tensors[k] for k in keys]
+        own = list(cast(nn.ParameterList, layer.cores))
+        same_modes = all(
+            a.shape[1:-1] == b.shape[1:-1] and a.ndim == b.ndim
+            for a, b in zip(own, saved, strict=True)
+        )
+        if same_modes and any(a.shape != b.shape for a, b in zip(own, saved, strict=True)):
+            for k in range(1, len(saved)):
+                if saved[k].shape[0] != saved[k - 1].shape[-1]:
+                    raise TTShapeError(
+                        f"saved tensor {keys[k]!r} has left rank {saved[k].shape[0]} but "
+                        f"{keys[k - 1]!r} has right rank {saved[k - 1].shape[-1]}"
+                    )
+            todo[name] = [own[0].new_zeros(s.shape) for s in saved]
+    layers = dict(model.named_modules())
+    for name, cores in todo.items():
+        replace_cores(layers[name], cores)
+    return list(todo)

@@ -22,12 +22,11 @@ from tensortrain_nn.budget import (
     bond_spectra,
     fit_budget,
     fit_ranks,
-    load_adapter,
-    match_ranks,
     minimum_parameters,
     tt_layers,
 )
 from tensortrain_nn.linear import TTLinear, replace_cores
+from tensortrain_nn.surgery.tensors import match_ranks
 
 F64 = torch.float64
 
@@ -276,7 +275,7 @@ def test_rounded_adapter_saves_and_loads_back(tmp_path: Path) -> None:
     ttnn.save_adapter(model, str(tmp_path / "a"))
     fresh = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 256))
     fresh.load_state_dict({k.replace(".base_layer", ""): v for k, v in _base(model).items()})
-    load_adapter(fresh, tmp_path / "a")
+    ttnn.load_adapter(fresh, str(tmp_path / "a"))
     x = torch.randn(5, 256)
     assert torch.equal(fresh.eval()(x), model(x))
     assert {n: m.ranks for n, m in tt_layers(fresh).items()} == {
@@ -295,7 +294,7 @@ def test_failed_load_leaves_the_model_as_it_was(tmp_path: Path) -> None:
     other = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 128))  # other out size
     flags = [p.requires_grad for p in other.parameters()]
     with pytest.raises(TTShapeError):
-        load_adapter(other, tmp_path / "a")
+        ttnn.load_adapter(other, str(tmp_path / "a"))
     assert not any(".adapters." in n for n, _ in other.named_modules())
     assert [p.requires_grad for p in other.parameters()] == flags
 
