@@ -31,7 +31,7 @@ DEFAULT_LR: dict[str, float] = {
     "head": 1e-3,
     "lora": 1e-3,
     "full": 5e-5,
-    "rep": 2e-3,
+    "rep": 3e-3,
     "adp": 1e-3,
     "none": 1e-3,  # unused: nothing trains
 }
