@@ -371,10 +371,11 @@ def sweep_tables(store: dict) -> str:
             "|---|---|---|---|---|",
         ]
         lora = rows.get((task, "lora", "default"))
-        for (t, method, name), recs in rows.items():
-            if t != task:
+        for setting in SWEEP:
+            recs = rows.get((task, setting.method, setting.name))
+            if not recs:
                 continue
-            rec = recs[0]
+            method, name, rec = setting.method, setting.name, recs[0]
             per_epoch = " / ".join(f"{a:.1f}" for a in rec["history"])
             delta = (
                 f" ({rec['accuracy'] - lora[0]['accuracy']:+.1f} vs LoRA)"
@@ -466,6 +467,60 @@ def overfit_table(store: dict) -> str:
     return "\n".join(lines)
 
 
+def svd_table(store: dict) -> str:
+    """rep at its default with ``init="zero"`` (the default) against ``init="svd"``."""
+    rows = _records(store, "sweep")
+    lines = ["| task | init=zero | init=svd | svd - zero |", "|---|---|---|---|"]
+    for task in TASKS:
+        zero = rows.get((task, "rep", DEFAULT_ROWS["rep"]), [])
+        svd = rows.get((task, "rep", "init-svd-lr3e-3"), [])
+        if zero and svd:
+            z, v = zero[0]["accuracy"], svd[0]["accuracy"]
+            lines.append(f"| {task} | {z:.1f} | {v:.1f} | {v - z:+.1f} |")
+    return "\n".join(lines)
+
+
+BUDGET_ROWS = ("tt3-lr3e-3", "tt4-lr3e-3", "lr3e-3", "tt8-lr3e-3")
+
+
+def budget_points(store: dict) -> list[tuple[str, str, int, float]]:
+    """``(kind, setting, adapter params, accuracy)`` of the budget study (seed 0, debates)."""
+    points = []
+    for (task, method, name), recs in _records(store, "sweep").items():
+        if task != "debates" or method != "rep":
+            continue
+        kind = "budget" if "budget" in name else "fixed" if name in BUDGET_ROWS else None
+        if kind is not None:
+            points.append((kind, name, recs[0]["adapter_params"], recs[0]["accuracy"]))
+    return sorted(points, key=lambda p: (p[0], p[2]))
+
+
+def budget_table(store: dict) -> str:
+    lines = ["| kind | setting | adapter params (final) | accuracy % |", "|---|---|---|---|"]
+    for kind, name, params, acc in budget_points(store):
+        lines.append(f"| {kind} | {name} | {params:,} | {acc:.1f} |")
+    return "\n".join(lines)
+
+
+def _plot_budget(store: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for kind, marker in (("fixed", "o"), ("budget", "s")):
+        pts = [(p, a) for k, _, p, a in budget_points(store) if k == kind]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker=marker, label=f"{kind} TT rank")
+    ax.set_xlabel("trainable adapter parameters")
+    ax.set_ylabel("held-out accuracy % (debates, seed 0)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def write_docs(store: dict) -> None:
     """Replace the generated blocks of docs/accuracy.md (prose outside them is kept)."""
     blocks = {
@@ -473,6 +528,8 @@ def write_docs(store: dict) -> None:
         "sweep": sweep_tables(store),
         "overfit": overfit_table(store),
         "forget": forget_table(store),
+        "svd": svd_table(store),
+        "budget": budget_table(store),
     }
     text = DOC.read_text()
     for name, body in blocks.items():
@@ -483,6 +540,8 @@ def write_docs(store: dict) -> None:
     DOC.write_text(text)
     if _records(store, "overfit"):
         _plot_overfit(store, STORE.parent / "overfit.png")
+    if budget_points(store):
+        _plot_budget(store, STORE.parent / "budget.png")
 
 
 def main(argv: list[str] | None = None) -> None:
