@@ -180,7 +180,7 @@ SWEEP.append(Setting("head", "default"))
 #: they are): the benchmark runs them at seeds 0, 1, 2.
 DEFAULT_ROWS = {
     "rep": "lr3e-3",
-    "adp": "b64-tt2-lr1e-3",
+    "adp": "b16-tt3-lr5e-3",
     "lora": "default",
     "head": "default",
 }
