@@ -136,6 +136,17 @@ SWEEP: list[Setting] = [
     ),
     Setting("rep", "no-norms", lr=2e-3, options={"trainable_norms": False}, tasks=("rt",)),
     Setting("rep", "init-svd-lr3e-3", lr=3e-3, options={"init": "svd", "trainable_norms": True}),
+    Setting("rep", "lr3e-3-no-norms", lr=3e-3, options={"trainable_norms": False}),
+    Setting(
+        "rep",
+        "qkvo-tt3-lr3e-3",
+        lr=3e-3,
+        options={
+            "tt_rank": 3,
+            "target_modules": ["query", "key", "value", "attention.output.dense"],
+            "trainable_norms": True,
+        },
+    ),
     # Rank budgets: train at TT rank 8, round to the budget after a third of the steps, against
     # fixed ranks of about the same size (one task).
     Setting(
