@@ -147,6 +147,18 @@ SWEEP: list[Setting] = [
             "trainable_norms": True,
         },
     ),
+    Setting(
+        "adp",
+        "b16-tt3-scale2-lr5e-3",
+        lr=5e-3,
+        options={"bottleneck": 16, "tt_rank": 3, "scale": 2.0, "trainable_norms": True},
+    ),
+    Setting(
+        "adp",
+        "b8-tt4-lr5e-3",
+        lr=5e-3,
+        options={"bottleneck": 8, "tt_rank": 4, "trainable_norms": True},
+    ),
     # Rank budgets: train at TT rank 8, round to the budget after a third of the steps, against
     # fixed ranks of about the same size (one task).
     Setting(
@@ -562,12 +574,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", default=None, help="comma-separated seeds")
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--only", default=None, help="methods to run (comma-separated)")
+    parser.add_argument("--settings", default=None, help="sweep rows to run, by name")
     args = parser.parse_args(argv)
     tasks = args.tasks.split(",")
     only = set(args.only.split(",")) if args.only else None
 
+    names = set(args.settings.split(",")) if args.settings else None
+
     def pick(settings: list[Setting]) -> list[Setting]:
-        return [s for s in settings if only is None or s.method in only]
+        return [
+            s
+            for s in settings
+            if (only is None or s.method in only) and (names is None or s.name in names)
+        ]
 
     if args.command == "sweep":
         seeds = [int(s) for s in (args.seeds or "0").split(",")]
