@@ -161,40 +161,15 @@ SWEEP: list[Setting] = [
     ),
     # Rank budgets: train at TT rank 8, round to the budget after a third of the steps, against
     # fixed ranks of about the same size (one task).
-    Setting(
-        "rep",
-        "tt3-lr3e-3",
-        lr=3e-3,
-        options={"tt_rank": 3, "trainable_norms": True},
-        tasks=("debates",),
-    ),
-    Setting(
-        "rep",
-        "tt4-lr3e-3",
-        lr=3e-3,
-        options={"tt_rank": 4, "trainable_norms": True},
-        tasks=("debates",),
-    ),
-    Setting(
-        "rep",
-        "tt8-lr3e-3",
-        lr=3e-3,
-        options={"tt_rank": 8, "trainable_norms": True},
-        tasks=("debates",),
-    ),
-    Setting(
-        "rep",
-        "tt8-budget5500-lr3e-3",
-        lr=3e-3,
-        options={"tt_rank": 8, "budget": 5500, "trainable_norms": True},
-        tasks=("debates",),
-    ),
-    Setting(
-        "rep",
-        "tt8-budget9000-lr3e-3",
-        lr=3e-3,
-        options={"tt_rank": 8, "budget": 9000, "trainable_norms": True},
-        tasks=("debates",),
+    *(
+        Setting("rep", name, lr=3e-3, options={**opts, "trainable_norms": True}, tasks=("debates",))
+        for name, opts in (
+            ("tt3-lr3e-3", {"tt_rank": 3}),
+            ("tt4-lr3e-3", {"tt_rank": 4}),
+            ("tt8-lr3e-3", {"tt_rank": 8}),
+            ("tt8-budget5500-lr3e-3", {"tt_rank": 8, "budget": 5500}),
+            ("tt8-budget9000-lr3e-3", {"tt_rank": 8, "budget": 9000}),
+        )
     ),
 ]
 #: The benchmark: every method at its default (the job's own defaults: no options here).

@@ -12,10 +12,10 @@ from torch import nn
 from tensortrain import TTTensor, tt_matrix_svd, tt_svd
 from tensortrain._checks import check_int
 from tensortrain.errors import TTShapeError, TTTypeError, TTValueError
-from tensortrain.init import linear_init_std, random_cores
+from tensortrain.init import linear_init_std
 from tensortrain.matrix import dense
 from tensortrain.shapes import factorize
-from tensortrain_nn.linear import TTLinear
+from tensortrain_nn.linear import TTLinear, make_parameters
 
 
 def is_linear_like(module: nn.Module) -> bool:
@@ -292,20 +292,17 @@ class TTTensorLinear(nn.Module):
         check_int("rank", rank)
         self.in_features, self.out_features, self.shape = in_features, out_features, shape
         self.ranks = (1, *[rank] * (len(shape) - 1), 1)
-        cores = random_cores(
+        self.cores, self.bias = make_parameters(
             [(n,) for n in shape],
             self.ranks,
-            std=std,
-            zero_core=zero_core,
-            dtype=dtype,
-            device=device,
+            std,
+            zero_core,
+            bias,
+            in_features,
+            out_features,
+            dtype,
+            device,
         )
-        self.cores = nn.ParameterList(nn.Parameter(c) for c in cores)
-        self.bias: nn.Parameter | None = None
-        if bias:
-            bound = 1 / math.sqrt(in_features)
-            b = torch.empty(out_features, dtype=cores[0].dtype, device=cores[0].device)
-            self.bias = nn.Parameter(b.uniform_(-bound, bound))
 
     @property
     def tt(self) -> TTTensor:

@@ -16,6 +16,31 @@ from tensortrain.matrix import dense
 from tensortrain.shapes import choose_modes, resolve_ranks
 
 
+def make_parameters(
+    modes: Sequence[tuple[int, ...]],
+    ranks: Sequence[int],
+    std: float,
+    zero_core: int | None,
+    bias: bool,
+    in_features: int,
+    out_features: int,
+    dtype: torch.dtype | None,
+    device: torch.device | str | None,
+) -> tuple[nn.ParameterList, nn.Parameter | None]:
+    """Random TT cores (entry std ``std``, core ``zero_core`` zero) and ``nn.Linear``'s bias init.
+
+    Shared by the TT layers: ``modes`` are per-core mode tuples (``(m, n)`` for a TT-matrix,
+    ``(n,)`` for a TT tensor); the bias is ``U(-1/sqrt(in), 1/sqrt(in))`` as ``nn.Linear``'s.
+    """
+    cores = random_cores(modes, ranks, std=std, zero_core=zero_core, dtype=dtype, device=device)
+    params = nn.ParameterList(nn.Parameter(c) for c in cores)
+    if not bias:
+        return params, None
+    bound = 1 / math.sqrt(in_features)
+    b = torch.empty(out_features, dtype=cores[0].dtype, device=cores[0].device)
+    return params, nn.Parameter(b.uniform_(-bound, bound))
+
+
 class TTLinear(nn.Module):
     """``y = x @ W.T + b`` with ``W`` of shape ``(out_features, in_features)`` a TT-matrix.
 
@@ -68,20 +93,10 @@ class TTLinear(nn.Module):
         sizes = [m * n for m, n in zip(self.out_modes, self.in_modes, strict=True)]
         self.ranks = resolve_ranks(rank, sizes)
         std = init if isinstance(init, float) else linear_init_std(in_features, out_features, init)
-        cores = random_cores(
-            list(zip(self.out_modes, self.in_modes, strict=True)),
-            self.ranks,
-            std=std,
-            zero_core=zero_core,
-            dtype=dtype,
-            device=device,
+        modes = list(zip(self.out_modes, self.in_modes, strict=True))
+        self.cores, self.bias = make_parameters(
+            modes, self.ranks, std, zero_core, bias, in_features, out_features, dtype, device
         )
-        self.cores = nn.ParameterList(nn.Parameter(c) for c in cores)
-        self.bias: nn.Parameter | None = None
-        if bias:
-            bound = 1 / math.sqrt(in_features)
-            b = torch.empty(out_features, dtype=cores[0].dtype, device=cores[0].device)
-            self.bias = nn.Parameter(b.uniform_(-bound, bound))
 
     @classmethod
     def from_linear(
