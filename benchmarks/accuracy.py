@@ -19,7 +19,6 @@ Commands (each skips the runs already in ``runs.json``)::
 from __future__ import annotations
 
 import argparse
-import copy
 import importlib.util
 import json
 import multiprocessing
@@ -310,17 +309,18 @@ def _forget_one(args: tuple[str, str, str, int, dict[str, Any]]) -> dict[str, An
 
     train.train(model, task, config_a, evaluate=evaluate)
     before = 100 * evaluate(model)["accuracy"]
-    head_a = copy.deepcopy(model.classifier)
+    # The module that holds the head: peft wraps the model (and the head, in modules_to_save).
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head_a, labels_a = inner.classifier, inner.config.num_labels  # kept out of B's training
     data_b = job.read_data(config_b, "classify")
     task_b_obj = job.make_task(config_b, "classify", tokenizer, data_b)
     torch.manual_seed(seed)
-    head_b = torch.nn.Linear(head_a.in_features, len(data_b.labels))
-    model.classifier = head_b
-    model.num_labels = model.config.num_labels = len(data_b.labels)
+    inner.classifier = torch.nn.Linear(inner.config.hidden_size, len(data_b.labels))
+    inner.num_labels = inner.config.num_labels = len(data_b.labels)
     train.train(model, task_b_obj, config_b, evaluate=lambda m: task_b_obj.evaluate(m, batch))
     b_acc = 100 * task_b_obj.evaluate(model, batch)["accuracy"]
-    model.classifier = head_a
-    model.num_labels = model.config.num_labels = head_a.out_features
+    inner.classifier = head_a
+    inner.num_labels = inner.config.num_labels = labels_a
     after = 100 * evaluate(model)["accuracy"]
     return {"a_before": before, "a_after": after, "b": b_acc}
 
