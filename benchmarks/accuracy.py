@@ -296,12 +296,14 @@ def _forget_one(args: tuple[str, str, str, int, dict[str, Any]]) -> dict[str, An
     torch.set_num_threads(1)
     task_a, task_b, method_name, seed, extra = args
     chosen = {s.method: s for s in bench_settings()}
+    frozen = Setting("rep", "frozen norms", lr=3e-3, options={"trainable_norms": False})
+    chosen["rep-frozen-norms"] = frozen  # the default rep, its LayerNorms not trained
     setting = chosen.get(method_name, Setting(method_name, "default"))
     config_a = config_for(task_a, setting, seed, **extra)
     config_b = config_for(task_b, setting, seed, **extra)
     spec = resolve_model(config_a.model)
     model, tokenizer, task, _ = job.build_task(config_a, spec)
-    model, _ = get_method(method_name).setup(model, dict(config_a.method_options), "classify")
+    model, _ = get_method(setting.method).setup(model, dict(config_a.method_options), "classify")
     batch = 4 * config_a.batch_size
 
     def evaluate(m: Any, t: Any = task) -> dict[str, Any]:
@@ -327,7 +329,8 @@ def _forget_one(args: tuple[str, str, str, int, dict[str, Any]]) -> dict[str, An
 
 def forget(workers: int, seeds: list[int]) -> None:
     store = load_store()
-    runs = [("debates", "rt", m, s, {}) for s in seeds for m in ("rep", "lora", "full")]
+    methods = ("rep", "lora", "full", "rep-frozen-norms")
+    runs = [("debates", "rt", m, s, {}) for s in seeds for m in methods]
     todo = [r for r in runs if f"forget|{r[0]}>{r[1]}|{r[2]}|{r[3]}" not in store]
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, max_tasks_per_child=1) as pool:
