@@ -311,8 +311,7 @@ class TTTensorLinear(nn.Module):
 
     def dense_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The dense ``(out, in)`` weight, the cores cast to ``dtype`` first (materialised)."""
-        cores = [c if dtype is None else c.to(dtype) for c in self.cores]
-        return TTTensor(cores).full().reshape(self.in_features, self.out_features).T
+        return factor_weight(self, dtype)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -403,11 +402,10 @@ def svd_cores_of(layer: TTLinear | TTTensorLinear, target: torch.Tensor) -> list
     low-rank target) are padded with zeros, which changes no entry of the product. Computed in
     ``target``'s dtype; the cores come back in it.
     """
+    caps = layer.ranks[1:-1]
     if isinstance(layer, TTTensorLinear):
-        caps = layer.ranks[1:-1]
         cores = tt_svd(target.T.reshape(layer.shape), max_rank=caps).cores
     else:
-        caps = layer.ranks[1:-1]
         cores = tt_matrix_svd(target, layer.out_modes, layer.in_modes, max_rank=caps).cores
     out = []
     for core, want in zip(cores, layer.cores, strict=True):

@@ -367,18 +367,19 @@ class TTReparam(AdapterWrapper):
         if kwargs["dtype"] is None:
             kwargs["dtype"] = weight.dtype
         update = TTUpdate(self.in_features, self.out_features, device=weight.device, **kwargs)  # type: ignore[arg-type]
-        svd = update.svd_init is not None
-        if svd:
+        if update.svd_init is not None:
             self.check_svd_slot(adapter_name)
-            if svd_from_weight and not weight.is_meta:
-                update.svd_init_(weight.T if self.transposed else weight)
+        from_weight = update.svd_init is not None and svd_from_weight and not weight.is_meta
+        if from_weight:
+            update.svd_init_(weight.T if self.transposed else weight)
+        previous = self.active_adapter
         self._add(adapter_name, update)
-        if svd and svd_from_weight and not weight.is_meta:
+        if from_weight:
             try:
                 self.correct(adapter_name)
             except BaseException:
                 del self.adapters[adapter_name]
-                self.active_adapter = next(iter(self.adapters), None)
+                self.active_adapter = previous
                 raise
 
     def check_svd_slot(self, adapter_name: str) -> None:

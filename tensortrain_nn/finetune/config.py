@@ -140,8 +140,9 @@ class FinetuneConfig:
         if "budget" not in self.method_options:
             raise FinetuneError("method option budget_at needs budget (the parameter budget)")
         check_int("method option budget", self.method_options["budget"])
-        at = self.method_options.get("budget_at", 0.0)
-        check_number("method option budget_at", at, minimum=0.0, maximum=1.0)
+        if "budget_at" in self.method_options:
+            at = self.method_options["budget_at"]
+            check_number("method option budget_at", at, minimum=0.0, maximum=1.0)
         if self.checkpoint_every > 0 or self.resume:
             raise FinetuneError(
                 "method option budget cannot be combined with checkpoint_every or resume: a "
