@@ -158,6 +158,25 @@ SWEEP: list[Setting] = [
         lr=5e-3,
         options={"bottleneck": 8, "tt_rank": 4, "trainable_norms": True},
     ),
+    # Closing adp's gap on the default task (rt first, at 3 seeds; then the other tasks).
+    Setting(
+        "adp",
+        "b16-tt3-gelu-lr5e-3",
+        lr=5e-3,
+        options={"bottleneck": 16, "tt_rank": 3, "activation": "gelu", "trainable_norms": True},
+    ),
+    Setting(
+        "adp",
+        "b16-tt3-lr7e-3",
+        lr=7e-3,
+        options={"bottleneck": 16, "tt_rank": 3, "trainable_norms": True},
+    ),
+    Setting(
+        "adp",
+        "b32-tt3-lr5e-3",
+        lr=5e-3,
+        options={"bottleneck": 32, "tt_rank": 3, "trainable_norms": True},
+    ),
     # Rank budgets: train at TT rank 8, round to the budget after a third of the steps, against
     # fixed ranks of about the same size (one task).
     *(
