@@ -177,6 +177,18 @@ SWEEP: list[Setting] = [
         lr=5e-3,
         options={"bottleneck": 32, "tt_rank": 3, "trainable_norms": True},
     ),
+    Setting(
+        "adp",
+        "b16-tt3-gelu-lr4e-3",
+        lr=4e-3,
+        options={"bottleneck": 16, "tt_rank": 3, "activation": "gelu", "trainable_norms": True},
+    ),
+    Setting(
+        "adp",
+        "b16-tt3-silu-lr5e-3",
+        lr=5e-3,
+        options={"bottleneck": 16, "tt_rank": 3, "activation": "silu", "trainable_norms": True},
+    ),
     # Rank budgets: train at TT rank 8, round to the budget after a third of the steps, against
     # fixed ranks of about the same size (one task).
     *(
