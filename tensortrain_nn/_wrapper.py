@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 import torch
@@ -420,3 +421,88 @@ def check_layout(layout: object) -> str:
     if layout not in LAYOUTS:
         raise TTValueError(f"layout must be one of {list(LAYOUTS)}, got {layout!r}")
     return cast(str, layout)
+
+
+# ---------------------------------------------------------------------------- hot-path factors
+
+
+def chain_product(cores: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Prefix products of a chain of cores ``(r_{k-1}, *q_k, r_k)`` with ``r_0 = r_d = 1``.
+
+    The k-th prefix is ``(P_k, r_k)`` with ``P_k = prod(q_1..q_k)``, rows row-major over
+    ``(q_1, ..., q_k)``; the last, ``(P_d, 1)``, is every entry of the TT tensor (or, for TT-matrix
+    cores, ``q_k = (m_k, n_k)``, of the matrix in the interleaved order ``(m_1, n_1, ..., m_d,
+    n_d)``). ``d - 1`` matmuls, ``O(P_d r)`` time; no autograd bookkeeping beyond the matmuls'.
+    :func:`chain_grads` is its backward.
+
+    Example:
+        >>> cores = [torch.randn(1, 3, 2), torch.randn(2, 4, 1)]
+        >>> [tuple(t.shape) for t in chain_product(cores)]
+        [(3, 2), (12, 1)]
+    """
+    t = cores[0].reshape(-1, cores[0].shape[-1])
+    prefixes = [t]
+    for core in cores[1:]:
+        t = (t @ core.reshape(core.shape[0], -1)).reshape(-1, core.shape[-1])
+        prefixes.append(t)
+    return prefixes
+
+
+def chain_grads(
+    cores: Sequence[torch.Tensor], prefixes: Sequence[torch.Tensor], grad: torch.Tensor
+) -> list[torch.Tensor]:
+    """Gradients of the cores given ``grad``, that of the last prefix of :func:`chain_product`
+    (any shape with ``P_d`` entries); only ``prefixes[:-1]`` are read. ``2 (d - 1)`` matmuls,
+    computed in the cores' dtype, each gradient in its core's shape."""
+    dt = cores[0].dtype
+    grads = []  # last core first
+    g = grad.to(dt)
+    for k in range(len(cores) - 1, 0, -1):
+        core = cores[k].reshape(cores[k].shape[0], -1)  # (r_{k-1}, q_k r_k)
+        g = g.reshape(-1, core.shape[1])  # (P_{k-1}, q_k r_k)
+        grads.append((prefixes[k - 1].to(dt).mT @ g).reshape(cores[k].shape))
+        g = g @ core.mT  # (P_{k-1}, r_{k-1})
+    grads.append(g.reshape(cores[0].shape))
+    return grads[::-1]
+
+
+@dataclass(frozen=True)
+class FactorLayout:
+    """Where each entry of a factor's :func:`chain_product` goes in its dense ``(out, in)`` weight.
+
+    Attributes:
+        out_features, in_features: the weight's shape.
+        num_cores: how many cores the factor has.
+        modes: a TT-matrix's interleaved modes ``(m_1, n_1, ..., m_d, n_d)`` (the chain product's
+            order); None for a :class:`TTTensorLinear`, whose chain product is the ``(in, out)``
+            weight row-major.
+    """
+
+    out_features: int
+    in_features: int
+    num_cores: int
+    modes: tuple[int, ...] | None
+
+    def weight(self, flat: torch.Tensor) -> torch.Tensor:
+        """The ``(out, in)`` weight from the last chain prefix (a small copy for a TT-matrix)."""
+        if self.modes is None:
+            return flat.reshape(self.in_features, self.out_features).mT
+        d = self.num_cores
+        perm = (*range(0, 2 * d, 2), *range(1, 2 * d, 2))
+        return flat.reshape(self.modes).permute(perm).reshape(self.out_features, self.in_features)
+
+    def flat_grad(self, grad: torch.Tensor) -> torch.Tensor:
+        """The gradient of the last chain prefix from that of the weight (``weight``'s adjoint)."""
+        if self.modes is None:
+            return grad.mT.reshape(-1)
+        d = self.num_cores
+        perm = [i for k in range(d) for i in (k, d + k)]
+        return grad.reshape(*self.modes[0::2], *self.modes[1::2]).permute(perm).reshape(-1)
+
+
+def factor_layout(layer: TTLinear | TTTensorLinear) -> FactorLayout:
+    """The :class:`FactorLayout` of a factor in either layout."""
+    if isinstance(layer, TTTensorLinear):
+        return FactorLayout(layer.out_features, layer.in_features, len(layer.shape), None)
+    modes = tuple(x for mn in zip(layer.out_modes, layer.in_modes, strict=True) for x in mn)
+    return FactorLayout(layer.out_features, layer.in_features, len(layer.in_modes), modes)

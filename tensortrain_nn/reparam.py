@@ -13,11 +13,15 @@ from tensortrain.errors import TTValueError
 from tensortrain.init import linear_init_std
 from tensortrain_nn._wrapper import (
     AdapterWrapper,
+    FactorLayout,
     Layout,
     TTTensorLinear,
     cast_like,
+    chain_grads,
+    chain_product,
     check_layout,
     factor_layer,
+    factor_layout,
     factor_weight,
     linear_features,
     svd_cores_of,
@@ -185,11 +189,14 @@ class TTUpdate(nn.Module):
 
         In the factor form the thin factors ``A (r, in)`` and ``B (out, r)`` are materialised once
         and applied as two thin matmuls. When training (``lean_backward``, the default), the factor
-        form runs through one autograd function that keeps ``x`` (which the caller holds anyway),
-        the dropout mask (1 byte an entry) and the ``r``-wide ``dropout(x) A^T``, and rebuilds
-        ``dropout(x)`` from the mask in backward: less than LoRA stores (``dropout(x)`` in full
-        precision), and no second draw of the mask. The full form recomputes the
-        update in backward instead (activation checkpointing, dropout replayed).
+        form runs as one autograd node (:class:`_FactorUpdate`) that rebuilds ``A`` and ``B`` from
+        the cores itself and keeps ``x`` (often held anyway: query and value share it), the
+        dropout mask (1 byte an entry) and the ``r``-wide ``dropout(x) A^T``: less than LoRA
+        stores (``dropout(x)`` in full precision), and no second draw of the mask. The full form
+        recomputes the update in backward instead (activation checkpointing, dropout replayed).
+
+        Dropout keeps each entry with probability ``1 - p`` (to ``2^-31``; :func:`_keep_mask`,
+        about half the cost of ``nn.Dropout``'s draw on CPU) and scales by ``1 / (1 - p)``.
         """
         training = torch.is_grad_enabled() and self.B.cores[0].requires_grad
         if not (self.lean_backward and training):
@@ -197,9 +204,11 @@ class TTUpdate(nn.Module):
         if self.A is None:
             return cast(torch.Tensor, checkpoint(self._update, x, use_reentrant=False))
         x = cast_like(x, self.B.cores[0])
-        p = self.dropout.p if isinstance(self.dropout, nn.Dropout) and self.training else 0.0
-        mask = torch.empty_like(x, dtype=torch.bool).bernoulli_(1 - p) if p > 0 else None
-        out = _FactorUpdate.apply(x, self.A.weight, self.B.weight, mask, p, self.scaling)
+        p = self._p()
+        mask = _keep_mask(x, p) if p > 0 else None
+        layouts = (factor_layout(self.A), factor_layout(self.B))
+        cores = (*self.A.cores, *self.B.cores)
+        out = _FactorUpdate.apply(x, mask, p, self.scaling, layouts, *cores)
         return cast(torch.Tensor, out)
 
     def deterministic(self, x: torch.Tensor) -> torch.Tensor:
@@ -210,61 +219,91 @@ class TTUpdate(nn.Module):
         """
         return self._update(x, dropout=False)
 
+    def _p(self) -> float:
+        """The dropout probability in effect now (0 in eval mode)."""
+        return self.dropout.p if isinstance(self.dropout, nn.Dropout) and self.training else 0.0
+
     def _update(self, x: torch.Tensor, dropout: bool = True) -> torch.Tensor:
         x = cast_like(x, self.B.cores[0])
-        if dropout:
-            x = self.dropout(x)
+        p = self._p() if dropout else 0.0
+        if p > 0:
+            x = torch.where(_keep_mask(x, p), x, 0.0) * (1 / (1 - p))
         if self.A is None:
             return self.B(x) * self.scaling
         return ((x @ self.A.weight.T) * self.scaling) @ self.B.weight.T
 
 
-class _FactorUpdate(torch.autograd.Function):
-    """``y = s (dropout(x) A^T) B^T``, saving ``x``, the boolean mask and ``h = dropout(x) A^T``.
+def _keep_mask(x: torch.Tensor, p: float) -> torch.Tensor:
+    """A boolean mask of ``x``'s shape, each entry True with probability ``1 - p`` (to ``2^-31``).
 
-    ``dropout(x) = where(mask, x, 0) / (1 - p)`` with the mask ``nn.Dropout`` draws
-    (``bernoulli_(1 - p)``), so under the same random state the output equals the plain path's to
-    round-off (the ``1 / (1 - p)`` is applied to the ``r``-wide products, not to ``x``). Each pass
-    over an ``x``-sized tensor is a ``where`` on the boolean mask: three in all, as for LoRA's
-    dropout, and none materialises the mask as floats.
+    One int32 draw (uniform on ``[0, 2^31)``) compared with ``round((1 - p) 2^31)``: on CPU about
+    half the time of ``bernoulli_``, which ``nn.Dropout`` uses.
+    """
+    draw = torch.empty(x.shape, dtype=torch.int32, device=x.device).random_()
+    return draw < round((1 - p) * 2**31)
+
+
+class _FactorUpdate(torch.autograd.Function):
+    """``y = s (dropout(x) A^T) B^T`` with ``A``, ``B`` rebuilt from their cores: one graph node.
+
+    Inputs: ``x``, the keep ``mask`` (None: no dropout), ``p``, ``s``, the two factors'
+    :class:`~tensortrain_nn._wrapper.FactorLayout` and then the cores of ``A`` and of ``B``.
+    ``dropout(x) = where(mask, x, 0) / (1 - p)``, the ``1 / (1 - p)`` applied to the ``r``-wide
+    product, so the output equals :meth:`TTUpdate._update`'s under the same mask to round-off.
+    Saves ``x``, the mask, ``h = dropout(x) A^T``, the factors and the cores' chain prefixes
+    (:func:`~tensortrain_nn._wrapper.chain_product`; a factor's size or less), and computes the
+    cores' gradients from those of ``A`` and ``B`` (:func:`~tensortrain_nn._wrapper.chain_grads`):
+    the reconstruction costs ``3 (d - 1)`` small matmuls a factor and no autograd nodes. Each
+    pass over an ``x``-sized tensor is a ``where`` on the boolean mask (one forward, one for the
+    gradient of ``A``, one for that of ``x``), and none materialises the mask as floats.
     """
 
     @staticmethod
     def forward(
         ctx: Any,
         x: torch.Tensor,
-        a: torch.Tensor,
-        b: torch.Tensor,
         mask: torch.Tensor | None,
         p: float,
         scaling: float,
+        layouts: tuple[FactorLayout, FactorLayout],
+        *cores: torch.Tensor,
     ) -> torch.Tensor:
+        n_a = layouts[0].num_cores
+        pa, pb = chain_product(cores[:n_a]), chain_product(cores[n_a:])
+        a, b = layouts[0].weight(pa[-1]), layouts[1].weight(pb[-1])
         kept = x if mask is None else torch.where(mask, x, 0.0)
-        h = (kept @ a.mT) * (1 / (1 - p))
-        ctx.save_for_backward(x, a, b, mask, h)
-        ctx.p, ctx.scaling = p, scaling
-        return (h * scaling) @ b.mT
+        h = kept @ (a * (1 / (1 - p))).mT
+        ctx.save_for_backward(x, mask, h, a, b, *cores, *pa[:-1], *pb[:-1])
+        ctx.p, ctx.scaling, ctx.layouts = p, scaling, layouts
+        return h @ (b * scaling).mT
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, a, b, mask, h = ctx.saved_tensors
+        x, mask, h, a, b, *rest = ctx.saved_tensors
+        la, lb = ctx.layouts
+        n_a, n = la.num_cores, la.num_cores + lb.num_cores
+        cores, pa, pb = rest[:n], rest[n : n + n_a - 1], rest[n + n_a - 1 :]
         p, scaling = ctx.p, ctx.scaling
         # backward runs outside autocast: compute in the forward's dtype (h's: bfloat16 under a
         # bfloat16 autocast), as autocast did there; autograd casts each gradient to its input's
         a, b, dt = a.to(h.dtype), b.to(h.dtype), h.dtype
         g = grad.reshape(-1, grad.shape[-1]).to(dt)
-        gh = (g @ b) * (scaling / (1 - p))  # (tokens, r): d/d(where(mask, x, 0))
-        da = db = dx = None
-        if ctx.needs_input_grad[2]:
-            db = g.mT @ (h.reshape(-1, h.shape[-1]) * scaling)
-        if ctx.needs_input_grad[1]:
+        gh = g @ (b * (scaling / (1 - p)))  # (tokens, r): d/d(where(mask, x, 0))
+        dx: torch.Tensor | None = None
+        core_grads: list[torch.Tensor | None] = [None] * n
+        if any(ctx.needs_input_grad[5:]):
+            db = (g.mT @ h.reshape(-1, h.shape[-1])) * scaling
             kept = x if mask is None else torch.where(mask, x, 0.0)
             da = gh.mT @ kept.reshape(-1, x.shape[-1]).to(dt)
+            core_grads = [
+                *chain_grads(cores[:n_a], pa, la.flat_grad(da)),
+                *chain_grads(cores[n_a:], pb, lb.flat_grad(db)),
+            ]
         if ctx.needs_input_grad[0]:
             dx = (gh @ a).reshape(x.shape)
             if mask is not None:
                 dx = torch.where(mask, dx, 0.0)
-        return dx, da, db, None, None, None
+        return dx, None, None, None, None, *core_grads
 
 
 class _InitCores(nn.Module):

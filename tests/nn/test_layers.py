@@ -427,18 +427,72 @@ def test_reparam_lean_backward_gives_the_same_output_and_gradients_with_dropout(
         assert_close(a, b, rtol=1e-12)
 
 
-def test_reparam_factor_update_gradcheck():
+@pytest.mark.parametrize("layout", ["matrix", "paper"])
+def test_reparam_factor_update_gradcheck(layout):
+    """The fused node (factors rebuilt from the cores inside) against finite differences."""
+    from tensortrain_nn._wrapper import factor_layout
     from tensortrain_nn.reparam import _FactorUpdate
 
-    gen = torch.Generator().manual_seed(4)
-    x = torch.randn(3, 4, 6, generator=gen, dtype=torch.float64, requires_grad=True)
-    a = torch.randn(2, 6, generator=gen, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(5, 2, generator=gen, dtype=torch.float64, requires_grad=True)
-    mask = torch.rand(3, 4, 6, generator=gen) > 0.3
+    torch.manual_seed(4)
+    update = TTReparam(nn.Linear(12, 10).double(), r=3, init="paper", layout=layout)
+    update = update.adapters["default"]
+    layouts = (factor_layout(update.A), factor_layout(update.B))
+    cores = tuple(update.A.cores) + tuple(update.B.cores)
+    x = torch.randn(3, 4, 12, dtype=torch.float64, requires_grad=True)
+    mask = torch.rand(3, 4, 12) > 0.3
     for m, p in ((mask, 0.3), (None, 0.0)):
         assert torch.autograd.gradcheck(
-            lambda x, a, b, m=m, p=p: _FactorUpdate.apply(x, a, b, m, p, 1.7), (x, a, b)
+            lambda x, *c, m=m, p=p: _FactorUpdate.apply(x, m, p, 1.7, layouts, *c), (x, *cores)
         )
+
+
+@given(
+    features,
+    features,
+    st.integers(1, 5),
+    st.sampled_from(["matrix", "paper"]),
+    st.integers(0, 2**31 - 1),
+)
+def test_chain_product_and_grads_match_the_dense_factor(n_in, n_out, rank, layout, seed):
+    """chain_product + FactorLayout give factor_weight's dense weight; chain_grads its gradient."""
+    from tensortrain_nn._wrapper import (
+        chain_grads,
+        chain_product,
+        factor_layer,
+        factor_layout,
+        factor_weight,
+    )
+
+    torch.manual_seed(seed)
+    layer = factor_layer(
+        n_in, n_out, layout=layout, role="rep", rank=rank, bias=False, std=1.0,
+        zero_core=None, dtype=torch.float64, device=None,
+    )  # fmt: skip
+    cores, where = list(layer.cores), factor_layout(layer)
+    ref = factor_weight(layer)
+    prefixes = chain_product(cores)
+    assert_close(where.weight(prefixes[-1]), ref, rtol=1e-12)
+    upstream = torch.randn_like(ref)
+    expected = torch.autograd.grad(ref, cores, upstream)
+    got = chain_grads(cores, prefixes, where.flat_grad(upstream))
+    for g, e in zip(got, expected, strict=True):
+        assert g.shape == e.shape
+        assert_close(g, e, rtol=1e-12)
+
+
+@pytest.mark.parametrize("p", [0.05, 0.5, 0.9])
+def test_reparam_dropout_keeps_entries_with_probability_one_minus_p(p):
+    from tensortrain_nn.reparam import _keep_mask
+
+    torch.manual_seed(0)
+    n = 400_000
+    kept = float(_keep_mask(torch.empty(n), p).double().mean())
+    assert abs(kept - (1 - p)) < 5 * math.sqrt(p * (1 - p) / n)
+    torch.manual_seed(1)  # the same random state draws the same mask
+    a, b = _keep_mask(torch.empty(100), p), None
+    torch.manual_seed(1)
+    b = _keep_mask(torch.empty(100), p)
+    assert torch.equal(a, b)
 
 
 def test_reparam_saves_less_for_backward_than_lora():
