@@ -194,14 +194,16 @@ def case_svd_eps(mods: dict[str, Any]) -> Case:
     return Case("TT-SVD 4^10 float64, eps 0.05", e, skipped=skipped)
 
 
-def case_round(mods: dict[str, Any]) -> Case:
+def _round(mods: dict[str, Any], dtype: torch.dtype) -> Case:
+    """Rounding a rank-64 TT dominated by a rank-16 part to rank 16, every library in ``dtype``."""
     gen = torch.Generator().manual_seed(2)
     main = _random_tt([16] * 8, 16, gen)
     small = tt_ops.scale(_random_tt([16] * 8, 48, gen), 1e-2)
-    a = tt_ops.add(main, small)  # rank 64, dominated by a rank-16 part
+    ref = tt_ops.add(main, small)  # rank 64, float64: errors are measured against it
+    a = [c.to(dtype) for c in ref]
 
     e: dict[str, Entry] = {
-        "tensortrain": Entry(lambda: round_cores(a, max_rank=16), lambda c: _tt_rel(c, a)),
+        "tensortrain": Entry(lambda: round_cores(a, max_rank=16), lambda c: _tt_rel(c, ref)),
     }
     skipped = {"tensorly": "no TT rounding", "tensorly-torch": "no TT rounding"}
     if not isinstance(tn := mods["tntorch"], Exception):
@@ -212,10 +214,10 @@ def case_round(mods: dict[str, Any]) -> Case:
             t.round_tt(eps=1e-14, rmax=16)
             return t
 
-        e["tntorch"] = Entry(tn_round, lambda t: _tt_rel(list(t.cores), a))
+        e["tntorch"] = Entry(tn_round, lambda t: _tt_rel(list(t.cores), ref))
     if not isinstance(ttt := mods["torchTT"], Exception):
         t1 = ttt.TT([c.clone() for c in a])
-        e["torchTT"] = Entry(lambda: t1.round(eps=1e-14, rmax=16), lambda t: _tt_rel(t.cores, a))
+        e["torchTT"] = Entry(lambda: t1.round(eps=1e-14, rmax=16), lambda t: _tt_rel(t.cores, ref))
     if not isinstance(qtn := mods["quimb"], Exception):
         m0 = _quimb_mps(a, qtn)
 
@@ -224,8 +226,17 @@ def case_round(mods: dict[str, Any]) -> Case:
             m.compress(max_bond=16, cutoff=0.0)
             return m
 
-        e["quimb"] = Entry(q_round, lambda m: _tt_rel(_quimb_cores(m), a))
-    return Case("rounding a 16^8 TT, rank 64 -> 16", e, skipped=skipped)
+        e["quimb"] = Entry(q_round, lambda m: _tt_rel(_quimb_cores(m), ref))
+    name = str(dtype).removeprefix("torch.")
+    return Case(f"rounding a 16^8 TT {name}, rank 64 -> 16", e, skipped=skipped)
+
+
+def case_round(mods: dict[str, Any]) -> Case:
+    return _round(mods, torch.float64)
+
+
+def case_round_f32(mods: dict[str, Any]) -> Case:
+    return _round(mods, torch.float32)
 
 
 def _ttm_inputs() -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -428,7 +439,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="3 repeats, print only")
-    ap.add_argument("--only", default="", help="comma-separated case indices (0-5)")
+    ap.add_argument("--only", default="", help="comma-separated case indices (0-6)")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = ap.parse_args()
     repeats = 3 if args.quick else args.repeats
@@ -440,6 +451,7 @@ def main() -> None:
         case_ttm_forward,
         case_ttm_backward,
         case_ttm_dense,
+        case_round_f32,
     ]
     if args.only:
         makers = [makers[int(i)] for i in args.only.split(",")]

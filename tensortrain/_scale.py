@@ -31,7 +31,13 @@ def check_finite(t: torch.Tensor, name: str) -> None:
 
 
 def check_finite_cores(cores: Sequence[torch.Tensor], name: str = "cores") -> None:
-    """:func:`check_finite` for every core (one device sync), naming the first bad one."""
+    """:func:`check_finite` for every core, naming the first bad one.
+
+    One pass of sums and one device sync; only when a sum is not finite (a bad entry, or finite
+    entries whose sum overflows) does the entrywise check run.
+    """
+    if bool(torch.isfinite(torch.stack([c.detach().sum() for c in cores])).all()):
+        return  # a finite sum has finite terms (a NaN or inf term makes the sum NaN or inf)
     flags = torch.stack([torch.isfinite(c.detach()).all() for c in cores])
     if not bool(flags.all()):
         k = int((~flags).nonzero()[0])

@@ -7,6 +7,7 @@ forms the dense tensor except :func:`full`, whose name says so.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -14,7 +15,7 @@ import torch
 
 from tensortrain._cores import bond_caps, check_cores, check_eps, same_family
 from tensortrain._scale import check_finite_cores, put_scale
-from tensortrain._svd import GRAM_MIN_DELTA2, rank_from_tail, truncated_svd
+from tensortrain._svd import GRAM_MIN_DELTA2, truncated_svd
 from tensortrain.errors import TTShapeError, TTValueError
 
 Cores = Sequence[torch.Tensor]
@@ -172,11 +173,11 @@ def round_cores(
     """TT rounding: orthogonalise right-to-left, then truncate by SVD left-to-right.
 
     With ``eps``, ``||a - round(a)||_F <= eps * ||a||_F``; ``max_rank`` caps the ranks and wins
-    over ``eps``. Never forms the dense tensor: ``O(d n r^3)``. Float64 without autograd takes the
-    Gram path (:func:`_gram_round`) where it provably keeps the error; otherwise, or when it
-    declines, the QR and SVD sweeps run. Every intermediate is normalised, so the bound holds at
-    any magnitude; the scale goes back on the last core (spread over all cores when the tensor's
-    norm is beyond the dtype's range).
+    over ``eps``. Never forms the dense tensor: ``O(d n r^3)``. Float64 and float32 without
+    autograd take the Gram path (:func:`_gram_round`) where its margins keep the error; otherwise,
+    or when it declines, the QR and SVD sweeps run. Every intermediate is normalised, so the bound
+    holds at any magnitude; the scale goes back on the last core (spread over all cores when the
+    tensor's norm is beyond the dtype's range).
 
     Args:
         cores: TT cores ``(r_{k-1}, n_k, r_k)``, real or complex.
@@ -219,29 +220,42 @@ def round_cores(
 
 
 def _gram_round_applies(cores: Cores, eps: float | None) -> bool:
-    """Float64, real, no autograd, at least two cores, and ``eps`` (if any) not tiny."""
-    if len(cores) < 2 or any(c.dtype != torch.float64 for c in cores):
+    """Float64 or float32, no autograd, two cores or more, and ``eps`` (if any) not tiny."""
+    dtype = cores[0].dtype
+    if len(cores) < 2 or dtype not in GRAM_ROUND_MIN or any(c.dtype != dtype for c in cores):
         return False
     if torch.is_grad_enabled() and any(c.requires_grad for c in cores):
         return False
-    return eps is None or eps == 0.0 or eps**2 / (len(cores) - 1) >= GRAM_MIN_DELTA2
+    return eps is None or eps == 0.0 or eps**2 / (len(cores) - 1) >= GRAM_ROUND_MIN[dtype]
 
 
-#: The Gram path uses cores whose largest entry lies in ``2^-SAFE_EXP .. 2^SAFE_EXP`` as they are
-#: (products of two such cores and a normalised matrix cannot overflow); others are scaled first.
-SAFE_EXP = 200
+#: Smallest share of an unfolding's energy (tolerance, discarded energy or gap at the cut) on
+#: which the Gram path may base a truncation, by dtype: far above the error of its Gram matrices.
+GRAM_ROUND_MIN = {torch.float64: GRAM_MIN_DELTA2, torch.float32: 1e-3}
 
 
-def _unit_cores(cores: Cores) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Cores with extreme magnitudes divided by their largest entry, and the log of the factors."""
-    out, log_scale = [], cores[0].new_zeros(())
+def _unit_cores(cores: Cores) -> tuple[list[torch.Tensor], float]:
+    """Cores with extreme magnitudes divided by their largest entry, and the log of the factors.
+
+    Cores whose largest entry lies in ``2^-e .. 2^e`` (``e`` a fifth of the dtype's exponent
+    range: 204 in float64, 25 in float32) stay as they are: products of two such cores and a
+    normalised matrix can neither overflow nor underflow.
+    """
+    safe = 2.0 ** (int(math.log2(torch.finfo(cores[0].dtype).max)) // 5)
+    out, log_scale = [], 0.0
     for core in cores:
         lo, hi = torch.aminmax(core)
         peak = max(-float(lo), float(hi))
-        if peak > 0 and not 2.0**-SAFE_EXP <= peak <= 2.0**SAFE_EXP:
+        if peak > 0 and not 1 / safe <= peak <= safe:
             core, log_scale = core / peak, log_scale + math.log(peak)
         out.append(core)
     return out, log_scale
+
+
+def _tail_rank(tail2: list[float], delta2: float, cap: int | None) -> int:
+    """The rank rule of :func:`tensortrain._svd.rank_from_tail` on a Python list."""
+    rank = max(1, sum(t > delta2 for t in tail2))
+    return rank if cap is None else min(rank, cap)
 
 
 def _gram_round(
@@ -257,21 +271,27 @@ def _gram_round(
     construction, and the next core absorbs ``W_t^T R`` (the exact projection), so the result is
     always a product of orthogonal projections of the input; only the choice of subspace rests on
     ``K``. Its eigenvalues carry an absolute error of about ``k^2 eps_mach trace(K)`` (a margin
-    taken off the ``eps`` budget); the choice is trusted where the tolerance, the discarded energy
-    or the gap at the cut is at least ``GRAM_MIN_DELTA2 trace(K)`` (the accuracy lost is then
-    below ``1e-4`` of the error itself); else this returns None and the QR and SVD sweeps run.
+    taken off the ``eps`` budget; ``eps_mach`` of the cores' dtype); the choice is trusted where
+    the tolerance, the discarded energy or the gap at the cut is at least
+    ``GRAM_ROUND_MIN[dtype] trace(K)`` and the margin is at most half the tolerance; else this
+    returns None and the QR and SVD sweeps run.
 
-    One GEMM sweep, then one small QR and ``eigh`` per bond, replaces a QR sweep and an SVD per bond
-    (about 1.5x faster at ranks 64, modes 16, one thread).
+    The large products (the Gram sweep, ``Q W_t``, the next core) run in the cores' dtype; the
+    ``r x r`` matrix ``K`` is formed and decomposed in float64, so in float32 only the Gram
+    matrices and ``R`` carry float32 round-off. One GEMM sweep, then one small QR and ``eigh`` per
+    bond, replaces a QR sweep and an SVD per bond.
     """
-    d = len(cores)
+    d, dtype = len(cores), cores[0].dtype
+    eps_mach, least = torch.finfo(dtype).eps, GRAM_ROUND_MIN[dtype]
     units, log_scale = _unit_cores(cores)
-    grams = [units[0].new_ones(1, 1)]
+    grams, dims = [units[0].new_ones(1, 1)], [1]
     for c in reversed(units[1:]):  # grams[i]: Gram of the part right of core d - 1 - i
         r_prev, n, r = c.shape
         w = (c.reshape(r_prev * n, r) @ grams[-1]).reshape(r_prev, n * r)
         grams.append(_normalised(w @ c.reshape(r_prev, n * r).mT)[0])
+        dims.append(min(r_prev, n * dims[-1]))  # a bound on the rank of that Gram matrix
     grams.reverse()
+    dims.reverse()
     budget = 0.0 if not eps else eps**2 / (d - 1)  # per bond, relative to ||a||^2
     kept = 1.0  # ||a_k||^2 / ||a||^2 after the truncations so far
     out: list[torch.Tensor] = []
@@ -279,26 +299,33 @@ def _gram_round(
     for k in range(d - 1):
         r_prev, n, r = m.shape
         q, rm = torch.linalg.qr(m.reshape(r_prev * n, r))
-        evals, evecs = torch.linalg.eigh(rm @ grams[k] @ rm.mT)  # ascending
-        evals, evecs = torch.flip(evals, (0,)).clamp_min(0), torch.flip(evecs, (1,))
-        tail2 = torch.flip(torch.cumsum(torch.flip(evals, (0,)), 0), (0,))
-        total = float(tail2[0])
-        margin = 4 * evals.shape[0] ** 2 * torch.finfo(evals.dtype).eps * total
+        rm64 = rm.double()
+        evals, evecs = torch.linalg.eigh(rm64 @ grams[k].double() @ rm64.mT)  # ascending
+        lam = [max(x, 0.0) for x in reversed(evals.tolist())][
+            : dims[k]
+        ]  # descending; the rest is 0
+        tail2 = list(itertools.accumulate(reversed(lam)))[::-1]  # tail2[i] = sum(lam[i:])
+        total = tail2[0]
+        margin = 4 * len(lam) ** 2 * eps_mach * total
         allowed = budget * total / kept
-        rank = rank_from_tail(tail2, tail2.new_tensor(max(allowed - margin, 0.0)), caps[k])
-        if rank < evals.shape[0] and total > 0:
-            dropped, gap = float(tail2[rank]), float(evals[rank - 1] - evals[rank])
-            if max(allowed, dropped, gap) < GRAM_MIN_DELTA2 * total:
+        if 0 < allowed < 2 * margin:
+            return None  # the tolerance is within reach of the Gram matrices' round-off
+        rank = _tail_rank(tail2, max(allowed - margin, 0.0), caps[k])
+        if rank < len(lam) and total > 0:
+            dropped, gap = tail2[rank], lam[rank - 1] - lam[rank]
+            if max(allowed, dropped, gap) < least * total:
                 return None
             kept *= max(1.0 - dropped / total, 1e-300)
-        w = evecs[:, :rank].contiguous()  # row-major: a column-major slice makes q @ w slow
+        w = (
+            evecs[:, evals.shape[0] - rank :].flip(1).to(dtype)
+        )  # flip copies: row-major, fast GEMMs
         out.append((q @ w).reshape(r_prev, n, rank))
         carry, log_c = _normalised(w.mT @ rm)
         nxt = units[k + 1]
         m = (carry @ nxt.reshape(nxt.shape[0], -1)).reshape(rank, *nxt.shape[1:])
-        log_scale = log_scale + log_c
+        log_scale = log_scale + float(log_c)
     out.append(m)
-    return put_scale(out, d - 1, float(log_scale) / math.log(2))
+    return put_scale(out, d - 1, log_scale / math.log(2))
 
 
 def matmul(a: Cores, b: Cores) -> list[torch.Tensor]:
