@@ -298,7 +298,8 @@ def _gram_round(
     m = units[0]
     for k in range(d - 1):
         r_prev, n, r = m.shape
-        q, rm = torch.linalg.qr(m.reshape(r_prev * n, r))
+        h, tau = torch.geqrf(m.reshape(r_prev * n, r))  # M = Q R, Q kept as Householder vectors
+        rm = h[: min(r_prev * n, r)].triu()
         rm64 = rm.double()
         evals, evecs = torch.linalg.eigh(rm64 @ grams[k].double() @ rm64.mT)  # ascending
         lam = [max(x, 0.0) for x in reversed(evals.tolist())][
@@ -316,10 +317,9 @@ def _gram_round(
             if max(allowed, dropped, gap) < least * total:
                 return None
             kept *= max(1.0 - dropped / total, 1e-300)
-        w = (
-            evecs[:, evals.shape[0] - rank :].flip(1).to(dtype)
-        )  # flip copies: row-major, fast GEMMs
-        out.append((q @ w).reshape(r_prev, n, rank))
+        w = evecs[:, evals.shape[0] - rank :].flip(1).to(dtype)
+        qw = torch.ormqr(h, tau, torch.cat([w, w.new_zeros(r_prev * n - w.shape[0], rank)]))
+        out.append(qw.reshape(r_prev, n, rank))  # Q W_t, without forming Q
         carry, log_c = _normalised(w.mT @ rm)
         nxt = units[k + 1]
         m = (carry @ nxt.reshape(nxt.shape[0], -1)).reshape(rank, *nxt.shape[1:])
