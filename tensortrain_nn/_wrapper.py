@@ -506,3 +506,68 @@ def factor_layout(layer: TTLinear | TTTensorLinear) -> FactorLayout:
         return FactorLayout(layer.out_features, layer.in_features, len(layer.shape), None)
     modes = tuple(x for mn in zip(layer.out_modes, layer.in_modes, strict=True) for x in mn)
     return FactorLayout(layer.out_features, layer.in_features, len(layer.in_modes), modes)
+
+
+def factor_linear(
+    x: torch.Tensor, layer: TTLinear | TTTensorLinear, scale: float = 1.0
+) -> torch.Tensor:
+    """``scale * layer(x)`` for a factor in either layout, as one autograd node.
+
+    The weight is rebuilt from the cores (:func:`chain_product`) and applied with one ``addmm``;
+    backward computes the weight's gradient and from it the cores' (:func:`chain_grads`), with no
+    autograd node per small product. Always dense: an adapter factor is thin, so its weight is
+    small, and one GEMM beat the TT sweep even where :func:`tensortrain.plan` picks the sweep
+    (4096 -> 64 at 512 rows, CPU: 1.5x faster forward, 1.4x with backward). Same values as
+    ``scale * layer(x)`` to round-off (``scale`` is applied to the weight and bias).
+
+    Shape:
+        ``x (..., in_features) -> (..., out_features)``.
+    """
+    layout = factor_layout(layer)
+    out = _FactorLinear.apply(x, float(scale), layout, layer.bias, *layer.cores)
+    return cast(torch.Tensor, out)
+
+
+class _FactorLinear(torch.autograd.Function):
+    """``y = x (s W)^T + s b``, ``W`` rebuilt from its cores inside (see :func:`factor_linear`)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        scale: float,
+        layout: FactorLayout,
+        bias: torch.Tensor | None,
+        *cores: torch.Tensor,
+    ) -> torch.Tensor:
+        if x.shape[-1] != layout.in_features:
+            raise TTShapeError(f"x must be (..., {layout.in_features}), got {tuple(x.shape)}")
+        prefixes = chain_product(cores)
+        w = layout.weight(prefixes[-1])
+        w = w if scale == 1 else w * scale
+        x2 = x.reshape(-1, x.shape[-1])
+        if bias is None:
+            y = x2 @ w.mT
+        else:
+            y = torch.addmm(bias if scale == 1 else bias * scale, x2, w.mT)
+        ctx.save_for_backward(x, w, *cores, *prefixes[:-1])
+        ctx.scale, ctx.layout = scale, layout
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, w, *rest = ctx.saved_tensors
+        d = ctx.layout.num_cores
+        cores, prefixes = rest[:d], rest[d:]
+        # backward runs outside autocast: in x's dtype; autograd casts each gradient to its input's
+        g = grad.reshape(-1, grad.shape[-1]).to(x.dtype)
+        dx = db = None
+        core_grads: list[torch.Tensor | None] = [None] * d
+        if ctx.needs_input_grad[0]:
+            dx = (g @ w.to(x.dtype)).reshape(x.shape)
+        if ctx.needs_input_grad[3]:
+            db = g.sum(0) * ctx.scale
+        if any(ctx.needs_input_grad[4:]):
+            dw = (g.mT @ x.reshape(-1, x.shape[-1])) * ctx.scale
+            core_grads = list(chain_grads(cores, prefixes, ctx.layout.flat_grad(dw)))
+        return dx, None, None, db, *core_grads

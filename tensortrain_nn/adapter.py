@@ -16,6 +16,7 @@ from tensortrain_nn._wrapper import (
     cast_like,
     check_layout,
     factor_layer,
+    factor_linear,
     is_linear_like,
     linear_features,
 )
@@ -85,7 +86,14 @@ class TTBottleneck(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.up(self.act(self.down(self.dropout(h)))) * self.scale
+        """``s * up(act(down(dropout(h))))`` for ``h (..., features)``.
+
+        A projection the planner would apply densely runs as one autograd node
+        (:func:`~tensortrain_nn._wrapper.factor_linear`: weight rebuilt from the cores, bias added
+        in the matmul, ``s`` folded into ``up``'s weight and bias).
+        """
+        z = self.act(factor_linear(self.dropout(h), self.down))
+        return factor_linear(z, self.up, self.scale)
 
 
 class TTAdapter(AdapterWrapper):

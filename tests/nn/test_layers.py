@@ -480,6 +480,57 @@ def test_chain_product_and_grads_match_the_dense_factor(n_in, n_out, rank, layou
         assert_close(g, e, rtol=1e-12)
 
 
+@given(
+    features,
+    features,
+    st.sampled_from(["matrix", "paper"]),
+    st.booleans(),
+    st.sampled_from([1.0, -0.5, 2.0]),
+    lead,
+    st.integers(0, 2**31 - 1),
+)
+def test_factor_linear_equals_dense_reference(n_in, n_out, layout, bias, scale, lead_shape, seed):
+    """The adapter's one-node projection against ``scale * (x W^T + b)`` with W from factor_weight."""
+    from tensortrain_nn._wrapper import factor_layer, factor_linear, factor_weight
+
+    torch.manual_seed(seed)
+    layer = factor_layer(
+        n_in, n_out, layout=layout, role="adp", rank=3, bias=bias, std=1.0,
+        zero_core=None, dtype=torch.float64, device=None,
+    )  # fmt: skip
+    x = torch.randn(*lead_shape, n_in, dtype=torch.float64)
+    ref = (x @ factor_weight(layer).T + (layer.bias if bias else 0)) * scale
+    assert_close(factor_linear(x, layer, scale), ref, rtol=1e-12)
+
+
+@pytest.mark.parametrize("layout", ["matrix", "paper"])
+def test_factor_linear_gradcheck(layout):
+    from tensortrain_nn._wrapper import _FactorLinear, factor_layer, factor_layout
+
+    torch.manual_seed(5)
+    layer = factor_layer(
+        12, 6, layout=layout, role="adp", rank=3, bias=True, std=1.0,
+        zero_core=None, dtype=torch.float64, device=None,
+    )  # fmt: skip
+    x = torch.randn(2, 3, 12, dtype=torch.float64, requires_grad=True)
+    where = factor_layout(layer)
+    assert torch.autograd.gradcheck(
+        lambda x, b, *c: _FactorLinear.apply(x, -1.5, where, b, *c),
+        (x, layer.bias, *layer.cores),
+    )
+
+
+def test_factor_linear_rejects_a_wrong_input_width():
+    from tensortrain_nn._wrapper import factor_layer, factor_linear
+
+    layer = factor_layer(
+        12, 6, layout="matrix", role="adp", rank=3, bias=True, std=1.0,
+        zero_core=None, dtype=None, device=None,
+    )  # fmt: skip
+    with pytest.raises(TTShapeError, match=r"x must be \(\.\.\., 12\)"):
+        factor_linear(torch.randn(2, 10), layer)
+
+
 @pytest.mark.parametrize("p", [0.05, 0.5, 0.9])
 def test_reparam_dropout_keeps_entries_with_probability_one_minus_p(p):
     from tensortrain_nn.reparam import _keep_mask
