@@ -20,3 +20,24 @@ def replace_section(heading: str, text: str, path: Path = DOC) -> None:
     else:
         head, tail = old.rstrip("\n") + "\n\n", ""
     path.write_text(head + text.rstrip("\n") + "\n" + ("\n" + tail if tail else ""))
+
+
+TARGETS = DOC.parent / "results" / "targets.json"
+
+
+def record_target(
+    name: str, measured: float, goal: float | None, *, lower: bool = True, note: str = ""
+) -> None:
+    """Keep one measured ratio for the ``## Targets`` summary (``benchmarks/targets.py``).
+
+    ``goal`` is the target (None: reported, no target); ``lower`` says a value at or below it meets
+    it (else at or above). The record is keyed by ``name`` and names the script that wrote it.
+    """
+    import inspect
+    import json
+
+    store = json.loads(TARGETS.read_text()) if TARGETS.exists() else {}
+    script = Path(inspect.stack()[1].filename).name
+    store[name] = {"measured": measured, "goal": goal, "lower": lower, "note": note, "by": script}
+    TARGETS.parent.mkdir(parents=True, exist_ok=True)
+    TARGETS.write_text(json.dumps(store, indent=1, sort_keys=True) + "\n")
