@@ -29,6 +29,7 @@ import os
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -77,14 +78,14 @@ def tt_linear_rows(n: int, repeats: int) -> list[Row]:
     half = [c.bfloat16() for c in cores]
     xh, dh = x.bfloat16(), dense.bfloat16()
     with torch.no_grad():
-        fns: dict[str, Callable[[], torch.Tensor]] = {
+        fns: dict[str, Callable[[], object]] = {
             "tt32": lambda: tt_linear(x, cores),
             "tt16": lambda: tt_linear(xh, half),
             "d32": lambda: F.linear(x, dense),
             "d16": lambda: F.linear(xh, dh),
         }
         t = time_interleaved(fns, repeats)
-        out = {k: f() for k, f in fns.items()}
+        out = {k: cast(torch.Tensor, f()) for k, f in fns.items()}
     label = f"{n}x{n}, x {tuple(lead)}"
     return [
         (f"`tt_linear` forward, {label}", err(out["tt16"], out["tt32"]), t["tt32"], t["tt16"]),
@@ -158,12 +159,12 @@ def minilm_method(method: str) -> nn.Module:
 def compile_rows(repeats: int) -> list[str]:
     """Eager against inductor-compiled MiniLM training steps, rep and LoRA."""
     batch = minilm_batch()
-    steps: dict[str, Callable[[], None]] = {}
+    steps: dict[str, Callable[[], object]] = {}
     compile_s: dict[str, float] = {}
     for method in ("LoRETTA_rep", "LoRA (peft)"):
         eager = minilm_method(method).train()
-        compiled = copy.deepcopy(eager)
-        for name, model in (("eager", eager), ("compiled", torch.compile(compiled))):
+        compiled = cast(nn.Module, torch.compile(copy.deepcopy(eager)))
+        for name, model in (("eager", eager), ("compiled", compiled)):
             params = [p for p in model.parameters() if p.requires_grad]
             opt = torch.optim.AdamW(params, lr=1e-4)
 
