@@ -35,7 +35,11 @@ chain of small products then runs near the FLOP rate of one large GEMM.
 Both paths are differentiable with respect to ``x`` and the cores. The ``tt`` path runs through a
 custom autograd function that stores only ``x`` and the blocks and recomputes the sweep's
 intermediates in the backward pass, chunk by chunk (each is up to ``R`` times the size of ``x``;
-recomputing costs one forward sweep but the last step, on data already in cache).
+recomputing costs one forward sweep but the last step, on data already in cache; it is skipped
+when no core needs a gradient). Storing them instead saves that step but not the time: on the
+4096x4096 bench case the 32 MiB they take is freshly mapped memory at every call, and its page
+faults cost about as much as the recomputation (measured on a loaded 2-core machine, where
+storing was 5-8% slower end to end).
 
 Planning is plain Python on shapes, cached, and opaque to ``torch.compile``
 (``torch.compiler.assume_constant_result``), so compiled layers never trace it.
@@ -218,83 +222,95 @@ CHUNK_BYTES = 1 << 20
 Dims = tuple[tuple[int, int, int, int], ...]  # per block (R_prev, M_j, N_j, R_j)
 
 
+def _widths(dims: Dims) -> list[int]:
+    """Entries per row of ``x`` and of each step's output, in sweep order (last block first)."""
+    n_before, q = math.prod(n for _, _, n, _ in dims), 1
+    widths = [n_before]
+    for r0, m, n, _ in reversed(dims):
+        n_before, q = n_before // n, q * m
+        widths.append(n_before * r0 * q)
+    return widths
+
+
 def _chunk_rows(x: torch.Tensor, dims: Dims) -> int:
     """Rows of ``x`` per chunk: all of them off CPU, else as many as fit the chunk budget."""
     batch = x.shape[0]
     if x.device.type != "cpu":
         return batch
-    n_before, q, widest = math.prod(n for _, _, n, _ in dims), 1, 1
-    for r0, m, n, r1 in reversed(dims):
-        n_before //= n
-        widest = max(widest, n_before * n * r1 * q, n_before * r0 * m * q)
-        q *= m
     budget = CHUNK_BYTES * torch.get_num_threads()
-    return max(1, min(batch, budget // (widest * x.element_size())))
+    return max(1, min(batch, budget // (max(_widths(dims)) * x.element_size())))
 
 
 def _sweep(
-    x: torch.Tensor, dims: Dims, mats: Sequence[torch.Tensor], stop: int = 0
+    x: torch.Tensor,
+    dims: Dims,
+    mats: Sequence[torch.Tensor],
+    stop: int = 0,
+    out: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
-    """Run the blocks from last to ``stop``; return each step's input and the last output.
+    """Run the blocks from last to ``stop``; return ``x`` and each step's output, in that order.
 
     ``x`` is ``(B, N)``; ``mats[j]`` is block ``j`` as an ``(R_{j-1} M_j, N_j R_j)`` matrix. The
-    input of step ``j`` is laid out ``(B N_{<j}, N_j R_j, M_{>j})``.
+    input of step ``j`` is laid out ``(B N_{<j}, N_j R_j, M_{>j})``. The last step writes into
+    ``out`` (contiguous ``(B, M)``) when given.
     """
     batch = x.shape[0]
     n_before = math.prod(n for _, _, n, _ in dims)
     q = 1
-    t = x
-    states = []
+    states = [x]
     for j in range(len(dims) - 1, stop - 1, -1):
-        _, m, n, r1 = dims[j]
+        r0, m, n, r1 = dims[j]
         n_before //= n
-        p = batch * n_before
-        states.append(t)
+        p, t = batch * n_before, states[-1]
+        dest = out.view(p, -1) if out is not None and j == stop else None
         if q == 1:
-            t = t.reshape(p, n * r1) @ mats[j].mT
-        else:
-            a = mats[j]  # broadcast over the batch without a copy: bmm writes (P, R, Q) contiguous
-            t = torch.bmm(a.expand(p, *a.shape), t.reshape(p, n * r1, q))
+            states.append(torch.mm(t.reshape(p, n * r1), mats[j].mT, out=dest))
+        else:  # the block broadcast over the batch without a copy: bmm writes (P, R, Q)
+            dest = None if dest is None else dest.view(p, r0 * m, q)
+            a = mats[j].expand(p, *mats[j].shape)
+            states.append(torch.bmm(a, t.reshape(p, n * r1, q), out=dest))
         q *= m
-    states.append(t)
     return states
 
 
 def _backward_chunk(
-    x: torch.Tensor,
     grad: torch.Tensor,
     dims: Dims,
     mats: Sequence[torch.Tensor],
     grads: Sequence[torch.Tensor | None],
-    need_dx: bool,
-) -> torch.Tensor | None:
-    """Backward of one chunk of rows: add the blocks' gradients into ``grads``, return ``dx``."""
+    states: Sequence[torch.Tensor],
+    dx: torch.Tensor | None,
+) -> None:
+    """Backward of one chunk of rows: add the blocks' gradients into ``grads``, write ``dx``.
+
+    ``states`` are the inputs of the steps in sweep order (``x`` first), or ``()`` when no block
+    needs its gradient.
+    """
     g_count = len(dims)
-    # step inputs, first block's first (recomputed); the first block's output (y) is not needed
-    states = _sweep(x, dims, mats, stop=1)[::-1] if g_count > 1 else [x]
     n_before, q = 1, math.prod(m for _, m, _, _ in dims)
     g = grad
     for j in range(g_count):
         r0, m, n, r1 = dims[j]
         q //= m
-        p = x.shape[0] * n_before
-        t, acc = states[j], grads[j]
-        more = j + 1 < g_count or need_dx
+        p = grad.shape[0] * n_before
+        acc, t = grads[j], states[g_count - 1 - j] if states else None
+        more = j + 1 < g_count or dx is not None
         if q == 1:
             g2 = g.reshape(p, r0 * m)
-            if acc is not None:
+            if acc is not None and t is not None:
                 acc.addmm_(g2.mT, t.reshape(p, n * r1))
-            g = g2 @ mats[j] if more else g
+            if more:  # the last product writes dx in place
+                out = dx.view(p, n * r1) if dx is not None and j + 1 == g_count else None
+                g = torch.mm(g2, mats[j], out=out)
         else:
             g3 = g.reshape(p, r0 * m, q)
-            if acc is not None:  # the chunk's transposed copies are small and in cache
+            if acc is not None and t is not None:  # the chunk's transposed copies are in cache
                 t3 = t.reshape(p, n * r1, q).transpose(0, 1).reshape(n * r1, p * q)
                 acc.addmm_(g3.transpose(0, 1).reshape(r0 * m, p * q), t3.mT)
             if more:
                 a = mats[j].mT
                 g = torch.bmm(a.expand(p, *a.shape), g3)
         n_before *= n
-    return g.reshape(x.shape) if need_dx else None
 
 
 def _sweep_groups(
@@ -315,13 +331,12 @@ class _TTLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, dims: Dims, *mats: torch.Tensor) -> torch.Tensor:
         ctx.dims = dims
-        ctx.save_for_backward(x, *mats)
+        core_grads = any(ctx.needs_input_grad[2:])
+        ctx.save_for_backward(x if core_grads else None, *mats)  # x only for the blocks' grads
         batch, rows = x.shape[0], _chunk_rows(x, dims)
-        if rows >= batch:
-            return _sweep(x, dims, mats)[-1].reshape(batch, -1)
         y = x.new_empty(batch, math.prod(m for _, m, _, _ in dims))
         for s in range(0, batch, rows):
-            y[s : s + rows] = _sweep(x[s : s + rows], dims, mats)[-1].reshape(-1, y.shape[1])
+            _sweep(x[s : s + rows], dims, mats, out=y[s : s + rows])
         return y
 
     @staticmethod
@@ -331,19 +346,14 @@ class _TTLinear(torch.autograd.Function):
         grads = [
             torch.zeros_like(a) if ctx.needs_input_grad[2 + j] else None for j, a in enumerate(mats)
         ]
-        need_dx = ctx.needs_input_grad[0]
-        batch, rows = x.shape[0], _chunk_rows(x, dims)
+        batch, rows = grad.shape[0], _chunk_rows(grad, dims)
         grad = grad.contiguous()
-        if rows >= batch:
-            dx = _backward_chunk(x, grad, dims, mats, grads, need_dx)
-        else:
-            dx = torch.empty_like(x) if need_dx else None
-            for s in range(0, batch, rows):
-                dx_s = _backward_chunk(
-                    x[s : s + rows], grad[s : s + rows], dims, mats, grads, need_dx
-                )
-                if dx is not None and dx_s is not None:
-                    dx[s : s + rows] = dx_s
+        dx = grad.new_empty(batch, _widths(dims)[0]) if ctx.needs_input_grad[0] else None
+        for s in range(0, batch, rows):
+            part = slice(s, s + rows)
+            # the inputs of the steps, recomputed only when a block needs its gradient
+            states = [] if x is None else _sweep(x[part], dims, mats, stop=1)
+            _backward_chunk(grad[part], dims, mats, grads, states, None if dx is None else dx[part])
         return (dx, None, *grads)
 
 
