@@ -6,12 +6,18 @@ choice is then compared with the fastest measured path. The same is done for the
 that came before the cost model (fewest-FLOP grouping; dense when its FLOPs are at most twice
 the TT path's). Writes the ``## Planning`` section of docs/benchmarks.md.
 
-    python benchmarks/plan_bench.py [--seconds 300] [--threads 1] [--quick]
+With ``--fit`` it refits the cost model instead: every path of random shapes (drawn with seed 0,
+not the check's seed 1) is timed, the constants ``SMALL_K, SMALL_A, SMALL_Q, CALL`` are fitted by
+non-negative least squares on the relative error of the modelled path times, and written to
+``tensortrain/_plan_constants.py``.
+
+    python benchmarks/plan_bench.py [--seconds 300] [--threads 1] [--quick] [--fit]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import math
 import os
@@ -19,7 +25,9 @@ import random
 import statistics
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
+import numpy as np
 import torch
 from _doc import replace_section
 
@@ -61,20 +69,37 @@ def time_paths(cores: list[torch.Tensor], x: torch.Tensor) -> dict[Groups | str,
     return out
 
 
+NAMES = ("SMALL_K", "SMALL_A", "SMALL_Q", "CALL")
+CONSTANTS = Path(__file__).resolve().parents[1] / "tensortrain" / "_plan_constants.py"
+
+
+@contextlib.contextmanager
+def constants(values: tuple[float, ...]) -> Iterator[None]:
+    """The cost model with ``values`` for ``NAMES`` inside the block."""
+    saved = [getattr(contract, n) for n in NAMES]
+    try:
+        for n, v in zip(NAMES, values, strict=True):
+            setattr(contract, n, v)
+        yield
+    finally:
+        for n, v in zip(NAMES, saved, strict=True):
+            setattr(contract, n, v)
+
+
+def model_pick(batch: int, rows: tuple, cols: tuple, ranks: tuple) -> Groups | str:
+    """The plan's pick under the constants in force (uncached, unlike :func:`plan`)."""
+    tt_cost, _, groups = contract._best_groups(batch, rows, cols, ranks)
+    dense_cost = contract._cost(contract._path_terms(batch, rows, cols, ranks, None))
+    return "dense" if dense_cost <= tt_cost else groups
+
+
 def flop_rule(batch: int, rows: tuple, cols: tuple, ranks: tuple) -> Groups | str:
     """The FLOP-only rule: fewest-FLOP grouping; dense when at most 2x the TT FLOPs.
 
     The planner's own search with the cost model's surcharges set to zero counts bare FLOPs.
     """
-    names = ("SMALL_K", "SMALL_A", "SMALL_Q", "CALL")
-    saved = {n: getattr(contract, n) for n in names}
-    try:
-        for n in names:
-            setattr(contract, n, 0.0)
+    with constants((0.0,) * len(NAMES)):
         _, flops, groups = contract._best_groups(batch, rows, cols, ranks)
-    finally:
-        for n, v in saved.items():
-            setattr(contract, n, v)
     return "dense" if plan(batch, rows, cols, ranks).dense_flops <= 2 * flops else groups
 
 
@@ -92,20 +117,14 @@ def random_shape(rng: random.Random) -> tuple[tuple, tuple, tuple, int] | None:
     return rows, cols, (1, *([r] * (d - 1)), 1), batch
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=300.0, help="time budget for the shapes")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--quick", action="store_true", help="30 seconds, print only")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    budget = 30.0 if args.quick else args.seconds
-    rng, gen = random.Random(args.seed), torch.Generator().manual_seed(args.seed)
-    ratios: dict[str, list[float]] = {"cost model (tt_linear)": [], "FLOP-only rule": []}
-    picks_best = dict.fromkeys(ratios, 0)
+Shape = tuple[tuple, tuple, tuple, int]
+
+
+def timed_shapes(seconds: float, seed: int) -> Iterator[tuple[Shape, dict[Groups | str, float]]]:
+    """Random shapes (seeded) and the seconds of each of their paths, for ``seconds``."""
+    rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
     start = time.perf_counter()
-    while time.perf_counter() - start < budget:
+    while time.perf_counter() - start < seconds:
         shape = random_shape(rng)
         if shape is None:
             continue
@@ -115,7 +134,68 @@ def main() -> None:
             for k in range(len(rows))
         ]
         x = torch.randn(batch, math.prod(cols), generator=gen)
-        times = time_paths(cores, x)
+        yield shape, time_paths(cores, x)
+
+
+def regret(samples: list[tuple[Shape, dict[Groups | str, float]]]) -> tuple[float, float]:
+    """Mean and worst time of the model's pick over the fastest path, constants in force."""
+    ratios = [t[model_pick(b, r, c, k)] / min(t.values()) for (r, c, k, b), t in samples]
+    return statistics.fmean(ratios), max(ratios)
+
+
+def fit(seconds: float, threads: int) -> None:
+    """Time random shapes' paths, fit the constants, write ``tensortrain/_plan_constants.py``."""
+    samples = list(timed_shapes(seconds, seed=0))
+    terms, secs = [], []
+    for (rows, cols, ranks, batch), times in samples:
+        for path, t in times.items():
+            groups = None if path == "dense" else path
+            terms.append(contract._path_terms(batch, rows, cols, ranks, groups))
+            secs.append(t)
+    a = np.array(terms) / np.array(secs)[:, None]  # modelled / measured: fit it to 1
+    import scipy.optimize
+
+    w, _ = scipy.optimize.nnls(a, np.ones(len(secs)))
+    if w[0] <= 0:
+        raise SystemExit(f"the fit gave no FLOP term ({w}); time more shapes (--seconds)")
+    values = tuple(float(f"{v:.3g}") for v in w[1:] / w[0])
+    err = float(np.median(np.abs(a @ w - 1)))
+    before = regret(samples)
+    with constants(values):
+        after = regret(samples)
+    CONSTANTS.write_text(
+        f'''"""The planner's cost-model constants (see :mod:`tensortrain.contract`). Generated file.
+
+Written by ``python benchmarks/plan_bench.py --fit --seconds {seconds:g} --threads {threads}``
+(benchmarks/README.md, planning section) on {time.strftime("%Y-%m-%d")}, torch {torch.__version__}:
+non-negative least squares on the relative error of {len(secs)} path times of {len(samples)}
+random shapes (median error {err:.0%}). On those shapes the pick took {after[0]:.2f}x the
+fastest path on average, {after[1]:.2f}x at worst ({before[0]:.2f}x and {before[1]:.2f}x with the
+constants before).
+"""
+
+SMALL_K, SMALL_A, SMALL_Q, CALL = {values[0]!r}, {values[1]!r}, {values[2]!r}, {values[3]!r}
+'''
+    )
+    print(CONSTANTS.read_text())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=300.0, help="time budget for the shapes")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--quick", action="store_true", help="30 seconds, print only")
+    ap.add_argument("--fit", action="store_true", help="refit the cost model's constants")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    budget = 30.0 if args.quick else args.seconds
+    if args.fit:
+        fit(budget, args.threads)
+        return
+    ratios: dict[str, list[float]] = {"cost model (tt_linear)": [], "FLOP-only rule": []}
+    picks_best = dict.fromkeys(ratios, 0)
+    for (rows, cols, ranks, batch), times in timed_shapes(budget, args.seed):
         fastest = min(times.values())
         p = plan(batch, rows, cols, ranks)
         chosen = {

@@ -59,12 +59,13 @@ from tensortrain._base import TTBase
 from tensortrain._blocks import dense, merge_block
 from tensortrain._checks import check_int
 from tensortrain._cores import check_cores, check_modes, ranks_of
+from tensortrain._plan_constants import CALL, SMALL_A, SMALL_K, SMALL_Q
 from tensortrain.errors import TTShapeError, TTTypeError
 from tensortrain.shapes import check_ranks
 
-#: Cost model of one matrix product ``(a, k) @ (k, q)`` (see the module docstring): the relative
-#: surcharges of a narrow inner, row and column dimension, and the fixed cost of one matrix.
-SMALL_K, SMALL_A, SMALL_Q, CALL = 10.0, 10.0, 20.0, 9.5e3
+# The cost model's constants SMALL_K, SMALL_A, SMALL_Q and CALL (see the module docstring) live in
+# the generated tensortrain/_plan_constants.py: ``python benchmarks/plan_bench.py --fit`` refits
+# them on a new machine.
 #: Most cores a TT-matrix may have in :func:`tt_linear` (the grouping search is ``O(d^2)``).
 MAX_CORES = 64
 
@@ -91,10 +92,28 @@ class Plan:
     dense_cost: float
 
 
+Terms = tuple[float, float, float, float, float]  # FLOPs, FLOPs / k, FLOPs / a, FLOPs / q, matrices
+
+
+def _product_terms(count: int, a: int, k: int, q: int) -> Terms:
+    """The cost model's terms for ``count`` products ``(a, k) @ (k, q)``."""
+    f = 2.0 * count * a * k * q
+    return (f, f / k, f / a, f / q, float(count))
+
+
+def _cost(terms: Terms) -> float:
+    """Modelled cost of ``terms``, in FLOP-equivalents (linear in the constants, for the fit)."""
+    f, per_k, per_a, per_q, count = terms
+    return f + SMALL_K * per_k + SMALL_A * per_a + SMALL_Q * per_q + CALL * count
+
+
+def _add(x: Terms, y: Terms) -> Terms:
+    return (x[0] + y[0], x[1] + y[1], x[2] + y[2], x[3] + y[3], x[4] + y[4])
+
+
 def _product_cost(count: int, a: int, k: int, q: int) -> float:
     """Modelled cost of ``count`` products ``(a, k) @ (k, q)``, in FLOP-equivalents."""
-    flops = 2.0 * a * k * q
-    return count * (flops * (1.0 + SMALL_K / k + SMALL_A / a + SMALL_Q / q) + CALL)
+    return _cost(_product_terms(count, a, k, q))
 
 
 def _block_cost(
@@ -108,6 +127,49 @@ def _block_cost(
     return cost
 
 
+def _step_terms(
+    batch: int,
+    row_modes: Sequence[int],
+    col_modes: Sequence[int],
+    ranks: Sequence[int],
+    k0: int,
+    k1: int,
+) -> Terms:
+    """The cost model's terms of the sweep step of block ``k0..k1-1``, its merge included.
+
+    The step is a batched product of ``B N_{<k0}`` matrices ``(R M_j, N_j R') @ (N_j R', M_{>j})``,
+    or one GEMM for the last block; merging the block's cores counts its bare FLOPs.
+    """
+    n_before, n_j = math.prod(col_modes[:k0]), math.prod(col_modes[k0:k1])
+    m_j, m_after = math.prod(row_modes[k0:k1]), math.prod(row_modes[k1:])
+    p, a, k = batch * n_before, ranks[k0] * m_j, n_j * ranks[k1]
+    terms = _product_terms(1, p, k, a) if m_after == 1 else _product_terms(p, a, k, m_after)
+    merge = float(_block_cost(k0, k1, row_modes, col_modes, ranks))
+    return (terms[0] + merge, *terms[1:])
+
+
+def _path_terms(
+    batch: int,
+    row_modes: Sequence[int],
+    col_modes: Sequence[int],
+    ranks: Sequence[int],
+    groups: tuple[tuple[int, int], ...] | None,
+) -> Terms:
+    """The cost model's terms of the ``tt`` path with ``groups``, or of the dense path (``None``):
+    reconstruction (bare FLOPs, core by core) plus the ``(B, N) @ (N, M)`` GEMM."""
+    if groups is not None:
+        total: Terms = (0.0, 0.0, 0.0, 0.0, 0.0)
+        for k0, k1 in groups:
+            total = _add(total, _step_terms(batch, row_modes, col_modes, ranks, k0, k1))
+        return total
+    rebuild, prefix = 0, 1
+    for k in range(len(row_modes)):
+        rebuild += 2 * prefix * ranks[k] * row_modes[k] * col_modes[k] * ranks[k + 1]
+        prefix *= row_modes[k] * col_modes[k]
+    gemm = _product_terms(1, batch, math.prod(col_modes), math.prod(row_modes))
+    return (gemm[0] + rebuild, *gemm[1:])
+
+
 def _best_groups(
     batch: int, row_modes: Sequence[int], col_modes: Sequence[int], ranks: Sequence[int]
 ) -> tuple[float, int, tuple[tuple[int, int], ...]]:
@@ -118,30 +180,14 @@ def _best_groups(
     ``k1 > k``. Returns the cost, the grouping's FLOPs and the blocks.
     """
     d = len(row_modes)
-    pre_n = [1] * (d + 1)  # prod of col modes before k
-    for k in range(d):
-        pre_n[k + 1] = pre_n[k] * col_modes[k]
-    suf_m = [1] * (d + 1)  # prod of row modes from k on
-    for k in range(d - 1, -1, -1):
-        suf_m[k] = suf_m[k + 1] * row_modes[k]
-
-    def step(k0: int, k1: int) -> tuple[float, int]:
-        merge = _block_cost(k0, k1, row_modes, col_modes, ranks)
-        p = batch * pre_n[k0]
-        a = ranks[k0] * suf_m[k0] // suf_m[k1]
-        k = pre_n[k1] // pre_n[k0] * ranks[k1]
-        q = suf_m[k1]
-        cost = _product_cost(1, p, k, a) if q == 1 else _product_cost(p, a, k, q)
-        return merge + cost, merge + 2 * p * a * k * q
-
     best: list[tuple[float, int]] = [(0.0, 0)] * (d + 1)
     nxt = [d] * (d + 1)
     for k0 in range(d - 1, -1, -1):
         stops = range(k0 + 1, d + 1) if k0 or d == 1 else range(1, d)  # one block is dense
         options = []
         for k1 in stops:
-            c, f = step(k0, k1)
-            options.append((c + best[k1][0], f + best[k1][1], k1))
+            terms = _step_terms(batch, row_modes, col_modes, ranks, k0, k1)
+            options.append((_cost(terms) + best[k1][0], int(terms[0]) + best[k1][1], k1))
         cost, flops, nxt[k0] = min(options)
         best[k0] = (cost, flops)
     groups, k = [], 0
@@ -192,14 +238,10 @@ def _plan(
     if d > MAX_CORES:
         raise TTShapeError(f"tt_linear supports at most {MAX_CORES} cores, got {d}")
     tt_cost, tt_flops, groups = _best_groups(batch, row_modes, col_modes, ranks)
-    M, N = math.prod(row_modes), math.prod(col_modes)
-    rebuild, prefix = 0, 1
-    for k in range(d):
-        rebuild += 2 * prefix * ranks[k] * row_modes[k] * col_modes[k] * ranks[k + 1]
-        prefix *= row_modes[k] * col_modes[k]
-    dense_cost = rebuild + _product_cost(1, batch, N, M)
+    dense_terms = _path_terms(batch, row_modes, col_modes, ranks, None)
+    dense_cost = _cost(dense_terms)
     kind: Literal["tt", "dense"] = "dense" if dense_cost <= tt_cost else "tt"
-    return Plan(kind, tt_flops, rebuild + 2 * batch * M * N, groups, tt_cost, dense_cost)
+    return Plan(kind, tt_flops, int(dense_terms[0]), groups, tt_cost, dense_cost)
 
 
 @torch.compiler.assume_constant_result
