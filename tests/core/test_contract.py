@@ -1,12 +1,15 @@
 """tt_linear: every planned path equals x @ W.T, gradients, the cache, bad input."""
 
+import itertools
+
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+import tensortrain._plan_constants as plan_constants
 from tensortrain import TTMatrix, TTShapeError, TTTypeError, plan, tt_linear
-from tensortrain.contract import _product_cost
+from tensortrain.contract import _cost, _path_terms, _product_cost
 from tensortrain.testing import assert_close, tt_matrices
 
 lead_shapes = st.lists(st.integers(1, 4), min_size=0, max_size=3)
@@ -58,6 +61,50 @@ def test_cost_model_prefers_wide_products_to_fewer_flops():
         1, 4096, 256, 256
     ) / (2 * 4096 * 256 * 256)
     assert _product_cost(100, 8, 8, 8) > 100 * 2 * 8 * 8 * 8
+
+
+def _groupings(d):
+    """Every split of ``d`` cores into at least two consecutive blocks (one block when d = 1)."""
+    if d == 1:
+        return [((0, 1),)]
+    out = []
+    for mask in range(2 ** (d - 1)):
+        cuts = [i + 1 for i in range(d - 1) if mask >> i & 1]
+        if cuts:
+            bounds = [0, *cuts, d]
+            out.append(tuple(itertools.pairwise(bounds)))
+    return out
+
+
+@given(
+    st.integers(1, 5).flatmap(
+        lambda d: st.tuples(
+            st.integers(1, 4096),
+            st.lists(st.integers(1, 16), min_size=d, max_size=d),
+            st.lists(st.integers(1, 16), min_size=d, max_size=d),
+            st.lists(st.integers(1, 32), min_size=d - 1, max_size=d - 1),
+        )
+    )
+)
+def test_plan_takes_the_cheapest_modelled_path(args):
+    """The dynamic programme finds the grouping of least modelled cost (checked by brute force),
+    and the plan's costs are the cost model's terms of its paths."""
+    batch, rows, cols, inner = args
+    ranks = (1, *inner, 1)
+    p = plan(batch, rows, cols, ranks)
+    costs = {g: _cost(_path_terms(batch, rows, cols, ranks, g)) for g in _groupings(len(rows))}
+    assert p.tt_cost == pytest.approx(costs[p.groups], rel=1e-9)
+    assert p.tt_cost <= min(costs.values()) * (1 + 1e-9)
+    assert p.dense_cost == pytest.approx(_cost(_path_terms(batch, rows, cols, ranks, None)))
+    assert p.kind == ("dense" if p.dense_cost <= p.tt_cost else "tt")
+    flops = _path_terms(batch, rows, cols, ranks, p.groups)[0]
+    assert p.tt_flops == pytest.approx(flops, rel=1e-9)
+
+
+def test_generated_constants_are_non_negative_numbers():
+    values = [plan_constants.SMALL_K, plan_constants.SMALL_A, plan_constants.SMALL_Q]
+    values.append(plan_constants.CALL)
+    assert all(isinstance(v, float) and v >= 0 for v in values)
 
 
 def test_plan_is_cached():
