@@ -559,15 +559,16 @@ class _FactorLinear(torch.autograd.Function):
         x, w, *rest = ctx.saved_tensors
         d = ctx.layout.num_cores
         cores, prefixes = rest[:d], rest[d:]
-        # backward runs outside autocast: in x's dtype; autograd casts each gradient to its input's
-        g = grad.reshape(-1, grad.shape[-1]).to(x.dtype)
+        # backward runs outside autocast: compute in the output's dtype (bfloat16 under a bfloat16
+        # autocast), as autocast did in forward; autograd casts each gradient to its input's
+        g = grad.reshape(-1, grad.shape[-1])
         dx = db = None
         core_grads: list[torch.Tensor | None] = [None] * d
         if ctx.needs_input_grad[0]:
-            dx = (g @ w.to(x.dtype)).reshape(x.shape)
+            dx = (g @ w.to(g.dtype)).reshape(x.shape)
         if ctx.needs_input_grad[3]:
             db = g.sum(0) * ctx.scale
         if any(ctx.needs_input_grad[4:]):
-            dw = (g.mT @ x.reshape(-1, x.shape[-1])) * ctx.scale
+            dw = (g.mT @ x.reshape(-1, x.shape[-1]).to(g.dtype)) * ctx.scale
             core_grads = list(chain_grads(cores, prefixes, ctx.layout.flat_grad(dw)))
         return dx, None, None, db, *core_grads

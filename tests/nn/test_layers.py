@@ -567,10 +567,12 @@ def test_reparam_saves_less_for_backward_than_lora():
     assert extra < x.numel() * 2
 
 
-def test_reparam_trains_under_bfloat16_autocast():
-    """The lean backward runs outside autocast: it must not mix bfloat16 grads and float32 factors."""
+@pytest.mark.parametrize("cls", [TTReparam, TTAdapter])
+def test_layer_trains_under_bfloat16_autocast(cls):
+    """The one-node backwards run outside autocast: no mixing bfloat16 grads and float32 factors."""
     torch.manual_seed(0)
-    layer = TTReparam(nn.Linear(16, 16), dropout=0.1, init="paper").train()
+    kw = {"dropout": 0.1} if cls is TTReparam else {"bottleneck": 4}
+    layer = cls(nn.Linear(16, 16), init="paper", **kw).train()
     x = torch.randn(4, 16, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = layer(x)
