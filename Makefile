@@ -44,7 +44,7 @@ $(BENCH_VENV)/.installed: pyproject.toml constraints.txt
 	$(BENCH_VENV)/bin/pip install -q --no-deps -e .
 	touch $@
 
-.PHONY: bench-core bench-layers bench-llm
+.PHONY: bench-core bench-layers bench-llm bench-plan bench-modes bench-gpu
 bench-core: $(BENCH_VENV)/.installed
 	$(BENCH_VENV)/bin/python benchmarks/core_bench.py
 
@@ -66,4 +66,21 @@ bench-accuracy: $(VENV)/.installed
 	$(BIN)/python benchmarks/accuracy.py forget
 	$(BIN)/python benchmarks/accuracy.py docs
 
-bench: bench-core bench-layers bench-llm
+# How good the contraction planner's picks are (random shapes, every path timed); about 5 minutes.
+# `$(BIN)/python benchmarks/plan_bench.py --fit` re-fits its cost model on a new machine first.
+bench-plan: $(VENV)/.installed
+	$(BIN)/python benchmarks/plan_bench.py
+
+# bfloat16 against float32 on CPU, and torch.compile (inductor) of MiniLM steps; ~10 min, mostly compiling.
+bench-modes: $(VENV)/.installed
+	$(BIN)/python benchmarks/modes_bench.py
+
+# The CUDA table (GPU machines only; not part of `make bench`): replaces the ## GPU section.
+bench-gpu: $(VENV)/.installed
+	$(BIN)/python benchmarks/gpu_bench.py
+
+# Every CPU table of docs/benchmarks.md from one run, then the ## Targets summary of their ratios.
+bench: $(VENV)/.installed $(BENCH_VENV)/.installed
+	rm -f docs/results/targets.json
+	$(MAKE) bench-core bench-layers bench-plan bench-modes bench-llm
+	$(BIN)/python benchmarks/targets.py
