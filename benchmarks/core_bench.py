@@ -34,7 +34,7 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
-from _doc import replace_section  # noqa: E402
+from _doc import record_target, replace_section  # noqa: E402
 
 from tensortrain import TTMatrix, plan, round_cores, tt_linear, tt_svd  # noqa: E402
 from tensortrain import ops as tt_ops  # noqa: E402
@@ -42,6 +42,8 @@ from tensortrain import ops as tt_ops  # noqa: E402
 warnings.filterwarnings("ignore")
 ROOT = Path(__file__).resolve().parent.parent
 SECTION = "## Core operations"
+DENSE = "dense matmul"
+GEMM_FLOPS = 2 * 256 * 4096 * 4096  # one dense forward of the TT-matrix cases
 
 
 @dataclass
@@ -61,6 +63,14 @@ class Case:
     entries: dict[str, Entry]
     flops: float | None = None  # nominal FLOPs, for GFLOP/s (TT-matrix cases)
     skipped: dict[str, str] = field(default_factory=dict)
+    target: str = ""  # the name its issue-16 ratios are recorded under (record_targets)
+
+    def medians_ms(self) -> dict[str, float]:
+        return {n: statistics.median(e.times) * 1e3 for n, e in self.entries.items()}
+
+    def best_peer_ms(self) -> float:
+        peers = [v for n, v in self.medians_ms().items() if n not in ("tensortrain", DENSE)]
+        return min(peers) if peers else float("nan")
 
 
 def _rel(a: torch.Tensor, ref: torch.Tensor) -> float:
@@ -228,7 +238,9 @@ def _round(mods: dict[str, Any], dtype: torch.dtype) -> Case:
 
         e["quimb"] = Entry(q_round, lambda m: _tt_rel(_quimb_cores(m), ref))
     name = str(dtype).removeprefix("torch.")
-    return Case(f"rounding a 16^8 TT {name}, rank 64 -> 16", e, skipped=skipped)
+    case = Case(f"rounding a 16^8 TT {name}, rank 64 -> 16", e, skipped=skipped)
+    case.target = f"rounding {name}"
+    return case
 
 
 def case_round(mods: dict[str, Any]) -> Case:
@@ -315,6 +327,7 @@ def case_ttm_forward(mods: dict[str, Any]) -> Case:
         "TT-matrix 4096x4096 (8^4 x 8^4, rank 8) @ float32 batch 256, forward",
         e,
         flops=_ttm_flops(256),
+        target="TT-matrix forward",
     )
 
 
@@ -361,6 +374,7 @@ def case_ttm_backward(mods: dict[str, Any]) -> Case:
         "the same, forward + backward (error: worst of dx, dcores)",
         e,
         flops=3 * _ttm_flops(256),
+        target="TT-matrix forward + backward",
     )
 
 
@@ -412,15 +426,13 @@ def table(cases: list[Case], mods: dict[str, Any]) -> str:
         "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
     for case in cases:
-        med = {n: statistics.median(e.times) * 1e3 for n, e in case.entries.items()}
-        peers = [v for n, v in med.items() if n not in ("tensortrain", "dense matmul")]
-        best = min(peers) if peers else float("nan")
+        med, best = case.medians_ms(), case.best_peer_ms()
         first = True
         for name in sorted(med, key=med.__getitem__):
             gf = f"{case.flops / med[name] / 1e6:.1f}" if case.flops else ""
-            if name == "dense matmul" and case.flops:
+            if name == DENSE and case.flops:
                 passes = 3 if "backward" in case.name else 1  # y; then dx and dW
-                gf = f"{passes * 2 * 256 * 4096 * 4096 / med[name] / 1e6:.1f}"
+                gf = f"{passes * GEMM_FLOPS / med[name] / 1e6:.1f}"
             ratio = med[name] / best
             label = f"**{name}**" if name == "tensortrain" else name
             lines.append(
@@ -431,6 +443,32 @@ def table(cases: list[Case], mods: dict[str, Any]) -> str:
         for name, why in case.skipped.items():
             lines.append(f"| | {name} | n/a | | {why} | |")
     return "\n".join(lines)
+
+
+def record_targets(cases: list[Case], threads: int) -> None:
+    """Issue 16's ratios of this run for the ``## Targets`` summary (benchmarks/targets.py)."""
+    by = {c.target: c for c in cases if c.target and "tensortrain" in c.entries}
+    at = f"{threads} thread{'s' if threads > 1 else ''}"
+    items = {"rounding float64": 1, "rounding float32": 1, "TT-matrix forward + backward": 2}
+    for label, item in items.items():
+        if label in by:
+            case = by[label]
+            ratio = case.medians_ms()["tensortrain"] / case.best_peer_ms()
+            record_target(f"{item}. {label}: tensortrain / fastest peer, {at}", ratio, 0.5)
+    both, fwd = by.get("TT-matrix forward + backward"), by.get("TT-matrix forward")
+    if both is not None and fwd is not None and both.flops and DENSE in fwd.entries:
+        rate = both.flops / both.medians_ms()["tensortrain"]
+        gemm = GEMM_FLOPS / fwd.medians_ms()[DENSE]
+        note = f"{rate / 1e6:.1f} against {gemm / 1e6:.1f} GFLOP/s"
+        if DENSE in both.entries:
+            note += f"; {rate / (3 * GEMM_FLOPS / both.medians_ms()[DENSE]):.2f}x the dense fwd+bwd"
+        record_target(
+            f"2. TT-matrix forward + backward GFLOP/s / dense forward GEMM's, {at}",
+            rate / gemm,
+            0.7,
+            lower=False,
+            note=note,
+        )
 
 
 def main() -> None:
@@ -464,6 +502,8 @@ def main() -> None:
             run_case(case, args.warmup, repeats)
             cases.append(case)
             print(f"[{threads} thread(s)]", table([case], mods).split("\n", 2)[2], flush=True)
+        if not args.quick:
+            record_targets(cases, threads)
         plural = "" if threads == 1 else "s"
         tables.append(
             f"### {threads} thread{plural}\n\n`torch.set_num_threads({threads})`; 1-minute load "
