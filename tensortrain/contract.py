@@ -16,8 +16,9 @@ not the fastest. Each matrix product ``(a, k) @ (k, q)`` is charged
 
     ``2 a k q (1 + SMALL_K / k + SMALL_A / a + SMALL_Q / q) + CALL``
 
-FLOP-equivalents (``CALL`` once per matrix of a batched product), with constants fitted to
-single-thread timings of 220 random products (median error 21%; ``benchmarks/README.md``):
+FLOP-equivalents (``CALL`` once per matrix of a batched product). The constants live in the
+generated :mod:`tensortrain._plan_constants`; ``python benchmarks/plan_bench.py --fit`` refits them
+on a new machine from timed paths of random shapes (``benchmarks/README.md``, planning section):
 
 * ``tt`` cost: the cheapest grouping of the cores into at least two consecutive blocks (one block
   when ``d = 1``), by dynamic programming: the merges inside each block (``2 r M_a N_a s m n t``
