@@ -237,9 +237,10 @@ def _keep_mask(x: torch.Tensor, p: float) -> torch.Tensor:
     """A boolean mask of ``x``'s shape, each entry True with probability ``1 - p`` (to ``2^-31``).
 
     One int32 draw (uniform on ``[0, 2^31)``) compared with ``round((1 - p) 2^31)``: on CPU about
-    half the time of ``bernoulli_``, which ``nn.Dropout`` uses.
+    half the time of ``bernoulli_``, which ``nn.Dropout`` uses. ``randint`` (not ``random_``)
+    so that ``torch.compile`` traces it without a graph break.
     """
-    draw = torch.empty(x.shape, dtype=torch.int32, device=x.device).random_()
+    draw = torch.randint(0, 2**31, x.shape, dtype=torch.int32, device=x.device)
     return draw < round((1 - p) * 2**31)
 
 
