@@ -193,9 +193,9 @@ def fit(seconds: float, threads: int) -> None:
 Written by ``python benchmarks/plan_bench.py --fit --seconds {seconds:g} --threads {threads}``
 (benchmarks/README.md, planning section) on {time.strftime("%Y-%m-%d")}, torch {torch.__version__}:
 non-negative least squares on the relative error of {len(secs)} path times of {len(samples)}
-random shapes (median error {err:.0%}), then a search for the least mean pick time. On those shapes the pick took {after[0]:.2f}x the
-fastest path on average, {after[1]:.2f}x at worst ({before[0]:.2f}x and {before[1]:.2f}x with the
-constants before).
+random shapes (median error {err:.0%}), then a search for the least mean pick time. On those
+shapes the pick took {after[0]:.2f}x the fastest path on average, {after[1]:.2f}x at worst
+({before[0]:.2f}x and {before[1]:.2f}x with the constants before).
 """
 
 SMALL_K, SMALL_A, SMALL_Q, CALL = {values[0]!r}, {values[1]!r}, {values[2]!r}, {values[3]!r}
