@@ -32,14 +32,14 @@ DEFAULT_LR: dict[str, float] = {
     "lora": 1e-3,
     "full": 5e-5,
     "rep": 3e-3,
-    "adp": 5e-3,
+    "adp": 4e-3,
     "none": 1e-3,  # unused: nothing trains
 }
 #: LoRETTA options used unless ``method_options`` sets them: norms train too, as in the LoRETTA
 #: code (the settings compared on the default task are in docs/finetune.md).
 TT_DEFAULTS: dict[str, dict[str, Any]] = {
     "rep": {"trainable_norms": True},
-    "adp": {"trainable_norms": True, "bottleneck": 16, "tt_rank": 3},
+    "adp": {"trainable_norms": True, "bottleneck": 16, "tt_rank": 3, "activation": "gelu"},
 }
 #: peft LoRA options used unless ``method_options`` sets them.
 LORA_DEFAULTS: dict[str, Any] = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05}
