@@ -222,12 +222,15 @@ def test_gram_rounding_declines_a_tiny_tail_without_gap_and_falls_back():
     assert abs(_rel_err(got, ops.full(cores)) - 1e-9) < 1e-15
 
 
-def test_gram_rounding_is_skipped_for_float32_autograd_and_tiny_eps():
+def test_gram_rounding_is_skipped_for_half_autograd_and_tiny_eps():
     gen = torch.Generator().manual_seed(8)
     cores = _cores([4] * 4, None, 3, gen, tensor=True)
     assert ops._gram_round_applies(cores, 0.1)
     assert not ops._gram_round_applies(cores, 1e-6)  # eps^2 / (d - 1) below GRAM_MIN_DELTA2
-    assert not ops._gram_round_applies([c.float() for c in cores], 0.1)
+    assert ops._gram_round_applies([c.float() for c in cores], 0.1)
+    assert not ops._gram_round_applies([c.float() for c in cores], 1e-2)  # float32's floor
+    assert not ops._gram_round_applies([c.half() for c in cores], 0.1)
+    assert not ops._gram_round_applies([c.bfloat16() for c in cores], 0.1)
     assert not ops._gram_round_applies([c.requires_grad_() for c in cores], 0.1)
     with torch.no_grad():
         assert ops._gram_round_applies(cores, 0.1)
