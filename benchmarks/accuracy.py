@@ -446,13 +446,19 @@ def bench_table(store: dict) -> str:
     return "\n".join(lines)
 
 
+def _overfit_rows(store: dict) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
+    """The overfitting runs of today's settings (rows of earlier defaults stay in the store)."""
+    now = {(s.method, s.name) for s in overfit_settings()}
+    return {k: v for k, v in _records(store, "overfit").items() if (k[1], k[2]) in now}
+
+
 def _plot_overfit(store: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = _records(store, "overfit")
+    rows = _overfit_rows(store)
     fig, ax = plt.subplots(figsize=(6, 4))
     for (task, method, _), recs in rows.items():
         hist = [statistics.mean(h) for h in zip(*(r["history"] for r in recs), strict=True)]
@@ -489,7 +495,7 @@ def forget_table(store: dict) -> str:
 
 
 def overfit_table(store: dict) -> str:
-    rows = _records(store, "overfit")
+    rows = _overfit_rows(store)
     lines = [
         "| method | task | " + " | ".join(f"ep {i}" for i in range(1, 11)) + " | best - last |"
     ]
