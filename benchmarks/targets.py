@@ -13,10 +13,12 @@ import json
 from _doc import TARGETS, replace_section
 
 HEADING = "## Targets"
+#: The row order: by the script that measured a ratio, in the order ``make bench`` runs them.
+SCRIPTS = ["core_bench.py", "layer_bench.py", "llm_bench.py", "plan_bench.py", "modes_bench.py"]
 
 
 def render(store: dict[str, dict]) -> str:
-    """The section: one row per recorded target, in the order of ``ORDER`` then by name."""
+    """The section: one row per recorded ratio, ordered by :data:`SCRIPTS`, then by name."""
     lines = [
         HEADING,
         "",
@@ -26,7 +28,7 @@ def render(store: dict[str, dict]) -> str:
         "| target | goal | measured | met | measured by | note |",
         "| --- | ---: | ---: | :---: | --- | --- |",
     ]
-    for name, t in store.items():
+    for name, t in sorted(store.items(), key=lambda kv: (SCRIPTS.index(kv[1]["by"]), kv[0])):
         goal, value = t["goal"], t["measured"]
         if goal is None:
             goal_text, met = "", ""
@@ -34,6 +36,11 @@ def render(store: dict[str, dict]) -> str:
             goal_text = ("<= " if t["lower"] else ">= ") + f"{goal:g}"
             met = "yes" if (value <= goal if t["lower"] else value >= goal) else "**no**"
         lines.append(f"| {name} | {goal_text} | {value:.2f} | {met} | {t['by']} | {t['note']} |")
+    lines += [
+        "",
+        "Rows without a goal are reported, not targeted. The CUDA table (`make bench-gpu`) is not",
+        "part of this run: see `## GPU`.",
+    ]
     return "\n".join(lines) + "\n"
 
 
