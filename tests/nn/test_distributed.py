@@ -54,37 +54,58 @@ def test_shard_covers_the_global_batch_once() -> None:
     assert shard(batch, 0, 1) == (batch, 1.0)
 
 
+#: What the C++ runtime prints when a process aborts at exit with a thread still running (seen
+#: once on a fresh CI machine after a gloo run; never reproduced in a dozen reruns).
+TEARDOWN_ABORT = "terminate called without an active exception"
+
+
+def _launch_ddp(assets: dict[str, str], root: Path) -> Path:
+    """Scenario A/B of ``_helpers.py ddp`` on 2 gloo processes; the folder holding their files.
+
+    A launch in which a process died of that abort (SIGABRT) and none failed otherwise is run once
+    more in a fresh folder; any other failure, or a second abort, fails the test.
+    """
+    for attempt in range(2):
+        out = root / f"launch{attempt}"
+        out.mkdir()
+        config_file = out / "config.json"
+        config_file.write_text(json.dumps(_values(assets, out / "ddp_run", checkpoint_every=4)))
+        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+        env.update(WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", PYTHONWARNINGS="ignore")
+        procs = [
+            subprocess.Popen(
+                [sys.executable, str(HERE / "_helpers.py"), "ddp", str(config_file), str(out)],
+                env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+            for rank in range(2)
+        ]
+        outputs = [p.communicate(timeout=240)[0].decode() for p in procs]
+        codes = [p.returncode for p in procs]
+        aborted = [c == -6 and TEARDOWN_ABORT in t for c, t in zip(codes, outputs, strict=True)]
+        if (
+            attempt == 0
+            and any(aborted)
+            and all(c == 0 or a for c, a in zip(codes, aborted, strict=True))
+        ):
+            continue
+        for code, text in zip(codes, outputs, strict=True):
+            assert code == 0, text[-3000:]
+        return out
+    raise AssertionError("unreachable")
+
+
 def test_two_processes_match_one(assets: dict[str, str], tmp_path: Path, one_thread: None) -> None:
-    config_file = tmp_path / "config.json"
-    config_file.write_text(json.dumps(_values(assets, tmp_path / "ddp_run", checkpoint_every=4)))
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
-    env.update(WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", PYTHONWARNINGS="ignore")
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                str(HERE / "_helpers.py"),
-                "ddp",
-                str(config_file),
-                str(tmp_path),
-            ],
-            env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        for rank in range(2)
-    ]
-    outputs = [p.communicate(timeout=240)[0].decode() for p in procs]
-    for proc, text in zip(procs, outputs, strict=True):
-        assert proc.returncode == 0, text[-3000:]
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    run_dir = _launch_ddp(assets, tmp_path)
+    ranks = [torch.load(run_dir / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
     # Identical trainable tensors on both ranks after every one of the 2 x 4 steps.
     assert len(ranks[0]["digests"]) == 8
     assert ranks[0]["digests"] == ranks[1]["digests"]
     # The same metrics everywhere (rank 0 evaluated and broadcast them); only rank 0 saved.
     assert ranks[0]["result"]["history"] == ranks[1]["result"]["history"]
-    out = tmp_path / "ddp_run"
+    out = run_dir / "ddp_run"
     assert (out / "report.json").is_file() and (
         out / "checkpoints/step-00000008/MANIFEST.json"
     ).is_file()
@@ -107,13 +128,13 @@ def test_two_processes_match_one(assets: dict[str, str], tmp_path: Path, one_thr
 
     # Two named adapters, both left trainable: the inactive one is frozen while training (with
     # a warning), so DDP neither fails on step 2 nor skips averaging; flags come back after.
-    two = [torch.load(tmp_path / f"two{r}.pt", weights_only=False) for r in range(2)]
+    two = [torch.load(run_dir / f"two{r}.pt", weights_only=False) for r in range(2)]
     assert len(two[0]["digests"]) == 8 and two[0]["digests"] == two[1]["digests"]
     assert all(t["b_unchanged"] and t["b_trainable_again"] for t in two)
     assert any("inactive adapters" in w for w in two[0]["warnings"])
 
     # FSDP2 fully_shard over the 2 ranks (each on half the batch) matches one local process.
-    fsdp = [torch.load(tmp_path / f"fsdp{r}.pt", weights_only=False) for r in range(2)]
+    fsdp = [torch.load(run_dir / f"fsdp{r}.pt", weights_only=False) for r in range(2)]
     assert all(f["sharded"] and f["max_diff"] < 1e-5 for f in fsdp), fsdp
 
 
