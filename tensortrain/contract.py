@@ -112,11 +112,6 @@ def _add(x: Terms, y: Terms) -> Terms:
     return (x[0] + y[0], x[1] + y[1], x[2] + y[2], x[3] + y[3], x[4] + y[4])
 
 
-def _product_cost(count: int, a: int, k: int, q: int) -> float:
-    """Modelled cost of ``count`` products ``(a, k) @ (k, q)``, in FLOP-equivalents."""
-    return _cost(_product_terms(count, a, k, q))
-
-
 def _block_cost(
     k0: int, k1: int, row_modes: Sequence[int], col_modes: Sequence[int], ranks: Sequence[int]
 ) -> int:

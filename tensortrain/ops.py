@@ -302,9 +302,8 @@ def _gram_round(
         rm = h[: min(r_prev * n, r)].triu()
         rm64 = rm.double()
         evals, evecs = torch.linalg.eigh(rm64 @ grams[k].double() @ rm64.mT)  # ascending
-        lam = [max(x, 0.0) for x in reversed(evals.tolist())][
-            : dims[k]
-        ]  # descending; the rest is 0
+        lam = [max(x, 0.0) for x in reversed(evals.tolist())]  # descending
+        lam = lam[: dims[k]]  # the rest is 0 (the rank bound)
         tail2 = list(itertools.accumulate(reversed(lam)))[::-1]  # tail2[i] = sum(lam[i:])
         total = tail2[0]
         margin = 4 * len(lam) ** 2 * eps_mach * total

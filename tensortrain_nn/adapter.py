@@ -88,7 +88,7 @@ class TTBottleneck(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """``s * up(act(down(dropout(h))))`` for ``h (..., features)``.
 
-        A projection the planner would apply densely runs as one autograd node
+        Each projection runs as one autograd node, densely by choice
         (:func:`~tensortrain_nn._wrapper.factor_linear`: weight rebuilt from the cores, bias added
         in the matmul, ``s`` folded into ``up``'s weight and bias).
         """

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import tensortrain._plan_constants as plan_constants
 from tensortrain import TTMatrix, TTShapeError, TTTypeError, plan, tt_linear
-from tensortrain.contract import _cost, _path_terms, _product_cost
+from tensortrain.contract import _cost, _path_terms, _product_terms
 from tensortrain.testing import assert_close, tt_matrices
 
 lead_shapes = st.lists(st.integers(1, 4), min_size=0, max_size=3)
@@ -56,11 +56,15 @@ def test_cost_model_prefers_wide_products_to_fewer_flops():
     takes the two blocks (measured: benchmarks/README.md)."""
     p = plan(1024, (8, 6, 8), (8, 6, 8), (1, 2, 2, 1))
     assert p.kind == "tt" and p.groups == ((0, 1), (1, 3))
+
     # a narrow product costs more per FLOP than a wide one; a batch of matrices pays per matrix
-    assert _product_cost(1, 4096, 8, 8) / (2 * 4096 * 8 * 8) > 3 * _product_cost(
-        1, 4096, 256, 256
-    ) / (2 * 4096 * 256 * 256)
-    assert _product_cost(100, 8, 8, 8) > 100 * 2 * 8 * 8 * 8
+    def cost(count: int, a: int, k: int, q: int) -> float:
+        return _cost(_product_terms(count, a, k, q))
+
+    assert cost(1, 4096, 8, 8) / (2 * 4096 * 8 * 8) > 3 * cost(1, 4096, 256, 256) / (
+        2 * 4096 * 256 * 256
+    )
+    assert cost(100, 8, 8, 8) > 100 * 2 * 8 * 8 * 8
 
 
 def _groupings(d):

@@ -165,24 +165,29 @@ def _ddp(config_path: str, out: Path) -> None:
     torch.save(_fsdp(out), out / f"fsdp{rank}.pt")
 
 
-def tiny_patched_bert(seed: int = 0) -> nn.Module:
-    """A 2-layer BERT classifier (vocabulary 100, no dropout) with LoRETTA_rep on query/value."""
+def tiny_bert(seed: int = 0, hidden: int = 32) -> nn.Module:
+    """A random 2-layer BERT classifier (vocabulary 100, ``hidden`` wide, dropout off)."""
     from transformers import BertConfig, BertForSequenceClassification
-
-    import tensortrain_nn
 
     torch.manual_seed(seed)
     config = BertConfig(
         vocab_size=100,
-        hidden_size=32,
+        hidden_size=hidden,
         num_hidden_layers=2,
         num_attention_heads=2,
-        intermediate_size=64,
+        intermediate_size=2 * hidden,
         max_position_embeddings=32,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
     )
-    model = BertForSequenceClassification(config)
+    return BertForSequenceClassification(config)
+
+
+def tiny_patched_bert(seed: int = 0) -> nn.Module:
+    """:func:`tiny_bert` with LoRETTA_rep on query/value."""
+    import tensortrain_nn
+
+    model = tiny_bert(seed)
     tensortrain_nn.patch(model, mode="rep", dropout=0.0)
     return model
 

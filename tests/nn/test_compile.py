@@ -10,6 +10,7 @@ from typing import cast
 
 import pytest
 import torch
+from _helpers import tiny_bert
 from torch import nn
 
 import tensortrain_nn
@@ -17,24 +18,6 @@ import tensortrain_nn
 pytest.importorskip("transformers")
 
 RTOL = 1e-5  # float32: the compiled graph runs the same kernels, in the same order
-
-
-def tiny_bert() -> nn.Module:
-    """A 2-layer, 64-wide random BERT classifier, dropout off (seed 0)."""
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=100,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=128,
-        max_position_embeddings=32,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    return BertForSequenceClassification(cfg)
 
 
 def step(model: nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -62,7 +45,7 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 )
 def test_compiled_patched_model_matches_eager(mode: str, kwargs: dict) -> None:
     torch._dynamo.reset()
-    model = tensortrain_nn.patch(tiny_bert(), mode=mode, init="paper", **kwargs).train()
+    model = tensortrain_nn.patch(tiny_bert(hidden=64), mode=mode, init="paper", **kwargs).train()
     compiled = cast(nn.Module, torch.compile(copy.deepcopy(model), backend="aot_eager"))
     ids = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(0))
     for _ in range(2):  # the second call reuses the compiled graphs
@@ -78,7 +61,9 @@ def test_compiled_patched_model_matches_eager(mode: str, kwargs: dict) -> None:
 def test_compiled_rep_with_dropout_trains() -> None:
     """The dropout mask is drawn inside the compiled graph; the update still gets gradients."""
     torch._dynamo.reset()
-    model = tensortrain_nn.patch(tiny_bert(), mode="rep", init="paper", dropout=0.1).train()
+    model = tensortrain_nn.patch(
+        tiny_bert(hidden=64), mode="rep", init="paper", dropout=0.1
+    ).train()
     compiled = cast(nn.Module, torch.compile(model, backend="aot_eager"))
     ids = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(0))
     out, grads = step(compiled, ids)
@@ -89,7 +74,7 @@ def test_compiled_rep_with_dropout_trains() -> None:
 def test_compiled_merged_rep_matches_plain_model() -> None:
     """Eval after ``merge``: the compiled patched model computes the merged linears' output."""
     torch._dynamo.reset()
-    model = tensortrain_nn.patch(tiny_bert(), mode="rep", init="paper").eval()
+    model = tensortrain_nn.patch(tiny_bert(hidden=64), mode="rep", init="paper").eval()
     tensortrain_nn.merge_adapter(model)
     ids = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
