@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -200,11 +201,10 @@ def round_cores(
     eps = check_eps(eps)
     d = len(cores)
     caps = bond_caps(max_rank, d)
-    check_finite_cores(cores)
-    if _gram_round_applies(cores, eps):
-        out = _gram_round(cores, eps, caps)
-        if out is not None:
-            return out
+    if not _gram_round_applies(cores, eps):
+        check_finite_cores(cores)
+    elif (out := _gram_round(cores, eps, caps)) is not None:  # it checks the cores itself
+        return out
     out, log_scale = _orthogonalize(cores)
     if d == 1:
         return put_scale(out, 0, float(log_scale) / math.log(2))
@@ -240,12 +240,17 @@ def _unit_cores(cores: Cores) -> tuple[list[torch.Tensor], float]:
     Cores whose largest entry lies in ``2^-e .. 2^e`` (``e`` a fifth of the dtype's exponent
     range: 204 in float64, 25 in float32) stay as they are: products of two such cores and a
     normalised matrix can neither overflow nor underflow.
+
+    Raises:
+        TTValueError: a core holds NaN or inf (named, e.g. ``cores[2]``).
     """
     safe = 2.0 ** (int(math.log2(torch.finfo(cores[0].dtype).max)) // 5)
     out, log_scale = [], 0.0
-    for core in cores:
-        lo, hi = torch.aminmax(core)
-        peak = max(-float(lo), float(hi))
+    for k, core in enumerate(cores):
+        lo, hi = (float(v) for v in torch.aminmax(core.detach()))
+        if not math.isfinite(lo + hi):  # NaN propagates through aminmax
+            raise TTValueError(f"cores[{k}] contains NaN or inf")
+        peak = max(-lo, hi)
         if peak > 0 and not 1 / safe <= peak <= safe:
             core, log_scale = core / peak, log_scale + math.log(peak)
         out.append(core)
@@ -258,70 +263,149 @@ def _tail_rank(tail2: list[float], delta2: float, cap: int | None) -> int:
     return rank if cap is None else min(rank, cap)
 
 
+def _right_grams(units: Cores) -> tuple[list[torch.Tensor], list[int]]:
+    """Normalised Gram matrices of the parts right of each core, and a bound on their ranks.
+
+    ``grams[k]`` is ``(r_k, r_k)``: the Gram matrix of the unfolding of cores ``k+1..d-1`` (one GEMM
+    pair per core, right to left), divided by its largest entry; ``grams[d-1]`` is ``[[1]]``.
+    """
+    grams, dims = [units[0].new_ones(1, 1)], [1]
+    for c in reversed(units[1:]):
+        r_prev, n, r = c.shape
+        # P is symmetric: its transposed view takes a faster GEMM kernel for this tall product
+        w = (c.reshape(r_prev * n, r) @ grams[-1].mT).reshape(r_prev, n * r)
+        grams.append(_normalised(w @ c.reshape(r_prev, n * r).mT)[0])
+        dims.append(min(r_prev, n * dims[-1]))
+    return grams[::-1], dims[::-1]
+
+
+class _Declined(Exception):
+    """The Gram path cannot vouch for a truncation: the caller runs the QR and SVD sweeps."""
+
+
+@dataclass
+class _Cut:
+    """One bond's truncation: the kept eigenvectors ``w`` of ``K`` and the energies."""
+
+    w: torch.Tensor
+    dropped: float
+    margin: float
+    total: float
+
+
+def _cut(k_mat: torch.Tensor, dim: int, share: float, cap: int | None) -> _Cut:
+    """Rank and kept eigenvectors of ``K = R P R^T`` for a tolerance of ``share * trace(K)``.
+
+    Raises :class:`_Declined` where the eigenvalues' round-off (``4 k^2 eps_mach trace(K)``, with
+    the ``eps_mach`` of the cores' dtype) could decide the rank.
+    """
+    eps_mach = torch.finfo(k_mat.dtype).eps
+    evals, evecs = torch.linalg.eigh(k_mat)  # ascending
+    lam = [max(x, 0.0) for x in reversed(evals.tolist())][:dim]  # past dim: 0 (the rank bound)
+    tail2 = list(itertools.accumulate(reversed(lam)))[::-1]  # tail2[i] = sum(lam[i:])
+    total = tail2[0]
+    margin = 4 * len(lam) ** 2 * eps_mach * total
+    allowed = share * total
+    if 0 < allowed < 2 * margin:
+        raise _Declined  # the tolerance is within reach of the Gram matrices' round-off
+    rank = _tail_rank(tail2, max(allowed - margin, 0.0), cap)
+    dropped = 0.0
+    if rank < len(lam) and total > 0:
+        dropped, gap = tail2[rank], lam[rank - 1] - lam[rank]
+        if max(allowed, dropped, gap) < GRAM_ROUND_MIN[k_mat.dtype] * total:
+            raise _Declined
+    w = evecs[:, evecs.shape[1] - rank :].flip(1)
+    return _Cut(w, dropped, margin, total)
+
+
+def _qr_bond(
+    mat: torch.Tensor, p: torch.Tensor, dim: int, share: float, cap: int | None
+) -> tuple[torch.Tensor, torch.Tensor, _Cut]:
+    """One bond by Householder QR ``mat = Q R``: the new core ``Q W``, the carry ``W^T R``."""
+    h, tau = torch.geqrf(mat)  # Q kept as Householder vectors
+    rm = h[: min(mat.shape)].triu()
+    cut = _cut(rm @ p @ rm.mT, dim, share, cap)
+    w = cut.w
+    core = torch.ormqr(h, tau, torch.cat([w, w.new_zeros(mat.shape[0] - w.shape[0], w.shape[1])]))
+    return core, w.mT @ rm, cut
+
+
+def _cholesky_bond(
+    mat: torch.Tensor, p: torch.Tensor, dim: int, share: float, cap: int | None
+) -> tuple[torch.Tensor, torch.Tensor, _Cut] | None:
+    """:func:`_qr_bond` by Cholesky QR, checked; None where the check fails (run the QR instead).
+
+    ``R`` is the Cholesky factor of ``G = mat^T mat`` (formed in float64, so it is accurate for a
+    full-rank float32 ``mat`` too) and the candidate core ``U = mat R^{-1} W`` is made orthonormal
+    by one more Cholesky step on its ``rank`` columns. The carry is the exact projection
+    ``U^T mat``; whatever round-off did to the subspace, the bond's truncated energy is then
+    ``trace(G P) - trace(U^T mat P mat^T U)``, computed in float64 and required to be within the
+    eigenvalues' margin of the predicted one, so the result is as good as :func:`_qr_bond`'s.
+    """
+    g = mat.mT.double() @ mat.double()
+    chol, info = torch.linalg.cholesky_ex(g)
+    if info:
+        return None  # mat is (numerically) rank-deficient
+    rm = chol.mT.to(mat.dtype)
+    cut = _cut(rm @ p @ chol.to(mat.dtype), dim, share, cap)
+    z = torch.linalg.solve_triangular(chol.mT, cut.w.double(), upper=True)
+    u = mat @ z.to(mat.dtype)
+    lu, info = torch.linalg.cholesky_ex(u.mT @ u)
+    if info:
+        return None
+    u = torch.linalg.solve_triangular(lu.mT, u, upper=True, left=False)
+    carry = u.mT @ mat
+    c64, p64 = carry.double(), p.double()
+    actual = float((g * p64).sum() - ((c64 @ p64) * c64).sum())
+    if actual > cut.dropped + cut.margin:
+        return None
+    return u, carry, cut
+
+
 def _gram_round(
     cores: Cores, eps: float | None, caps: Sequence[int | None]
 ) -> list[torch.Tensor] | None:
     """TT rounding from Gram matrices of the right parts; None where it cannot vouch for the error.
 
     A right-to-left sweep of GEMMs builds ``P_k``, the Gram matrix of the part right of core
-    ``k`` (normalised: only its eigenvectors and relative eigenvalues matter). The left-to-right
-    sweep keeps the left part orthonormal: at bond ``k`` the current core ``M = Q R`` (QR), and the
-    unfolding's squared singular values and left vectors follow from the small symmetric
-    ``K = R P_k R^T = W diag(lambda) W^T``. The new core is ``Q W_t``, orthonormal by
-    construction, and the next core absorbs ``W_t^T R`` (the exact projection), so the result is
-    always a product of orthogonal projections of the input; only the choice of subspace rests on
-    ``K``. Its eigenvalues carry an absolute error of about ``k^2 eps_mach trace(K)`` (a margin
-    taken off the ``eps`` budget; ``eps_mach`` of the cores' dtype); the choice is trusted where
-    the tolerance, the discarded energy or the gap at the cut is at least
-    ``GRAM_ROUND_MIN[dtype] trace(K)`` and the margin is at most half the tolerance; else this
-    returns None and the QR and SVD sweeps run.
+    ``k`` (:func:`_right_grams`; normalised: only its eigenvectors and relative eigenvalues
+    matter). The left-to-right sweep keeps the left part orthonormal: at bond ``k`` the current
+    core ``M = Q R``, and the unfolding's squared singular values and left vectors follow from the
+    small symmetric ``K = R P_k R^T = W diag(lambda) W^T``. The new core is ``Q W_t``, orthonormal,
+    and the next core absorbs ``W_t^T R`` (the exact projection), so the result is always a product
+    of orthogonal projections of the input; only the choice of subspace rests on ``K``. Its
+    eigenvalues carry an absolute error of about ``k^2 eps_mach trace(K)`` (a margin taken off the
+    ``eps`` budget; ``eps_mach`` of the cores' dtype); the choice is trusted where the tolerance,
+    the discarded energy or the gap at the cut is at least ``GRAM_ROUND_MIN[dtype] trace(K)`` and
+    the margin is at most half the tolerance; else this returns None and the QR and SVD sweeps run.
 
-    The large products (the Gram sweep, ``Q W_t``, the next core) run in the cores' dtype; the
-    ``r x r`` matrix ``K`` is formed and decomposed in float64, so in float32 only the Gram
-    matrices and ``R`` carry float32 round-off. One GEMM sweep, then one small QR and ``eigh`` per
-    bond, replaces a QR sweep and an SVD per bond.
+    ``R`` comes from a checked Cholesky QR where ``M`` is at least as tall as wide
+    (:func:`_cholesky_bond`), else, or when its check fails, from a Householder QR
+    (:func:`_qr_bond`). Everything runs in the cores' dtype but the Cholesky factorisations and
+    the checks, which run in float64. One GEMM sweep, then one small Cholesky and ``eigh`` per bond,
+    replaces a QR sweep and an SVD per bond.
     """
-    d, dtype = len(cores), cores[0].dtype
-    eps_mach, least = torch.finfo(dtype).eps, GRAM_ROUND_MIN[dtype]
+    d = len(cores)
     units, log_scale = _unit_cores(cores)
-    grams, dims = [units[0].new_ones(1, 1)], [1]
-    for c in reversed(units[1:]):  # grams[i]: Gram of the part right of core d - 1 - i
-        r_prev, n, r = c.shape
-        w = (c.reshape(r_prev * n, r) @ grams[-1]).reshape(r_prev, n * r)
-        grams.append(_normalised(w @ c.reshape(r_prev, n * r).mT)[0])
-        dims.append(min(r_prev, n * dims[-1]))  # a bound on the rank of that Gram matrix
-    grams.reverse()
-    dims.reverse()
+    grams, dims = _right_grams(units)
     budget = 0.0 if not eps else eps**2 / (d - 1)  # per bond, relative to ||a||^2
     kept = 1.0  # ||a_k||^2 / ||a||^2 after the truncations so far
     out: list[torch.Tensor] = []
     m = units[0]
     for k in range(d - 1):
         r_prev, n, r = m.shape
-        h, tau = torch.geqrf(m.reshape(r_prev * n, r))  # M = Q R, Q kept as Householder vectors
-        rm = h[: min(r_prev * n, r)].triu()
-        rm64 = rm.double()
-        evals, evecs = torch.linalg.eigh(rm64 @ grams[k].double() @ rm64.mT)  # ascending
-        lam = [max(x, 0.0) for x in reversed(evals.tolist())]  # descending
-        lam = lam[: dims[k]]  # the rest is 0 (the rank bound)
-        tail2 = list(itertools.accumulate(reversed(lam)))[::-1]  # tail2[i] = sum(lam[i:])
-        total = tail2[0]
-        margin = 4 * len(lam) ** 2 * eps_mach * total
-        allowed = budget * total / kept
-        if 0 < allowed < 2 * margin:
-            return None  # the tolerance is within reach of the Gram matrices' round-off
-        rank = _tail_rank(tail2, max(allowed - margin, 0.0), caps[k])
-        if rank < len(lam) and total > 0:
-            dropped, gap = tail2[rank], lam[rank - 1] - lam[rank]
-            if max(allowed, dropped, gap) < least * total:
-                return None
-            kept *= max(1.0 - dropped / total, 1e-300)
-        w = evecs[:, evals.shape[0] - rank :].flip(1).to(dtype)
-        qw = torch.ormqr(h, tau, torch.cat([w, w.new_zeros(r_prev * n - w.shape[0], rank)]))
-        out.append(qw.reshape(r_prev, n, rank))  # Q W_t, without forming Q
-        carry, log_c = _normalised(w.mT @ rm)
+        mat, args = m.reshape(r_prev * n, r), (grams[k], dims[k], budget / kept, caps[k])
+        try:
+            step = _cholesky_bond(mat, *args) if r_prev * n >= r else None
+            core, carry, cut = step or _qr_bond(mat, *args)
+        except _Declined:
+            return None
+        if cut.total > 0:
+            kept *= max(1.0 - cut.dropped / cut.total, 1e-300)
+        out.append(core.reshape(r_prev, n, -1))
+        carry, log_c = _normalised(carry)
         nxt = units[k + 1]
-        m = (carry @ nxt.reshape(nxt.shape[0], -1)).reshape(rank, *nxt.shape[1:])
+        m = (carry @ nxt.reshape(nxt.shape[0], -1)).reshape(-1, *nxt.shape[1:])
         log_scale = log_scale + float(log_c)
     out.append(m)
     return put_scale(out, d - 1, log_scale / math.log(2))
