@@ -318,7 +318,7 @@ def _cut(k_mat: torch.Tensor, dim: int, share: float, cap: int | None) -> _Cut:
     return _Cut(w, dropped, margin, total)
 
 
-def _qr_bond(
+def _bond(
     mat: torch.Tensor, p: torch.Tensor, dim: int, share: float, cap: int | None
 ) -> tuple[torch.Tensor, torch.Tensor, _Cut]:
     """One bond by Householder QR ``mat = Q R``: the new core ``Q W``, the carry ``W^T R``."""
@@ -328,38 +328,6 @@ def _qr_bond(
     w = cut.w
     core = torch.ormqr(h, tau, torch.cat([w, w.new_zeros(mat.shape[0] - w.shape[0], w.shape[1])]))
     return core, w.mT @ rm, cut
-
-
-def _cholesky_bond(
-    mat: torch.Tensor, p: torch.Tensor, dim: int, share: float, cap: int | None
-) -> tuple[torch.Tensor, torch.Tensor, _Cut] | None:
-    """:func:`_qr_bond` by Cholesky QR, checked; None where the check fails (run the QR instead).
-
-    ``R`` is the Cholesky factor of ``G = mat^T mat`` (formed in float64, so it is accurate for a
-    full-rank float32 ``mat`` too) and the candidate core ``U = mat R^{-1} W`` is made orthonormal
-    by one more Cholesky step on its ``rank`` columns. The carry is the exact projection
-    ``U^T mat``; whatever round-off did to the subspace, the bond's truncated energy is then
-    ``trace(G P) - trace(U^T mat P mat^T U)``, computed in float64 and required to be within the
-    eigenvalues' margin of the predicted one, so the result is as good as :func:`_qr_bond`'s.
-    """
-    g = mat.mT.double() @ mat.double()
-    chol, info = torch.linalg.cholesky_ex(g)
-    if info:
-        return None  # mat is (numerically) rank-deficient
-    rm = chol.mT.to(mat.dtype)
-    cut = _cut(rm @ p @ chol.to(mat.dtype), dim, share, cap)
-    z = torch.linalg.solve_triangular(chol.mT, cut.w.double(), upper=True)
-    u = mat @ z.to(mat.dtype)
-    lu, info = torch.linalg.cholesky_ex(u.mT @ u)
-    if info:
-        return None
-    u = torch.linalg.solve_triangular(lu.mT, u, upper=True, left=False)
-    carry = u.mT @ mat
-    c64, p64 = carry.double(), p.double()
-    actual = float((g * p64).sum() - ((c64 @ p64) * c64).sum())
-    if actual > cut.dropped + cut.margin:
-        return None
-    return u, carry, cut
 
 
 def _gram_round(
@@ -379,11 +347,10 @@ def _gram_round(
     the discarded energy or the gap at the cut is at least ``GRAM_ROUND_MIN[dtype] trace(K)`` and
     the margin is at most half the tolerance; else this returns None and the QR and SVD sweeps run.
 
-    ``R`` comes from a checked Cholesky QR where ``M`` is at least as tall as wide
-    (:func:`_cholesky_bond`), else, or when its check fails, from a Householder QR
-    (:func:`_qr_bond`). Everything runs in the cores' dtype but the Cholesky factorisations and
-    the checks, which run in float64. One GEMM sweep, then one small Cholesky and ``eigh`` per bond,
-    replaces a QR sweep and an SVD per bond.
+    The large products (the Gram sweep, ``Q W_t``, the next core) and ``K`` with its ``eigh`` run
+    in the cores' dtype (float32 too: ``eigh``'s error, about ``k eps_mach ||K||``, is inside the
+    margin). One GEMM sweep, then one small QR and ``eigh`` per bond, replaces a QR sweep and an
+    SVD per bond.
     """
     d = len(cores)
     units, log_scale = _unit_cores(cores)
@@ -394,10 +361,10 @@ def _gram_round(
     m = units[0]
     for k in range(d - 1):
         r_prev, n, r = m.shape
-        mat, args = m.reshape(r_prev * n, r), (grams[k], dims[k], budget / kept, caps[k])
         try:
-            step = _cholesky_bond(mat, *args) if r_prev * n >= r else None
-            core, carry, cut = step or _qr_bond(mat, *args)
+            core, carry, cut = _bond(
+                m.reshape(r_prev * n, r), grams[k], dims[k], budget / kept, caps[k]
+            )
         except _Declined:
             return None
         if cut.total > 0:

@@ -100,63 +100,7 @@ def test_finite_check_survives_sums_that_overflow_and_names_the_bad_core():
         check_finite_cores([big, torch.tensor([[[1.0], [float("nan")]]])])
 
 
-def _spy_qr_bonds(monkeypatch) -> list[int]:
-    """Record the row count of every bond the Householder QR truncates."""
-    calls: list[int] = []
-    qr_bond = ops._qr_bond
-
-    def spy(mat, *args):
-        calls.append(mat.shape[0])
-        return qr_bond(mat, *args)
-
-    monkeypatch.setattr(ops, "_qr_bond", spy)
-    return calls
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_cholesky_bonds_match_householder_bonds(dtype, monkeypatch):
-    gen = torch.Generator().manual_seed(5)
-    main = [torch.randn(r0, 6, r1, generator=gen) for r0, r1 in [(1, 4), (4, 4), (4, 4), (4, 1)]]
-    small = [torch.randn(r0, 6, r1, generator=gen) for r0, r1 in [(1, 8), (8, 8), (8, 8), (8, 1)]]
-    a = [c.to(dtype) for c in ops.add(main, ops.scale(small, 1e-2))]
-    ref = ops.full([c.double() for c in a])
-    calls = _spy_qr_bonds(monkeypatch)
-    chol = ops._gram_round(a, None, [4] * 3)
-    assert chol is not None and calls == [6]  # only the first bond is wider than tall
-    monkeypatch.setattr(ops, "_cholesky_bond", lambda *args: None)
-    qr = ops._gram_round(a, None, [4] * 3)
-    assert qr is not None and calls == [6, 6, 24, 24]
-    assert abs(_rel_err(chol, ref) - _rel_err(qr, ref)) <= 10 * TOL[dtype]
-    for core in chol[:-1]:
-        mat = core.double().reshape(-1, core.shape[-1])
-        assert float((mat.mT @ mat - torch.eye(mat.shape[1], dtype=mat.dtype)).abs().max()) <= (
-            100 * TOL[dtype]
-        )
-
-
 def _sweeps(cores, caps):
     """round_cores by the QR and SVD sweeps alone (the reference for the Gram path)."""
     with mock.patch.object(ops, "_gram_round_applies", return_value=False):
         return ops.round_cores([c.double() for c in cores], max_rank=caps)
-
-
-@pytest.mark.parametrize(("spread", "falls_back"), [(0.0, False), (1e-7, False), (1e-12, True)])
-def test_nearly_rank_deficient_bonds_are_checked(spread, falls_back, monkeypatch):
-    """A core with a (nearly) repeated rank slice: G = M^T M is singular to round-off.
-
-    Cholesky QR may still pass its check there (the kept directions avoid the null space) or fail
-    it and go to the Householder QR; either way the result is the sweeps'.
-    """
-    gen = torch.Generator().manual_seed(6)
-    shapes = [(1, 4), (4, 6), (6, 4), (4, 1)]
-    cores = [torch.randn(r0, 5, r1, generator=gen, dtype=torch.float64) for r0, r1 in shapes]
-    c1 = cores[1].clone()
-    c1[..., 5] = c1[..., 4] * (1 + spread) + spread * c1[..., 3]
-    cores[1] = c1
-    ref = ops.full(cores)
-    calls = _spy_qr_bonds(monkeypatch)
-    got = ops._gram_round(cores, None, [4, 3, 4])
-    assert got is not None
-    assert (20 in calls) == falls_back  # bond 1 (20 x 6) by Householder QR
-    exact = _sweeps(cores, [4, 3, 4])
-    assert _rel_err(got, ref) <= _rel_err(exact, ref) * (1 + 1e-9) + 1e-12
