@@ -6,10 +6,13 @@ Model: the packaged SmolLM2-135M (LLaMA architecture), float32, CPU, loaded once
 built on its own deep copy. Methods, each trained with AdamW on causal-LM loss (batch 8 x 64
 random token ids, labels = input ids):
 
-* LoRETTA_rep: ``tensortrain_nn.patch(model, mode="rep", trainable_norms=True)`` (default
-  targets q_proj/v_proj, r=8, TT rank 5; RMSNorm weights train too, as the fine-tuning job does);
+* LoRETTA_rep: ``tensortrain_nn.patch(model, mode="rep", **TT_DEFAULTS["rep"])``, the
+  fine-tuning job's defaults (targets q_proj/v_proj, r=8, TT rank 5; RMSNorm weights train too);
 * LoRA (peft): r=8, alpha 16, dropout 0.05, targets q_proj/v_proj;
-* LoRETTA_adp: ``mode="adp"``, default targets (around each MLP), ``trainable_norms=True``.
+* LoRETTA_adp: ``mode="adp"`` with the job's defaults (around each MLP, bottleneck 16, TT rank 3,
+  GELU, RMSNorm weights train).
+
+Every method's optimiser is ``AdamW(fused=True)``.
 
 TT layers use ``init="paper"`` (every core random), so that every core has a gradient from the
 first step and a merge changes the weights.
@@ -52,6 +55,7 @@ from layer_bench import _status_kib, time_interleaved
 from torch import nn
 
 import tensortrain_nn
+from tensortrain_nn.finetune.methods import TT_DEFAULTS
 
 HEADING = "## LLM (SmolLM2-135M)"
 PLOT = DOC.parent / "results" / "llm_bench.png"
@@ -90,7 +94,12 @@ def build(base: nn.Module, method: str, fresh_copy: bool = True) -> nn.Module:
         )
         return get_peft_model(model, cfg)
     mode = {"LoRETTA_rep": "rep", "LoRETTA_adp": "adp"}[method]
-    return tensortrain_nn.patch(model, mode=mode, trainable_norms=True, init="paper")
+    return tensortrain_nn.patch(model, mode=mode, init="paper", **TT_DEFAULTS[mode])
+
+
+def _options(mode: str) -> str:
+    """The job's default LoRETTA options for ``mode``, as the doc shows them."""
+    return ", ".join(f"`{k}={v}`" for k, v in TT_DEFAULTS[mode].items())
 
 
 def lm_batch(vocab: int) -> torch.Tensor:
@@ -100,7 +109,8 @@ def lm_batch(vocab: int) -> torch.Tensor:
 
 def lm_step(model: nn.Module, ids: torch.Tensor) -> Callable[[], None]:
     """One AdamW step on the causal-LM loss of ``ids`` (labels = inputs), trainable tensors only."""
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, fused=True)  # one kernel for many small tensors
     mask = torch.ones_like(ids)
 
     def step() -> None:
@@ -315,12 +325,12 @@ def section(
             f"load average at the end: {os.getloadavg()[0]:.2f}"
             f"{busy_note(max(load.values()))}. The packaged SmolLM2-135M "
             "(LLaMA architecture), loaded once; each method on its own deep copy. A step is "
-            f"forward, backward and AdamW on causal-LM loss, batch {BATCH} x {SEQ} random "
-            f"tokens; {args.repeats} repeats after 2 warm-ups, methods interleaved round-robin, "
-            "median. LoRETTA_rep: default targets q_proj/v_proj, r=8, TT rank 5; LoRETTA_adp: "
-            'default targets (each MLP), bottleneck 64, TT rank 5; both `init="paper"` and '
-            "`trainable_norms=True` (the RMSNorm weights train, as in the fine-tuning job; their "
-            "count is apart). LoRA: peft, r=8, alpha 16, dropout 0.05, q_proj/v_proj. Peak "
+            f"forward, backward and AdamW (`fused=True`, for every method) on causal-LM loss, "
+            f"batch {BATCH} x {SEQ} random tokens; {args.repeats} repeats after 2 warm-ups, "
+            "methods interleaved round-robin, median. Both LoRETTA methods with the fine-tuning "
+            f"job's defaults (`TT_DEFAULTS`: rep {_options('rep')}; adp {_options('adp')}) and "
+            '`init="paper"`; `trainable_norms=True` means the RMSNorm weights train, their count '
+            "is apart. LoRA: peft, r=8, alpha 16, dropout 0.05, q_proj/v_proj. Peak "
             "memory: each method in a fresh process, peak resident memory of two steps after a "
             'warm-up step, above the state just before them ("step") and above the loaded base '
             'model ("above model": adds the adapter, its gradients, the optimiser state).',
