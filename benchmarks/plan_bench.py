@@ -6,10 +6,15 @@ choice is then compared with the fastest measured path. The same is done for the
 that came before the cost model (fewest-FLOP grouping; dense when its FLOPs are at most twice
 the TT path's). Writes the ``## Planning`` section of docs/benchmarks.md.
 
+A path's time is the median of its calls: the paths near the fastest (and those the rules pick)
+are called, interleaved, until each has run at least 5 times and 40 ms, so that microsecond-scale
+shapes and changes of machine load do not decide the ratios; far slower paths are timed once.
+
 With ``--fit`` it refits the cost model instead: every path of random shapes (drawn with seed 0,
 not the check's seed 1) is timed, the constants ``SMALL_K, SMALL_A, SMALL_Q, CALL`` are fitted by
-non-negative least squares on the relative error of the modelled path times, and written to
-``tensortrain/_plan_constants.py``.
+non-negative least squares on the relative error of the modelled times of the paths at most 3x
+the fastest (:data:`NEAR`), refined by a search for the least mean pick time / fastest, and
+written to ``tensortrain/_plan_constants.py``.
 
     python benchmarks/plan_bench.py [--seconds 300] [--threads 1] [--quick] [--fit]
 """
@@ -24,6 +29,7 @@ import math
 import os
 import random
 import statistics
+import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,6 +43,7 @@ from tensortrain.matrix import dense
 
 HEADING = "## Planning"
 Groups = tuple[tuple[int, int], ...]
+Shape = tuple[tuple, tuple, tuple, int]  # row modes, column modes, ranks, batch
 
 
 def groupings(d: int) -> Iterator[Groups]:
@@ -52,22 +59,38 @@ def groupings(d: int) -> Iterator[Groups]:
             yield tuple(groups)
 
 
-def median_s(fn: Callable[[], object], repeats: int = 3) -> float:
+def _call_s(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
     fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return time.perf_counter() - t0
 
 
-def time_paths(cores: list[torch.Tensor], x: torch.Tensor) -> dict[Groups | str, float]:
-    """Seconds of the dense path and of the block sweep under every grouping."""
-    out: dict[Groups | str, float] = {"dense": median_s(lambda: x @ dense(cores).T)}
+def time_paths(
+    cores: list[torch.Tensor],
+    x: torch.Tensor,
+    picks: Callable[[], list[Groups | str]] = list,
+    min_seconds: float = 0.04,
+    min_calls: int = 5,
+) -> dict[Groups | str, float]:
+    """Seconds of the dense path and of the block sweep under every grouping (medians).
+
+    Every path is called once to warm up and once timed. The contenders (at most twice the fastest
+    of those calls) and the paths in ``picks()`` are then called again, in interleaved rounds so
+    that a change of machine load hits them alike, until each has at least ``min_calls`` timed
+    calls and ``min_seconds`` of them; the others keep their one timed call.
+    """
+    fns: dict[Groups | str, Callable[[], object]] = {"dense": lambda: x @ dense(cores).T}
     for groups in groupings(len(cores)):
-        out[groups] = median_s(functools.partial(contract._sweep_groups, x, cores, groups))
-    return out
+        fns[groups] = functools.partial(contract._sweep_groups, x, cores, groups)
+    for fn in fns.values():
+        fn()
+    times = {path: [_call_s(fn)] for path, fn in fns.items()}
+    fastest = min(t[0] for t in times.values())
+    close = {path for path, t in times.items() if t[0] <= 2 * fastest} | set(picks())
+    while todo := [p for p in close if len(times[p]) < min_calls or sum(times[p]) < min_seconds]:
+        for path in todo:
+            times[path].append(_call_s(fns[path]))
+    return {path: statistics.median(t) for path, t in times.items()}
 
 
 NAMES = ("SMALL_K", "SMALL_A", "SMALL_Q", "CALL")
@@ -104,6 +127,13 @@ def flop_rule(batch: int, rows: tuple, cols: tuple, ranks: tuple) -> Groups | st
     return "dense" if plan(batch, rows, cols, ranks).dense_flops <= 2 * flops else groups
 
 
+def rule_picks(shape: Shape) -> list[Groups | str]:
+    """The paths that the cost model (:func:`plan`) and the FLOP-only rule pick for ``shape``."""
+    rows, cols, ranks, batch = shape
+    p = plan(batch, rows, cols, ranks)
+    return ["dense" if p.kind == "dense" else p.groups, flop_rule(batch, rows, cols, ranks)]
+
+
 def random_shape(rng: random.Random) -> tuple[tuple, tuple, tuple, int] | None:
     d = rng.choice([2, 3, 3, 4, 4, 5])
     modes = [2, 4, 4, 6, 8, 8, 16]
@@ -118,11 +148,13 @@ def random_shape(rng: random.Random) -> tuple[tuple, tuple, tuple, int] | None:
     return rows, cols, (1, *([r] * (d - 1)), 1), batch
 
 
-Shape = tuple[tuple, tuple, tuple, int]
+def timed_shapes(
+    seconds: float, seed: int, picks: Callable[[Shape], list[Groups | str]] = lambda s: []
+) -> Iterator[tuple[Shape, dict[Groups | str, float]]]:
+    """Random shapes (seeded) and the seconds of each of their paths, for ``seconds``.
 
-
-def timed_shapes(seconds: float, seed: int) -> Iterator[tuple[Shape, dict[Groups | str, float]]]:
-    """Random shapes (seeded) and the seconds of each of their paths, for ``seconds``."""
+    ``picks(shape)`` names paths to time as closely as the contenders (:func:`time_paths`).
+    """
     rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     while time.perf_counter() - start < seconds:
@@ -135,7 +167,7 @@ def timed_shapes(seconds: float, seed: int) -> Iterator[tuple[Shape, dict[Groups
             for k in range(len(rows))
         ]
         x = torch.randn(batch, math.prod(cols), generator=gen)
-        yield shape, time_paths(cores, x)
+        yield shape, time_paths(cores, x, functools.partial(picks, shape))
 
 
 def regret(samples: list[tuple[Shape, dict[Groups | str, float]]]) -> tuple[float, float]:
@@ -167,12 +199,19 @@ def refine(samples: list[tuple[Shape, dict[Groups | str, float]]], values: tuple
     return tuple(float(f"{v:.3g}") for v in values)
 
 
+#: The least-squares fit takes the paths at most this many times slower than a shape's fastest.
+NEAR = 3.0
+
+
 def fit(seconds: float, threads: int) -> None:
     """Time random shapes' paths, fit the constants, write ``tensortrain/_plan_constants.py``."""
     samples = list(timed_shapes(seconds, seed=0))
     terms, secs = [], []
     for (rows, cols, ranks, batch), times in samples:
+        fastest = min(times.values())
         for path, t in times.items():
+            if t > NEAR * fastest:  # the plan only has to rank the paths near the fastest
+                continue
             groups = None if isinstance(path, str) else path
             terms.append(contract._path_terms(batch, rows, cols, ranks, groups))
             secs.append(t)
@@ -192,10 +231,11 @@ def fit(seconds: float, threads: int) -> None:
 
 Written by ``python benchmarks/plan_bench.py --fit --seconds {seconds:g} --threads {threads}``
 (benchmarks/README.md, planning section) on {time.strftime("%Y-%m-%d")}, torch {torch.__version__}:
-non-negative least squares on the relative error of {len(secs)} path times of {len(samples)}
-random shapes (median error {err:.0%}), then a search for the least mean pick time. On those
-shapes the pick took {after[0]:.2f}x the fastest path on average, {after[1]:.2f}x at worst
-({before[0]:.2f}x and {before[1]:.2f}x with the constants before).
+non-negative least squares on the relative error of {len(secs)} path times (those at most
+{NEAR:g}x the fastest) of {len(samples)} random shapes (median error {err:.0%}), then a search for
+the least mean pick time. On those shapes the pick took {after[0]:.2f}x the fastest path on
+average, {after[1]:.2f}x at worst ({before[0]:.2f}x and {before[1]:.2f}x with the constants before;
+the pick's time is one call when it is not near the fastest).
 """
 
 SMALL_K, SMALL_A, SMALL_Q, CALL = {values[0]!r}, {values[1]!r}, {values[2]!r}, {values[3]!r}
@@ -219,13 +259,9 @@ def main() -> None:
         return
     ratios: dict[str, list[float]] = {"cost model (tt_linear)": [], "FLOP-only rule": []}
     picks_best = dict.fromkeys(ratios, 0)
-    for (rows, cols, ranks, batch), times in timed_shapes(budget, args.seed):
+    for (rows, cols, ranks, batch), times in timed_shapes(budget, args.seed, rule_picks):
         fastest = min(times.values())
-        p = plan(batch, rows, cols, ranks)
-        chosen = {
-            "cost model (tt_linear)": "dense" if p.kind == "dense" else p.groups,
-            "FLOP-only rule": flop_rule(batch, rows, cols, ranks),
-        }
+        chosen = dict(zip(ratios, rule_picks((rows, cols, ranks, batch)), strict=True))
         for name, pick in chosen.items():
             ratios[name].append(times[pick] / fastest)
             picks_best[name] += times[pick] == fastest
@@ -233,12 +269,18 @@ def main() -> None:
     lines = [
         HEADING,
         "",
-        f"Produced by `benchmarks/plan_bench.py`: {n} random TT-matrix shapes (2-5 cores, modes",
-        "2-16, ranks 2-32, batch 16-4096; float32, forward, median of 3 after a warm-up,",
-        f"torch.set_num_threads({args.threads}), load average at the end"
-        f" {os.getloadavg()[0]:.2f}). Every path is timed (each grouping of the cores into",
-        "blocks, and the dense path); the table gives the time of the path a rule picks over the",
-        "fastest measured path.",
+        textwrap.fill(
+            f"Produced by `benchmarks/plan_bench.py`: {n} random TT-matrix shapes (2-5 cores, "
+            "modes 2-16, ranks 2-32, batch 16-4096; float32, forward, "
+            f"torch.set_num_threads({args.threads}), load average at the end "
+            f"{os.getloadavg()[0]:.2f}). Every path is timed (each grouping of the cores into "
+            "blocks, and the dense path): one warm-up call and one timed call each; then the "
+            "contenders (at most twice the fastest of those calls) and the paths the two rules "
+            "pick are called again, in interleaved rounds, until each has at least 5 timed calls "
+            "and 40 ms of them; a path's time is the median of its calls. The table gives the "
+            "time of the path a rule picks over the fastest measured path.",
+            width=100,
+        ),
         "",
         "| rule | picks the fastest | mean time / fastest | 90th percentile | worst |",
         "| --- | ---: | ---: | ---: | ---: |",

@@ -24,8 +24,9 @@ on a new machine from timed paths of random shapes (``benchmarks/README.md``, pl
   when ``d = 1``), by dynamic programming: the merges inside each block (``2 r M_a N_a s m n t``
   FLOPs per merged core) plus the sweep, per block one batched product of ``B N_{<j}`` matrices
   ``(R_{j-1} M_j, N_j R_j) @ (N_j R_j, M_{>j})`` (a single GEMM for the last block).
-* ``dense`` cost: reconstructing the ``(M, N)`` matrix core by core,
-  ``sum_k 2 (prod_{j<k} m_j n_j) r_{k-1} m_k n_k r_k`` FLOPs, plus the ``(B, N) @ (N, M)`` GEMM.
+* ``dense`` cost: reconstructing the ``(M, N)`` matrix as :func:`tensortrain._blocks.dense` does
+  (the two halves of the cores merged, bare FLOPs, then a batched product of ``M`` matrices
+  ``(N_1, r) @ (r, N_2)``), plus the ``(B, N) @ (N, M)`` GEMM.
 * The cheaper one runs. Large batches with small or thin matrices densify; large TT-matrices at
   moderate batch sizes stay in TT form.
 
@@ -151,19 +152,27 @@ def _path_terms(
     ranks: Sequence[int],
     groups: tuple[tuple[int, int], ...] | None,
 ) -> Terms:
-    """The cost model's terms of the ``tt`` path with ``groups``, or of the dense path (``None``):
-    reconstruction (bare FLOPs, core by core) plus the ``(B, N) @ (N, M)`` GEMM."""
+    """The cost model's terms of the ``tt`` path with ``groups``, or of the dense path (``None``).
+
+    The dense path's terms follow :func:`tensortrain._blocks.dense`: the merges of the two halves
+    of the cores (bare FLOPs), the batched product of ``M`` matrices ``(N_1, r) @ (r, N_2)`` that
+    writes the ``(M, N)`` matrix, and the ``(B, N) @ (N, M)`` GEMM.
+    """
     if groups is not None:
         total: Terms = (0.0, 0.0, 0.0, 0.0, 0.0)
         for k0, k1 in groups:
             total = _add(total, _step_terms(batch, row_modes, col_modes, ranks, k0, k1))
         return total
-    rebuild, prefix = 0, 1
-    for k in range(len(row_modes)):
-        rebuild += 2 * prefix * ranks[k] * row_modes[k] * col_modes[k] * ranks[k + 1]
-        prefix *= row_modes[k] * col_modes[k]
-    gemm = _product_terms(1, batch, math.prod(col_modes), math.prod(row_modes))
-    return (gemm[0] + rebuild, *gemm[1:])
+    d, h = len(row_modes), len(row_modes) // 2
+    m, n = math.prod(row_modes), math.prod(col_modes)
+    total = _product_terms(1, batch, n, m)
+    if d > 1:
+        n1 = math.prod(col_modes[:h])
+        total = _add(total, _product_terms(m, n1, ranks[h], n // n1))
+        merges = _block_cost(0, h, row_modes, col_modes, ranks)
+        merges += _block_cost(h, d, row_modes, col_modes, ranks)
+        total = (total[0] + merges, *total[1:])
+    return total
 
 
 def _best_groups(
