@@ -11,10 +11,13 @@ def replace_section(heading: str, text: str, path: Path = DOC) -> None:
     """Replace the section that starts with ``heading`` (append it if absent; create the file).
 
     ``text`` starts with the heading itself; the section ends where the next ``## `` heading starts.
+    Only a line that is the heading counts: prose may name a section (`` `## Targets` ``).
     """
     old = path.read_text() if path.exists() else "# Benchmarks\n"
-    if heading in old:
-        head, rest = old.split(heading, 1)
+    line = f"\n{heading}\n"  # the heading as a line of its own, not a mention in prose
+    if line in old:
+        head, rest = old.split(line, 1)
+        head += "\n"
         nxt = rest.find("\n## ")
         tail = rest[nxt + 1 :] if nxt >= 0 else ""
     else:

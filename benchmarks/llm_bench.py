@@ -31,7 +31,7 @@ Measured:
 * the share of the machine's CPU time that other processes used while the timings ran (from
   ``/proc/stat``), since the machine is shared.
 
-    python benchmarks/llm_bench.py [--threads 2] [--repeats 5] [--gen-repeats 7] [--quick]
+    python benchmarks/llm_bench.py [--threads 2] [--repeats 9] [--gen-repeats 7] [--quick]
 """
 
 from __future__ import annotations
@@ -371,7 +371,7 @@ def section(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5, help="training steps per method")
+    parser.add_argument("--repeats", type=int, default=9, help="training steps per method")
     parser.add_argument("--gen-repeats", type=int, default=7, help="generate calls per model")
     parser.add_argument("--quick", action="store_true", help="2 repeats each, print only")
     parser.add_argument("--peak", metavar="METHOD", help=argparse.SUPPRESS)

@@ -59,3 +59,19 @@ def test_gpu_bench_trains_both_methods_on_both_models(gpu_bench_cpu: tuple[str, 
     assert len({r["case"] for r in rows}) == 2  # MiniLM and the LLaMA stand-in
     assert all(r["ms"] > 0 for r in rows)
     assert all(r["vs_lora"] == 1.0 for r in rows if r["method"] == "LoRA (peft)")
+
+
+def test_replace_section_skips_headings_named_in_prose(tmp_path: Path) -> None:
+    sys.path.insert(0, str(BENCH))
+    try:
+        from _doc import replace_section
+    finally:
+        sys.path.remove(str(BENCH))
+    doc = tmp_path / "bench.md"
+    doc.write_text("# B\n\nends with the `## T` summary\n\n## A\n\nold a\n\n## T\n\nold t\n")
+    replace_section("## T", "## T\n\nnew t\n", doc)
+    replace_section("## A", "## A\n\nnew a\n", doc)
+    replace_section("## C", "## C\n\nc\n", doc)
+    assert doc.read_text() == (
+        "# B\n\nends with the `## T` summary\n\n## A\n\nnew a\n\n## T\n\nnew t\n\n## C\n\nc\n"
+    )
