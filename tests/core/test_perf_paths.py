@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from _round import sweeps_round
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -172,14 +173,6 @@ def test_compile_does_not_trace_planning(batch, modes, kind):
 # ------------------------------------------------------------------ Gram-path rounding
 
 
-def _exact_round(cores, **kw):
-    """Rounding through the QR and SVD sweeps only."""
-    from unittest import mock
-
-    with mock.patch.object(ops, "_gram_round_applies", return_value=False):
-        return round_cores(cores, **kw)
-
-
 def _rel_err(cores, ref_dense):
     return float(
         torch.linalg.vector_norm(ops.full(cores) - ref_dense) / torch.linalg.vector_norm(ref_dense)
@@ -201,7 +194,7 @@ def test_gram_rounding_keeps_the_error_of_the_exact_sweeps(cores, cap, eps):
     if float(torch.linalg.vector_norm(dense)) < 1e-12:
         return
     got = ops._gram_round(cores, eps, [cap] * (len(cores) - 1))
-    exact = _exact_round(cores, eps=eps, max_rank=cap)
+    exact = sweeps_round(cores, eps=eps, max_rank=cap)
     err_exact = _rel_err(exact, dense)
     if got is None:  # declined (a tiny discarded part at a tiny gap): the exact sweeps answer
         assert eps is None
@@ -223,7 +216,7 @@ def test_gram_rounding_matches_exact_sweeps_on_the_benchmark_case():
     a = ops.add(main, ops.scale(small, 1e-2))
     got = ops._gram_round(a, None, [8] * 5)
     assert got is not None  # this case is taken by the Gram path
-    exact = _exact_round(a, max_rank=8)
+    exact = sweeps_round(a, max_rank=8)
     assert [c.shape for c in got] == [c.shape for c in exact]
     # the same truncation: equal up to float64 round-off (the Gram matrices square it)
     assert_close(ops.full(got), ops.full(exact), rtol=1e-10)
@@ -259,7 +252,7 @@ def test_gram_rounding_is_skipped_for_half_autograd_and_tiny_eps():
 def test_gram_rounding_with_extreme_core_magnitudes(magnitude):
     gen = torch.Generator().manual_seed(9)
     cores = _cores([5] * 4, None, 4, gen, tensor=True)
-    ref = _exact_round(cores, max_rank=2)
+    ref = sweeps_round(cores, max_rank=2)
     scaled = [cores[0] * magnitude, cores[1] / magnitude, *cores[2:]]  # the same tensor
     got = ops._gram_round(scaled, None, [2] * 3)
     assert got is not None

@@ -1,9 +1,8 @@
 """Rounding's Gram path in float32 and float64, against float64 dense references."""
 
-from unittest import mock
-
 import pytest
 import torch
+from _round import sweeps_round
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -47,7 +46,7 @@ def test_gram_path_keeps_the_error_of_the_sweeps(cores, cap):
     got = ops._gram_round(cores, None, [cap] * (len(cores) - 1))
     if got is None:  # declined: round_cores takes the sweeps
         return
-    exact = _sweeps(cores, cap)
+    exact = sweeps_round([c.double() for c in cores], max_rank=cap)
     assert max(c.shape[-1] for c in got[:-1]) <= cap
     tol = TOL[cores[0].dtype]
     assert _rel_err(got, ref) <= _rel_err(exact, ref) * (1 + 1e-2) + tol
@@ -65,7 +64,7 @@ def test_float32_takes_the_gram_path_on_a_sum_with_a_gap():
     assert ops._gram_round_applies(a, None)
     got = ops._gram_round(a, None, [4] * 3)
     assert got is not None
-    exact = _sweeps(a, 4)
+    exact = sweeps_round([c.double() for c in a], max_rank=4)
     ref = ops.full([c.double() for c in a])
     assert _rel_err(got, ref) <= _rel_err(exact, ref) * (1 + 1e-3) + 1e-6
 
@@ -86,7 +85,7 @@ def test_float32_gram_path_at_extreme_core_magnitudes(power):
     got = ops._gram_round(scaled, None, [2] * 3)
     assert got is not None and all(bool(torch.isfinite(c).all()) for c in got)
     ref = ops.full([c.double() for c in cores])
-    exact = _sweeps(cores, 2)
+    exact = sweeps_round([c.double() for c in cores], max_rank=2)
     assert _rel_err(got, ref) <= _rel_err(exact, ref) * (1 + 1e-2) + 1e-5
 
 
@@ -98,9 +97,3 @@ def test_finite_check_survives_sums_that_overflow_and_names_the_bad_core():
     check_finite_cores([big, big])
     with pytest.raises(TTValueError, match=r"cores\[1\] contains NaN or inf"):
         check_finite_cores([big, torch.tensor([[[1.0], [float("nan")]]])])
-
-
-def _sweeps(cores, caps):
-    """round_cores by the QR and SVD sweeps alone (the reference for the Gram path)."""
-    with mock.patch.object(ops, "_gram_round_applies", return_value=False):
-        return ops.round_cores([c.double() for c in cores], max_rank=caps)
