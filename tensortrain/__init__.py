@@ -20,7 +20,7 @@ Example:
     (1, 4, 4, 1)
 """
 
-from tensortrain.contract import Plan, plan, tt_linear
+from tensortrain.contract import Plan, plan, set_plan_mode, tt_linear
 from tensortrain.decomposition import tt_matrix_svd, tt_svd
 from tensortrain.errors import TTError, TTShapeError, TTTypeError, TTValueError
 from tensortrain.matrix import TTMatrix
@@ -40,6 +40,7 @@ __all__ = [
     "orthogonalize",
     "plan",
     "round_cores",
+    "set_plan_mode",
     "tt_linear",
     "tt_matrix_svd",
     "tt_svd",

@@ -50,7 +50,9 @@ Planning is plain Python on shapes, cached, and opaque to ``torch.compile``
 from __future__ import annotations
 
 import functools
+import itertools
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, cast
@@ -62,7 +64,7 @@ from tensortrain._blocks import dense, merge_block
 from tensortrain._checks import check_int
 from tensortrain._cores import check_cores, check_modes, ranks_of
 from tensortrain._plan_constants import CALL, SMALL_A, SMALL_K, SMALL_Q
-from tensortrain.errors import TTShapeError, TTTypeError
+from tensortrain.errors import TTShapeError, TTTypeError, TTValueError
 from tensortrain.shapes import check_ranks
 
 # The cost model's constants SMALL_K, SMALL_A, SMALL_Q and CALL (see the module docstring) live in
@@ -260,6 +262,84 @@ def _planned(
 
 plan.cache_info = _plan.cache_info  # type: ignore[attr-defined]
 
+PlanMode = Literal["model", "measure"]
+Groups = tuple[tuple[int, int], ...]
+_mode: list[PlanMode] = ["model"]
+_measured: dict[tuple[Any, ...], Groups] = {}
+#: Paths that the ``"measure"`` mode times per shape signature: those of least modelled cost.
+MEASURE_PATHS = 4
+#: Cores up to which the ``"measure"`` mode ranks every grouping (``2^(d-1) - 1`` of them); past
+#: it, only the cost model's grouping and the dense path are timed.
+MEASURE_MAX_CORES = 8
+#: Timed rounds of the ``"measure"`` mode, and the least time of one timing (calls are repeated).
+MEASURE_ROUNDS, MEASURE_SECONDS = 5, 2e-3
+_clock = time.perf_counter
+
+
+def set_plan_mode(mode: PlanMode) -> PlanMode:
+    """Choose how :func:`tt_linear` picks its path; returns the mode that was in force.
+
+    ``"model"`` (the default) takes the cost model's pick (:func:`plan`), from shapes alone.
+    ``"measure"`` times, on the first call for each signature (batch, modes, ranks, dtype,
+    device, torch threads), the :data:`MEASURE_PATHS` paths of least modelled cost on that call's
+    own input (a warm-up call each, then :data:`MEASURE_ROUNDS` interleaved rounds, each path's
+    calls repeated to span at least :data:`MEASURE_SECONDS`, without autograd) and keeps the
+    fastest, as ``torch.backends.cudnn.benchmark`` does: worth it for fixed shapes on a
+    machine the constants were not fitted on (a GPU, say). Results may then differ in the last
+    bits from run to run, as the path may. Compiled code (``torch.compile``) plans by the model.
+    Every call clears the measured picks.
+
+    Args:
+        mode: ``"model"`` or ``"measure"``.
+
+    Returns:
+        The mode before the call.
+
+    Raises:
+        TTValueError: ``mode`` is neither.
+
+    Example:
+        >>> before = set_plan_mode("measure")
+        >>> w = [torch.randn(1, 8, 8, 4), torch.randn(4, 8, 8, 1)]
+        >>> tt_linear(torch.randn(32, 64), w).shape
+        torch.Size([32, 64])
+        >>> set_plan_mode(before)
+        'measure'
+    """
+    if mode not in ("model", "measure"):
+        raise TTValueError(f"mode must be 'model' or 'measure', got {mode!r}")
+    before, _mode[0] = _mode[0], mode
+    _measured.clear()
+    return before
+
+
+def groupings(d: int) -> list[Groups]:
+    """Every split of ``d`` cores into at least two consecutive blocks (one block when d = 1)."""
+    if d == 1:
+        return [((0, 1),)]
+    out = []
+    for cuts in itertools.product((False, True), repeat=d - 1):
+        bounds = [0, *(i + 1 for i, cut in enumerate(cuts) if cut), d]
+        if len(bounds) > 2:
+            out.append(tuple(itertools.pairwise(bounds)))
+    return out
+
+
+def _candidates(
+    batch: int, row_modes: tuple[int, ...], col_modes: tuple[int, ...], ranks: tuple[int, ...]
+) -> list[Groups]:
+    """The :data:`MEASURE_PATHS` paths of least modelled cost, cheapest first (``()``: dense)."""
+    d = len(row_modes)
+    if d <= MEASURE_MAX_CORES:
+        paths = groupings(d)
+    else:
+        paths = [_best_groups(batch, row_modes, col_modes, ranks)[2]]
+    costed = [(_cost(_path_terms(batch, row_modes, col_modes, ranks, g)), g) for g in paths]
+    costed.append((_cost(_path_terms(batch, row_modes, col_modes, ranks, None)), ()))
+    costed.sort(key=lambda c: c[0])
+    return [g for _, g in costed[:MEASURE_PATHS]]
+
+
 #: On CPU the batch is swept in chunks whose largest intermediate holds about this many bytes per
 #: torch thread, so that each step reads the previous step's output from cache (the 4096x4096
 #: rank-8 TT-matrix at batch 256 runs its forward about 1.6x faster than unchunked; 1 MiB per
@@ -372,6 +452,45 @@ def _sweep_groups(
     return cast(torch.Tensor, _TTLinear.apply(x, dims, *mats))
 
 
+def _run_path(x: torch.Tensor, cores: Sequence[torch.Tensor], groups: Groups) -> torch.Tensor:
+    """``x (B, N) @ W.T`` by the ``tt`` path with ``groups``, or by the dense path (``()``)."""
+    return _sweep_groups(x, cores, groups) if groups else x @ dense(cores).T
+
+
+def _measured_groups(
+    x: torch.Tensor,
+    cores: Sequence[torch.Tensor],
+    row_modes: tuple[int, ...],
+    col_modes: tuple[int, ...],
+    ranks: tuple[int, ...],
+) -> Groups:
+    """The fastest of the :func:`_candidates` on ``x (B, N)``, timed once per signature."""
+    key = (x.shape[0], row_modes, col_modes, ranks, x.dtype, x.device, torch.get_num_threads())
+    if (hit := _measured.get(key)) is not None:
+        return hit
+    paths = _candidates(x.shape[0], row_modes, col_modes, ranks)
+    sync = torch.cuda.synchronize if x.device.type == "cuda" else lambda: None
+    x, cores = x.detach(), [c.detach() for c in cores]
+
+    def seconds(path: Groups, calls: int) -> float:
+        sync()
+        start = _clock()
+        for _ in range(calls):
+            _run_path(x, cores, path)
+        sync()
+        return max(_clock() - start, 1e-9) / calls
+
+    with torch.no_grad():
+        # a warm-up call each sizes the repeats so that a timing spans MEASURE_SECONDS
+        calls = {p: min(100, math.ceil(MEASURE_SECONDS / seconds(p, 1))) for p in paths}
+        best = dict.fromkeys(paths, math.inf)
+        for _ in range(MEASURE_ROUNDS):  # interleaved: a change of load hits every path alike
+            for path in paths:
+                best[path] = min(best[path], seconds(path, calls[path]))
+    _measured[key] = pick = min(paths, key=best.__getitem__)
+    return pick
+
+
 class _TTLinear(torch.autograd.Function):
     """``y = x @ W.T`` through the block sweep, chunk by chunk; backward recomputes the sweep."""
 
@@ -445,11 +564,14 @@ def tt_linear(
         _check_bias(bias, M, x)
     lead = x.shape[:-1]
     batch = math.prod(lead)
-    groups = _planned(max(batch, 1), row_modes, col_modes, ranks_of(cores)) if batch else ()
-    if not groups:
-        y = x @ dense(cores).T  # the planned dense path: reconstruct, then one GEMM
+    ranks = ranks_of(cores)
+    if not batch:
+        groups: Groups = ()
+    elif _mode[0] == "measure" and not torch.compiler.is_compiling():
+        groups = _measured_groups(x.reshape(batch, N), cores, row_modes, col_modes, ranks)
     else:
-        y = _sweep_groups(x.reshape(batch, N), cores, groups).reshape(*lead, M)
+        groups = _planned(batch, row_modes, col_modes, ranks)
+    y = _run_path(x.reshape(batch, N), cores, groups).reshape(*lead, M)
     return y if bias is None else y + bias
 
 

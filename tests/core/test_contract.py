@@ -1,6 +1,6 @@
 """tt_linear: every planned path equals x @ W.T, gradients, the cache, bad input."""
 
-import itertools
+import math
 
 import pytest
 import torch
@@ -8,8 +8,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import tensortrain._plan_constants as plan_constants
-from tensortrain import TTMatrix, TTShapeError, TTTypeError, plan, tt_linear
-from tensortrain.contract import _cost, _path_terms, _product_terms
+from tensortrain import (
+    TTMatrix,
+    TTShapeError,
+    TTTypeError,
+    TTValueError,
+    contract,
+    plan,
+    set_plan_mode,
+    tt_linear,
+)
+from tensortrain.contract import _cost, _path_terms, _product_terms, groupings
 from tensortrain.testing import assert_close, tt_matrices
 
 lead_shapes = st.lists(st.integers(1, 4), min_size=0, max_size=3)
@@ -67,19 +76,6 @@ def test_cost_model_prefers_wide_products_to_fewer_flops():
     assert cost(100, 8, 8, 8) > 100 * 2 * 8 * 8 * 8
 
 
-def _groupings(d):
-    """Every split of ``d`` cores into at least two consecutive blocks (one block when d = 1)."""
-    if d == 1:
-        return [((0, 1),)]
-    out = []
-    for mask in range(2 ** (d - 1)):
-        cuts = [i + 1 for i in range(d - 1) if mask >> i & 1]
-        if cuts:
-            bounds = [0, *cuts, d]
-            out.append(tuple(itertools.pairwise(bounds)))
-    return out
-
-
 @given(
     st.integers(1, 5).flatmap(
         lambda d: st.tuples(
@@ -96,7 +92,7 @@ def test_plan_takes_the_cheapest_modelled_path(args):
     batch, rows, cols, inner = args
     ranks = (1, *inner, 1)
     p = plan(batch, rows, cols, ranks)
-    costs = {g: _cost(_path_terms(batch, rows, cols, ranks, g)) for g in _groupings(len(rows))}
+    costs = {g: _cost(_path_terms(batch, rows, cols, ranks, g)) for g in groupings(len(rows))}
     assert p.tt_cost == pytest.approx(costs[p.groups], rel=1e-9)
     assert p.tt_cost <= min(costs.values()) * (1 + 1e-9)
     assert p.dense_cost == pytest.approx(_cost(_path_terms(batch, rows, cols, ranks, None)))
@@ -154,3 +150,81 @@ def test_bad_inputs():
         tt_linear(torch.randn(2, 5, dtype=torch.float64), w)
     with pytest.raises(TTShapeError, match=r"weight\[0\] must have 4 dimensions"):
         tt_linear(torch.randn(2, 5), [torch.randn(1, 5, 1)])
+
+
+@pytest.fixture
+def measure_mode():
+    before = set_plan_mode("measure")
+    yield
+    set_plan_mode(before)
+
+
+def test_set_plan_mode_refuses_other_modes():
+    with pytest.raises(TTValueError, match=r"mode must be 'model' or 'measure', got 'fast'"):
+        set_plan_mode("fast")  # type: ignore[arg-type]
+    assert set_plan_mode("model") == "model"  # unchanged by the refusal
+
+
+@given(
+    st.integers(1, 5).flatmap(
+        lambda d: st.tuples(
+            st.integers(1, 4096),
+            st.lists(st.integers(1, 16), min_size=d, max_size=d),
+            st.lists(st.integers(1, 16), min_size=d, max_size=d),
+            st.lists(st.integers(1, 32), min_size=d - 1, max_size=d - 1),
+        )
+    )
+)
+def test_measure_candidates_are_the_cheapest_modelled_paths(args):
+    batch, rows, cols, inner = args
+    rows, cols, ranks = tuple(rows), tuple(cols), (1, *inner, 1)
+    paths = contract._candidates(batch, rows, cols, ranks)
+    costs = {g: _cost(_path_terms(batch, rows, cols, ranks, g)) for g in groupings(len(rows))}
+    costs[()] = _cost(_path_terms(batch, rows, cols, ranks, None))
+    assert len(paths) == min(contract.MEASURE_PATHS, len(costs))
+    assert [costs[g] for g in paths] == sorted(costs[g] for g in paths)
+    rest = [c for g, c in costs.items() if g not in paths]
+    assert max(costs[g] for g in paths) <= min(rest, default=math.inf)
+    p = plan(batch, rows, cols, ranks)
+    assert costs[paths[0]] == pytest.approx(min(p.tt_cost, p.dense_cost), rel=1e-9)
+
+
+def test_measure_candidates_past_the_enumeration_limit():
+    """Past MEASURE_MAX_CORES only the cost model's grouping and the dense path are timed."""
+    d = contract.MEASURE_MAX_CORES + 1
+    modes, ranks = (2,) * d, (1, *[2] * (d - 1), 1)
+    p = plan(3, modes, modes, ranks)
+    assert set(contract._candidates(3, modes, modes, ranks)) == {p.groups, ()}
+
+
+def test_measure_mode_keeps_the_fastest_path_once_per_signature(measure_mode, monkeypatch):
+    """A fake clock makes the modelled-dearest candidate the fastest: it is picked, timed once
+    per signature (a warm-up call, then the timed rounds), and tt_linear's values and gradients
+    are those of ``x @ W.T``."""
+    shapes = [(1, 4, 4, 3), (3, 4, 4, 3), (3, 4, 4, 1)]
+    w = TTMatrix([torch.randn(*shape, dtype=torch.float64) for shape in shapes])
+    x = torch.randn(6, 64, dtype=torch.float64, requires_grad=True)
+    paths = contract._candidates(6, w.row_modes, w.col_modes, w.ranks)
+    fastest, now, calls = paths[-1], [0.0], []
+    run = contract._run_path
+
+    def timed_run(x, cores, path):
+        calls.append(path)
+        now[0] += 1.0 if path == fastest else 2.0
+        return run(x, cores, path)
+
+    monkeypatch.setattr(contract, "_run_path", timed_run)
+    monkeypatch.setattr(contract, "_clock", lambda: now[0])
+    y = tt_linear(x, w)
+    timing = len(paths) * (1 + contract.MEASURE_ROUNDS)  # a call per timing: 1 s each > 1 ms
+    assert calls == [*paths * (1 + contract.MEASURE_ROUNDS), fastest]  # then the call itself
+    assert list(contract._measured.values()) == [fastest]
+    assert_close(y, x @ w.full().T)
+    y.backward(torch.ones_like(y))
+    assert_close(x.grad, torch.ones_like(y) @ w.full())
+    tt_linear(x.detach(), w)  # same signature: no new timing
+    assert len(calls) == timing + 2 and calls[-1] == fastest
+    tt_linear(x.detach()[:5], w)  # another batch: timed again
+    assert len(calls) == 2 * timing + 3 and len(contract._measured) == 2
+    set_plan_mode("measure")
+    assert not contract._measured  # every call clears the picks
