@@ -44,7 +44,11 @@ at every call, whose page faults cost most of what the step does (forward + back
 6% faster stored at a load of 1.3 on 2 cores, 1-8% slower at loads of 5-7).
 
 Planning is plain Python on shapes, cached, and opaque to ``torch.compile``
-(``torch.compiler.assume_constant_result``), so compiled layers never trace it.
+(``torch.compiler.assume_constant_result``), so compiled layers never trace it. Under compile the
+batch is planned for the power of two at or above it, so that a symbolic batch (dynamic shapes)
+needs one graph per bucket, and the ``tt`` path's autograd function (the blocks passed as one
+flat tensor, a signature dynamo traces) compiles whole with its backward (``fullgraph=True``).
+The cores' shapes must be static there, as dynamo keeps those of parameters.
 """
 
 from __future__ import annotations
@@ -351,7 +355,7 @@ Dims = tuple[tuple[int, int, int, int], ...]  # per block (R_prev, M_j, N_j, R_j
 
 def _widths(dims: Dims) -> list[int]:
     """Entries per row of ``x`` and of each step's output, in sweep order (last block first)."""
-    n_before, q = math.prod(n for _, _, n, _ in dims), 1
+    n_before, q = math.prod([n for _, _, n, _ in dims]), 1
     widths = [n_before]
     for r0, m, n, _ in reversed(dims):
         n_before, q = n_before // n, q * m
@@ -359,13 +363,27 @@ def _widths(dims: Dims) -> list[int]:
     return widths
 
 
-def _chunk_rows(x: torch.Tensor, dims: Dims) -> int:
-    """Rows of ``x`` per chunk: all of them off CPU, else as many as fit the chunk budget."""
+@torch.compiler.assume_constant_result
+def _threads() -> int:
+    """torch's thread count, a constant to dynamo."""
+    return torch.get_num_threads()
+
+
+def _chunks(x: torch.Tensor, dims: Dims) -> list[slice]:
+    """The chunks of rows of ``x``: one off CPU, else as many rows each as fit the chunk budget.
+
+    A while loop, not ``range``: under ``torch.compile`` with a symbolic batch its comparisons
+    guard the graph to the batches that make as many chunks.
+    """
     batch = x.shape[0]
     if x.device.type != "cpu":
-        return batch
-    budget = CHUNK_BYTES * torch.get_num_threads()
-    return max(1, min(batch, budget // (max(_widths(dims)) * x.element_size())))
+        return [slice(0, batch)]
+    rows = max(1, CHUNK_BYTES * _threads() // (max(_widths(dims)) * x.element_size()))
+    parts, start = [], 0
+    while start < batch:
+        parts.append(slice(start, start + rows))
+        start += rows
+    return parts
 
 
 def _sweep(
@@ -382,7 +400,7 @@ def _sweep(
     ``out`` (contiguous ``(B, M)``) when given.
     """
     batch = x.shape[0]
-    n_before = math.prod(n for _, _, n, _ in dims)
+    n_before = math.prod([n for _, _, n, _ in dims])
     q = 1
     states = [x]
     for j in range(len(dims) - 1, stop - 1, -1):
@@ -414,7 +432,7 @@ def _backward_chunk(
     needs its gradient.
     """
     g_count = len(dims)
-    n_before, q = 1, math.prod(m for _, m, _, _ in dims)
+    n_before, q = 1, math.prod([m for _, m, _, _ in dims])
     g = grad
     for j in range(g_count):
         r0, m, n, r1 = dims[j]
@@ -448,8 +466,18 @@ def _sweep_groups(
     dims = tuple(
         (int(b.shape[0]), int(b.shape[1]), int(b.shape[2]), int(b.shape[3])) for b in blocks
     )
-    mats = [b.reshape(b.shape[0] * b.shape[1], -1) for b in blocks]
-    return cast(torch.Tensor, _TTLinear.apply(x, dims, *mats))
+    # the blocks travel as one flat tensor: a fixed signature, which dynamo can trace
+    flat = torch.cat([b.reshape(-1) for b in blocks]) if len(blocks) > 1 else blocks[0].reshape(-1)
+    return cast(torch.Tensor, _TTLinear.apply(x, dims, flat))
+
+
+def _block_mats(flat: torch.Tensor, dims: Dims) -> list[torch.Tensor]:
+    """The blocks in ``flat`` as ``(R_{j-1} M_j, N_j R_j)`` matrices (views)."""
+    mats, start = [], 0
+    for r0, m, n, r1 in dims:
+        mats.append(flat[start : start + r0 * m * n * r1].view(r0 * m, n * r1))
+        start += r0 * m * n * r1
+    return mats
 
 
 def _run_path(x: torch.Tensor, cores: Sequence[torch.Tensor], groups: Groups) -> torch.Tensor:
@@ -495,32 +523,41 @@ class _TTLinear(torch.autograd.Function):
     """``y = x @ W.T`` through the block sweep, chunk by chunk; backward recomputes the sweep."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, dims: Dims, *mats: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, dims: Dims, flat: torch.Tensor) -> torch.Tensor:
         ctx.dims = dims
-        core_grads = any(ctx.needs_input_grad[2:])
-        ctx.save_for_backward(x if core_grads else None, *mats)  # x only for the blocks' grads
-        batch, rows = x.shape[0], _chunk_rows(x, dims)
-        y = x.new_empty(batch, math.prod(m for _, m, _, _ in dims))
-        for s in range(0, batch, rows):
-            _sweep(x[s : s + rows], dims, mats, out=y[s : s + rows])
+        ctx.save_for_backward(x if ctx.needs_input_grad[2] else None, flat)  # x: the blocks' grads
+        mats = _block_mats(flat, dims)
+        y = x.new_empty(x.shape[0], math.prod([m for _, m, _, _ in dims]))
+        for part in _chunks(x, dims):
+            _sweep(x[part], dims, mats, out=y[part])
         return y
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         dims: Dims = ctx.dims
-        x, *mats = ctx.saved_tensors
-        grads = [
-            torch.zeros_like(a) if ctx.needs_input_grad[2 + j] else None for j, a in enumerate(mats)
-        ]
-        batch, rows = grad.shape[0], _chunk_rows(grad, dims)
+        x, flat = ctx.saved_tensors
+        mats = _block_mats(flat, dims)
+        dflat = torch.zeros_like(flat) if ctx.needs_input_grad[2] else None
+        grads = [None] * len(dims) if dflat is None else _block_mats(dflat, dims)
         grad = grad.contiguous()
-        dx = grad.new_empty(batch, _widths(dims)[0]) if ctx.needs_input_grad[0] else None
-        for s in range(0, batch, rows):
-            part = slice(s, s + rows)
+        dx = grad.new_empty(grad.shape[0], _widths(dims)[0]) if ctx.needs_input_grad[0] else None
+        for part in _chunks(grad, dims):
             # the inputs of the steps, recomputed only when a block needs its gradient
             states = [] if x is None else _sweep(x[part], dims, mats, stop=1)
             _backward_chunk(grad[part], dims, mats, grads, states, None if dx is None else dx[part])
-        return (dx, None, *grads)
+        return dx, None, dflat
+
+
+def _plan_batch(batch: int) -> int:
+    """The batch to plan for: ``batch``, or under ``torch.compile`` the power of two at or above
+    it (a symbolic batch, with dynamic shapes, cannot key the plan; the comparisons here guard
+    the graph to its bucket)."""
+    if not torch.compiler.is_compiling():
+        return batch
+    bucket = 1
+    while bucket < batch:
+        bucket *= 2
+    return bucket
 
 
 def tt_linear(
@@ -570,7 +607,7 @@ def tt_linear(
     elif _mode[0] == "measure" and not torch.compiler.is_compiling():
         groups = _measured_groups(x.reshape(batch, N), cores, row_modes, col_modes, ranks)
     else:
-        groups = _planned(batch, row_modes, col_modes, ranks)
+        groups = _planned(_plan_batch(batch), row_modes, col_modes, ranks)
     y = _run_path(x.reshape(batch, N), cores, groups).reshape(*lead, M)
     return y if bias is None else y + bias
 

@@ -54,10 +54,12 @@ def test_square_ttm_plan_groups_in_two_blocks():
 def test_block_sweep_matches_dense_with_grads(monkeypatch, chunk_bytes):
     # one row per chunk; 3 rows per chunk and thread (35 rows: a short last chunk); one chunk
     monkeypatch.setattr(contract, "CHUNK_BYTES", chunk_bytes)
-    rows = contract._chunk_rows(
+    parts = contract._chunks(
         torch.zeros(35, 64, dtype=torch.float64), ((1, 16, 16, 3), (3, 4, 4, 1))
     )
+    rows = min(parts[0].stop, 35)
     assert rows in (1, 3 * torch.get_num_threads(), 35)
+    assert [p.start for p in parts] == list(range(0, 35, rows)) and parts[-1].stop >= 35
     gen = torch.Generator().manual_seed(1)
     cores = _cores((4, 4, 4), (4, 4, 4), 3, gen, grad=True)
     x = torch.randn(5, 7, 64, generator=gen, dtype=torch.float64, requires_grad=True)
@@ -111,8 +113,10 @@ def test_chunked_forward_matches_one_chunk(monkeypatch):
     gen = torch.Generator().manual_seed(6)
     cores = _cores((8, 8, 8, 8), (8, 8, 8, 8), 8, gen, dtype=torch.float32)
     x = torch.randn(70, 4096, generator=gen)
-    rows = contract._chunk_rows(x, ((1, 64, 64, 8), (8, 64, 64, 1)))  # 1 MiB per thread
+    parts = contract._chunks(x, ((1, 64, 64, 8), (8, 64, 64, 1)))  # 1 MiB per thread
+    rows = parts[0].stop
     assert rows == min(70, 8 * torch.get_num_threads()) and 70 % rows
+    assert len(parts) == -(-70 // rows)
     chunked = tt_linear(x, cores)
     monkeypatch.setattr(contract, "CHUNK_BYTES", 1 << 40)
     assert_close(chunked, tt_linear(x, cores))
@@ -149,15 +153,7 @@ def test_tt_svd_eps_bound_with_gram_side():
     ("batch", "modes", "kind"),
     [
         (4096, (2, 2), "dense"),  # huge batch, tiny matrix
-        pytest.param(
-            6,
-            (4, 4, 4),
-            "tt",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="fullgraph dynamo does not trace the _TTLinear autograd function (torch 2.13)",
-            ),
-        ),
+        (6, (4, 4, 4), "tt"),
     ],
 )
 def test_compile_does_not_trace_planning(batch, modes, kind):
@@ -166,8 +162,35 @@ def test_compile_does_not_trace_planning(batch, modes, kind):
     ranks = [1] + [3] * (len(modes) - 1) + [1]
     assert plan(batch, modes, modes, ranks).kind == kind
     x = torch.randn(batch, math.prod(modes), generator=gen)
-    compiled = torch.compile(lambda x: tt_linear(x, cores), backend="eager", fullgraph=True)
+    compiled = torch.compile(
+        lambda x: tt_linear(x, cores), backend="eager", fullgraph=True, dynamic=False
+    )
     assert_close(compiled(x), tt_linear(x, cores))
+
+
+@pytest.mark.parametrize(("backend", "dynamic"), [("aot_eager", True), ("inductor", False)])
+def test_compiled_tt_path_forward_backward(backend, dynamic):
+    """The tt path compiles whole (fullgraph) with its backward, the batch static or symbolic
+    (planned for its power-of-two bucket; the cores are parameters, whose shapes dynamo keeps
+    static): values and gradients as in eager, for two batch sizes."""
+    gen = torch.Generator().manual_seed(6)
+    cores = [torch.nn.Parameter(c) for c in _cores((4, 4, 4), (4, 4, 4), 3, gen, torch.float32)]
+    assert plan(6, (4, 4, 4), (4, 4, 4), (1, 3, 3, 1)).kind == "tt"
+    compiled = torch.compile(
+        lambda x: tt_linear(x, cores), backend=backend, fullgraph=True, dynamic=dynamic
+    )
+    for batch in (6, 11):
+        got = []
+        for fn in (compiled, lambda x: tt_linear(x, cores)):
+            x = torch.randn(batch, 64, generator=torch.Generator().manual_seed(batch))
+            x.requires_grad_()
+            for c in cores:
+                c.grad = None
+            y = fn(x)
+            y.square().sum().backward()
+            got.append([y.detach(), x.grad, *(c.grad for c in cores)])
+        for a, b in zip(*got, strict=True):
+            assert_close(a, b)
 
 
 # ------------------------------------------------------------------ Gram-path rounding
