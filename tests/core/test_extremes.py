@@ -258,3 +258,26 @@ def test_tt_linear_checks_bias():
         tt_linear(x, TTTensor([torch.randn(1, 9, 1)]))
     b = torch.randn(4)
     assert_close(tt_linear(x, w, b), x @ w.full().T + b)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "exponent"),
+    [
+        (torch.float32, -140),
+        (torch.float32, 120),
+        (torch.float32, 3),
+        (torch.float64, -1060),
+        (torch.float64, 1000),
+        (torch.float64, -30),
+    ],
+)
+def test_gram_path_scaling_is_exact_at_any_exponent(dtype, exponent):
+    """The Gram path's rescaling puts the largest entry in [0.5, 1) by a power of two, exactly,
+    even where 2^-e is no float of the dtype (subnormal inputs)."""
+    t = torch.tensor([[0.75, -0.5], [0.25, 0.0]], dtype=torch.float64) * 2.0**exponent
+    t = t.to(dtype)
+    scaled, e = ops._pow2_scaled(t)
+    assert 0.5 <= float(scaled.abs().max()) < 1.0
+    assert torch.equal(torch.ldexp(scaled.double(), torch.tensor(float(e))), t.double())
+    zero = torch.zeros(2, 2, dtype=dtype)
+    assert ops._pow2_scaled(zero)[1] == 0 and torch.equal(ops._pow2_scaled(zero)[0], zero)
