@@ -22,6 +22,15 @@ from tensortrain.contract import _cost, _path_terms, _product_terms, groupings
 from tensortrain.testing import assert_close, tt_matrices
 
 lead_shapes = st.lists(st.integers(1, 4), min_size=0, max_size=3)
+#: (batch, row modes, column modes, inner ranks) of 1-5 cores
+plan_shapes = st.integers(1, 5).flatmap(
+    lambda d: st.tuples(
+        st.integers(1, 4096),
+        st.lists(st.integers(1, 16), min_size=d, max_size=d),
+        st.lists(st.integers(1, 16), min_size=d, max_size=d),
+        st.lists(st.integers(1, 32), min_size=d - 1, max_size=d - 1),
+    )
+)
 
 
 @given(tt_matrices(dtypes=(torch.float32, torch.float64)), lead_shapes, st.booleans())
@@ -76,16 +85,7 @@ def test_cost_model_prefers_wide_products_to_fewer_flops():
     assert cost(100, 8, 8, 8) > 100 * 2 * 8 * 8 * 8
 
 
-@given(
-    st.integers(1, 5).flatmap(
-        lambda d: st.tuples(
-            st.integers(1, 4096),
-            st.lists(st.integers(1, 16), min_size=d, max_size=d),
-            st.lists(st.integers(1, 16), min_size=d, max_size=d),
-            st.lists(st.integers(1, 32), min_size=d - 1, max_size=d - 1),
-        )
-    )
-)
+@given(plan_shapes)
 def test_plan_takes_the_cheapest_modelled_path(args):
     """The dynamic programme finds the grouping of least modelled cost (checked by brute force),
     and the plan's costs are the cost model's terms of its paths."""
@@ -165,16 +165,7 @@ def test_set_plan_mode_refuses_other_modes():
     assert set_plan_mode("model") == "model"  # unchanged by the refusal
 
 
-@given(
-    st.integers(1, 5).flatmap(
-        lambda d: st.tuples(
-            st.integers(1, 4096),
-            st.lists(st.integers(1, 16), min_size=d, max_size=d),
-            st.lists(st.integers(1, 16), min_size=d, max_size=d),
-            st.lists(st.integers(1, 32), min_size=d - 1, max_size=d - 1),
-        )
-    )
-)
+@given(plan_shapes)
 def test_measure_candidates_are_the_cheapest_modelled_paths(args):
     batch, rows, cols, inner = args
     rows, cols, ranks = tuple(rows), tuple(cols), (1, *inner, 1)
