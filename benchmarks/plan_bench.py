@@ -38,10 +38,9 @@ import torch
 from _doc import record_target, replace_section
 
 from tensortrain import contract, plan
-from tensortrain.matrix import dense
 
 HEADING = "## Planning"
-Groups = tuple[tuple[int, int], ...]
+Groups = contract.Groups
 Shape = tuple[tuple, tuple, tuple, int]  # row modes, column modes, ranks, batch
 
 
@@ -65,9 +64,10 @@ def time_paths(
     that a change of machine load hits them alike, until each has at least ``min_calls`` timed
     calls and ``min_seconds`` of them; the others keep their one timed call.
     """
-    fns: dict[Groups | str, Callable[[], object]] = {"dense": lambda: x @ dense(cores).T}
-    for groups in contract.groupings(len(cores)):
-        fns[groups] = functools.partial(contract._sweep_groups, x, cores, groups)
+    fns: dict[Groups | str, Callable[[], object]] = {
+        groups or "dense": functools.partial(contract._run_path, x, cores, groups)
+        for groups in [(), *contract.groupings(len(cores))]  # (): the dense path
+    }
     for fn in fns.values():
         fn()
     times = {path: [_call_s(fn)] for path, fn in fns.items()}

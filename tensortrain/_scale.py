@@ -46,14 +46,14 @@ def check_finite_cores(cores: Sequence[torch.Tensor], name: str = "cores") -> No
 
 def exponent(t: torch.Tensor) -> int:
     """The ``e`` with ``max|t|`` in ``[2^(e-1), 2^e)``; 0 for a zero tensor."""
-    peak = float(t.detach().abs().max()) if t.numel() else 0.0
+    peak = float(torch.linalg.vector_norm(t.detach(), math.inf)) if t.numel() else 0.0
     return math.frexp(peak)[1] if peak > 0 else 0
 
 
 def _step_range(dtype: torch.dtype) -> tuple[int, int]:
     """Exponents ``k`` for which ``2^k`` is a normal number of ``dtype``."""
-    info = torch.finfo(dtype)
-    return math.ceil(math.log2(info.tiny)), math.floor(math.log2(info.max))
+    info = torch.finfo(dtype)  # exact exponents: log2(float64 max) rounds to 1024
+    return math.frexp(info.tiny)[1] - 1, math.frexp(info.max)[1] - 1
 
 
 def times_pow2(t: torch.Tensor, power: float) -> torch.Tensor:

@@ -77,6 +77,8 @@ from tensortrain.shapes import check_ranks
 #: Most cores a TT-matrix may have in :func:`tt_linear` (the grouping search is ``O(d^2)``).
 MAX_CORES = 64
 
+Groups = tuple[tuple[int, int], ...]  # blocks of consecutive cores, as (start, stop) ranges
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -95,7 +97,7 @@ class Plan:
     kind: Literal["tt", "dense"]
     tt_flops: int
     dense_flops: int
-    groups: tuple[tuple[int, int], ...]
+    groups: Groups
     tt_cost: float
     dense_cost: float
 
@@ -156,7 +158,7 @@ def _path_terms(
     row_modes: Sequence[int],
     col_modes: Sequence[int],
     ranks: Sequence[int],
-    groups: tuple[tuple[int, int], ...] | None,
+    groups: Groups | None,
 ) -> Terms:
     """The cost model's terms of the ``tt`` path with ``groups``, or of the dense path (``None``).
 
@@ -183,7 +185,7 @@ def _path_terms(
 
 def _best_groups(
     batch: int, row_modes: Sequence[int], col_modes: Sequence[int], ranks: Sequence[int]
-) -> tuple[float, int, tuple[tuple[int, int], ...]]:
+) -> tuple[float, int, Groups]:
     """The grouping into consecutive blocks (at least two when ``d > 1``) of least modelled cost.
 
     Dynamic programming: a block's step depends only on the ``N`` before it and the ``M`` after
@@ -258,7 +260,7 @@ def _plan(
 @torch.compiler.assume_constant_result
 def _planned(
     batch: int, row_modes: tuple[int, ...], col_modes: tuple[int, ...], ranks: tuple[int, ...]
-) -> tuple[tuple[int, int], ...]:
+) -> Groups:
     """The ``tt`` blocks of :func:`plan`, or ``()`` for the dense path: plain ints for dynamo."""
     p = _plan(batch, row_modes, col_modes, ranks)
     return p.groups if p.kind == "tt" else ()
@@ -267,7 +269,6 @@ def _planned(
 plan.cache_info = _plan.cache_info  # type: ignore[attr-defined]
 
 PlanMode = Literal["model", "measure"]
-Groups = tuple[tuple[int, int], ...]
 _mode: list[PlanMode] = ["model"]
 _measured: dict[tuple[Any, ...], Groups] = {}
 #: Paths that the ``"measure"`` mode times per shape signature: those of least modelled cost.
@@ -458,9 +459,7 @@ def _backward_chunk(
         n_before *= n
 
 
-def _sweep_groups(
-    x: torch.Tensor, cores: Sequence[torch.Tensor], groups: tuple[tuple[int, int], ...]
-) -> torch.Tensor:
+def _sweep_groups(x: torch.Tensor, cores: Sequence[torch.Tensor], groups: Groups) -> torch.Tensor:
     """``x (B, N) @ W.T`` through the block sweep with the cores merged into ``groups``."""
     blocks = [merge_block(cores, k0, k1) for k0, k1 in groups]
     dims = tuple(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from tensortrain._cores import bond_caps, check_cores, check_eps, same_family
-from tensortrain._scale import check_finite_cores, put_scale
+from tensortrain._scale import check_finite_cores, exponent, put_scale, times_pow2
 from tensortrain._svd import GRAM_MIN_DELTA2, truncated_svd
 from tensortrain.errors import TTShapeError, TTValueError
 
@@ -39,19 +39,6 @@ def _normalised(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``t / max|t|`` and ``log(max|t|)`` in float64 (``t`` and 0 for a zero tensor)."""
     m = _positive(t.detach().abs().max())
     return t / m, torch.log(m.double())
-
-
-def _pow2_scaled(t: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """``t * 2^-e`` (exact) with ``e`` the exponent of ``max|t|``, and ``e`` (0 for a zero ``t``).
-
-    The Gram path's form of :func:`_normalised`: no autograd, three small ops where that takes
-    eight, for a matrix of a few thousand entries at every bond.
-    """
-    e = math.frexp(float(torch.linalg.vector_norm(t, math.inf)))[1]
-    if abs(e) < 100:
-        return (t * 2.0**-e if e else t), e
-    half = -e // 2  # 2^-e itself may not be a float32 (or even a float64)
-    return t * 2.0**half * 2.0 ** (-e - half), e
 
 
 def safe_norm(t: torch.Tensor) -> torch.Tensor:
@@ -281,7 +268,8 @@ def _right_grams(units: Cores) -> tuple[list[torch.Tensor], list[int]]:
         r_prev, n, r = c.shape
         # P is symmetric; its transposed view ran this tall product 15-30% faster in isolation
         w = (c.reshape(r_prev * n, r) @ grams[-1].mT).reshape(r_prev, n * r)
-        grams.append(_pow2_scaled(w @ c.reshape(r_prev, n * r).mT)[0])
+        gram = w @ c.reshape(r_prev, n * r).mT
+        grams.append(times_pow2(gram, -exponent(gram)))
         dims.append(min(r_prev, n * dims[-1]))
     return grams[::-1], dims[::-1]
 
@@ -376,7 +364,8 @@ def _gram_round(
         if cut.total > 0:
             kept *= max(1.0 - cut.dropped / cut.total, 1e-300)
         out.append(core.reshape(r_prev, n, -1))
-        carry, e = _pow2_scaled(carry)
+        e = exponent(carry)
+        carry = times_pow2(carry, -e)
         nxt = units[k + 1]
         m = (carry @ nxt.reshape(nxt.shape[0], -1)).reshape(-1, *nxt.shape[1:])
         log_scale = log_scale + e * math.log(2)

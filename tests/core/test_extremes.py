@@ -28,7 +28,7 @@ from tensortrain import (
     tt_matrix_svd,
     tt_svd,
 )
-from tensortrain._scale import times_pow2
+from tensortrain._scale import exponent, times_pow2
 from tensortrain.testing import assert_close, tt_tensors
 
 REAL = (torch.float32, torch.float64)
@@ -261,7 +261,7 @@ def test_tt_linear_checks_bias():
 
 
 @pytest.mark.parametrize(
-    ("dtype", "exponent"),
+    ("dtype", "power"),
     [
         (torch.float32, -140),
         (torch.float32, 120),
@@ -271,13 +271,13 @@ def test_tt_linear_checks_bias():
         (torch.float64, -30),
     ],
 )
-def test_gram_path_scaling_is_exact_at_any_exponent(dtype, exponent):
-    """The Gram path's rescaling puts the largest entry in [0.5, 1) by a power of two, exactly,
-    even where 2^-e is no float of the dtype (subnormal inputs)."""
-    t = torch.tensor([[0.75, -0.5], [0.25, 0.0]], dtype=torch.float64) * 2.0**exponent
+def test_scaling_to_a_unit_peak_is_exact_at_any_exponent(dtype, power):
+    """``times_pow2(t, -exponent(t))`` (rounding's Gram path scales by it at every bond) puts the
+    largest entry in [0.5, 1) exactly, even where 2^-e is no float of the dtype (subnormal t)."""
+    t = torch.tensor([[0.75, -0.5], [0.25, 0.0]], dtype=torch.float64) * 2.0**power
     t = t.to(dtype)
-    scaled, e = ops._pow2_scaled(t)
+    e = exponent(t)
+    scaled = times_pow2(t, -e)
     assert 0.5 <= float(scaled.abs().max()) < 1.0
     assert torch.equal(torch.ldexp(scaled.double(), torch.tensor(float(e))), t.double())
-    zero = torch.zeros(2, 2, dtype=dtype)
-    assert ops._pow2_scaled(zero)[1] == 0 and torch.equal(ops._pow2_scaled(zero)[0], zero)
+    assert exponent(torch.zeros(2, 2, dtype=dtype)) == 0
