@@ -281,3 +281,15 @@ def test_scaling_to_a_unit_peak_is_exact_at_any_exponent(dtype, power):
     assert 0.5 <= float(scaled.abs().max()) < 1.0
     assert torch.equal(torch.ldexp(scaled.double(), torch.tensor(float(e))), t.double())
     assert exponent(torch.zeros(2, 2, dtype=dtype)) == 0
+
+
+def test_tt_svd_of_a_subnormal_float64_tensor():
+    """A float64 input whose largest entry is subnormal: the 2^1030 scaling once raised
+    OverflowError (2^1024 is no float64); now it meets the bound like any other."""
+    x = times_pow2(
+        torch.randn(4, 5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(9)), -1030
+    )
+    assert 0 < float(x.abs().max()) < torch.finfo(torch.float64).tiny
+    tt = tt_svd(x, eps=0.1)
+    got, ref = times_pow2(tt.full(), 1030), times_pow2(x, 1030)
+    assert float((got - ref).norm() / ref.norm()) <= 0.1 * (1 + 1e-6)
