@@ -22,25 +22,35 @@ written to ``tensortrain/_plan_constants.py``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import math
 import os
+import pathlib
 import random
 import statistics
 import textwrap
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import numpy as np
 import torch
 from _doc import record_target, replace_section
 
 from tensortrain import contract, plan
+from tensortrain._planning import (
+    ALTERNATIVES,
+    DENSE,
+    FITTED,
+    CostModel,
+    Groups,
+    Path,
+    Signature,
+    best_groups,
+    groupings,
+    path_terms,
+)
 
 HEADING = "## Planning"
-Groups = contract.Groups
 Shape = tuple[tuple, tuple, tuple, int]  # row modes, column modes, ranks, batch
 
 
@@ -65,8 +75,8 @@ def time_paths(
     calls and ``min_seconds`` of them; the others keep their one timed call.
     """
     fns: dict[Groups | str, Callable[[], object]] = {
-        groups or "dense": functools.partial(contract._run_path, x, cores, groups)
-        for groups in [(), *contract.groupings(len(cores))]  # (): the dense path
+        _key(path): functools.partial(contract.run_path, x, cores, path)
+        for path in [DENSE, *(Path("tt", g) for g in groupings(len(cores)))]
     }
     for fn in fns.values():
         fn()
@@ -79,27 +89,21 @@ def time_paths(
     return {path: statistics.median(t) for path, t in times.items()}
 
 
-NAMES = ("SMALL_K", "SMALL_A", "SMALL_Q", "CALL")
-CONSTANTS = Path(__file__).resolve().parents[1] / "tensortrain" / "_plan_constants.py"
+def _key(path: Path) -> Groups | str:
+    """How the tables here name a path: its blocks, or ``"dense"``."""
+    return "dense" if path.kind == "dense" else path.groups
 
 
-@contextlib.contextmanager
-def constants(values: tuple[float, ...]) -> Iterator[None]:
-    """The cost model with ``values`` for ``NAMES`` inside the block."""
-    saved = [getattr(contract, n) for n in NAMES]
-    try:
-        for n, v in zip(NAMES, values, strict=True):
-            setattr(contract, n, v)
-        yield
-    finally:
-        for n, v in zip(NAMES, saved, strict=True):
-            setattr(contract, n, v)
+CONSTANTS = pathlib.Path(__file__).resolve().parents[1] / "tensortrain" / "_plan_constants.py"
 
 
-def model_pick(batch: int, rows: tuple, cols: tuple, ranks: tuple) -> Groups | str:
-    """The plan's pick under the constants in force (uncached, unlike :func:`plan`)."""
-    tt_cost, _, groups = contract._best_groups(batch, rows, cols, ranks)
-    dense_cost = contract._cost(contract._path_terms(batch, rows, cols, ranks, None))
+def model_pick(
+    batch: int, rows: tuple, cols: tuple, ranks: tuple, model: CostModel = FITTED
+) -> Groups | str:
+    """The plan's pick under ``model`` (uncached, unlike :func:`plan`)."""
+    sig = Signature(batch, rows, cols, ranks)
+    tt_cost, _, groups = best_groups(sig, model)
+    dense_cost = model.cost(path_terms(sig, DENSE))
     return "dense" if dense_cost <= tt_cost else groups
 
 
@@ -108,8 +112,7 @@ def flop_rule(batch: int, rows: tuple, cols: tuple, ranks: tuple) -> Groups | st
 
     The planner's own search with the cost model's surcharges set to zero counts bare FLOPs.
     """
-    with constants((0.0,) * len(NAMES)):
-        _, flops, groups = contract._best_groups(batch, rows, cols, ranks)
+    _, flops, groups = best_groups(Signature(batch, rows, cols, ranks), CostModel(0, 0, 0, 0))
     return "dense" if plan(batch, rows, cols, ranks).dense_flops <= 2 * flops else groups
 
 
@@ -122,7 +125,7 @@ def rule_picks(shape: Shape, cores: list[torch.Tensor], x: torch.Tensor) -> list
     mode (:func:`tensortrain.set_plan_mode`; timed on ``x`` once per shape) pick for ``shape``."""
     rows, cols, ranks, batch = shape
     p = plan(batch, rows, cols, ranks)
-    measured = contract._measured_groups(x, cores, rows, cols, ranks) or "dense"
+    measured = _key(plan.measure(x, cores, Signature(batch, rows, cols, ranks)))
     return [
         "dense" if p.kind == "dense" else p.groups,
         flop_rule(batch, rows, cols, ranks),
@@ -171,9 +174,11 @@ def timed_shapes(
         yield shape, cores, x, time_paths(cores, x, chosen)
 
 
-def regret(samples: list[tuple[Shape, dict[Groups | str, float]]]) -> tuple[float, float]:
-    """Mean and worst time of the model's pick over the fastest path, constants in force."""
-    ratios = [t[model_pick(b, r, c, k)] / min(t.values()) for (r, c, k, b), t in samples]
+def regret(
+    samples: list[tuple[Shape, dict[Groups | str, float]]], model: CostModel = FITTED
+) -> tuple[float, float]:
+    """Mean and worst time of ``model``'s pick over the fastest path."""
+    ratios = [t[model_pick(b, r, c, k, model)] / min(t.values()) for (r, c, k, b), t in samples]
     return statistics.fmean(ratios), max(ratios)
 
 
@@ -185,8 +190,7 @@ def refine(samples: list[tuple[Shape, dict[Groups | str, float]]], values: tuple
     """
 
     def score(vals: tuple) -> tuple[float, float]:
-        with constants(vals):
-            return regret(samples)
+        return regret(samples, CostModel(*vals))
 
     best = score(values)
     for _ in range(3):
@@ -213,8 +217,8 @@ def fit(seconds: float, threads: int) -> None:
         for path, t in times.items():
             if t > NEAR * fastest:  # the plan only has to rank the paths near the fastest
                 continue
-            groups = None if isinstance(path, str) else path
-            terms.append(contract._path_terms(batch, rows, cols, ranks, groups))
+            route = DENSE if isinstance(path, str) else Path("tt", path)
+            terms.append(path_terms(Signature(batch, rows, cols, ranks), route))
             secs.append(t)
     a = np.array(terms) / np.array(secs)[:, None]  # modelled / measured: fit it to 1
     import scipy.optimize
@@ -225,10 +229,9 @@ def fit(seconds: float, threads: int) -> None:
     err = float(np.median(np.abs(a @ w - 1)))
     before = regret(samples)
     values = refine(samples, tuple(float(v) for v in w[1:] / w[0]))
-    with constants(values):
-        after = regret(samples)
+    after = regret(samples, CostModel(*values))
     CONSTANTS.write_text(
-        f'''"""The planner's cost-model constants (see :mod:`tensortrain.contract`). Generated file.
+        f'''"""The planner's cost-model constants (see :mod:`tensortrain._planning`). Generated file.
 
 Written by ``python benchmarks/plan_bench.py --fit --seconds {seconds:g} --threads {threads}``
 (benchmarks/README.md, planning section) on {time.strftime("%Y-%m-%d")}, torch {torch.__version__}:
@@ -280,7 +283,7 @@ def main() -> None:
             "pick are called again, in interleaved rounds, until each has at least 5 timed calls "
             "and 40 ms of them; a path's time is the median of its calls. The table gives the "
             "time of the path a rule picks over the fastest measured path. The measure mode "
-            f"times the {contract.MEASURE_PATHS} paths of least modelled cost on the shape's "
+            f"times the {ALTERNATIVES} paths of least modelled cost on the shape's "
             "input (a warm-up round and three timed rounds, its own calls) and keeps the "
             "fastest; its pick is then judged by the timings above, like the others.",
             width=100,

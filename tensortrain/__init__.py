@@ -20,7 +20,7 @@ Example:
     (1, 4, 4, 1)
 """
 
-from tensortrain.contract import Plan, plan, set_plan_mode, tt_linear
+from tensortrain.contract import Plan, plan, plan_mode, set_plan_mode, tt_linear
 from tensortrain.decomposition import tt_matrix_svd, tt_svd
 from tensortrain.errors import TTError, TTShapeError, TTTypeError, TTValueError
 from tensortrain.matrix import TTMatrix
@@ -39,6 +39,7 @@ __all__ = [
     "norm",
     "orthogonalize",
     "plan",
+    "plan_mode",
     "round_cores",
     "set_plan_mode",
     "tt_linear",

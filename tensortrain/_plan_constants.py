@@ -1,4 +1,4 @@
-"""The planner's cost-model constants (see :mod:`tensortrain.contract`). Generated file.
+"""The planner's cost-model constants (see :mod:`tensortrain._planning`). Generated file.
 
 Written by ``python benchmarks/plan_bench.py --fit --seconds 300 --threads 1``
 (benchmarks/README.md, planning section) on 2026-12-04, torch 2.13.0+cpu:

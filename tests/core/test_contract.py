@@ -18,7 +18,17 @@ from tensortrain import (
     set_plan_mode,
     tt_linear,
 )
-from tensortrain.contract import _cost, _path_terms, _product_terms, groupings
+from tensortrain._measuring import MEASURE_PATHS, MEASURE_ROUNDS, Planner
+from tensortrain._planning import (
+    DENSE,
+    ENUMERATE_MAX_CORES,
+    FITTED,
+    Path,
+    Signature,
+    groupings,
+    path_terms,
+    product_terms,
+)
 from tensortrain.testing import assert_close, tt_matrices
 
 lead_shapes = st.lists(st.integers(1, 4), min_size=0, max_size=3)
@@ -77,7 +87,7 @@ def test_cost_model_prefers_wide_products_to_fewer_flops():
 
     # a narrow product costs more per FLOP than a wide one; a batch of matrices pays per matrix
     def cost(count: int, a: int, k: int, q: int) -> float:
-        return _cost(_product_terms(count, a, k, q))
+        return FITTED.cost(product_terms(count, a, k, q))
 
     assert cost(1, 4096, 8, 8) / (2 * 4096 * 8 * 8) > 2 * cost(1, 4096, 256, 256) / (
         2 * 4096 * 256 * 256
@@ -92,12 +102,13 @@ def test_plan_takes_the_cheapest_modelled_path(args):
     batch, rows, cols, inner = args
     ranks = (1, *inner, 1)
     p = plan(batch, rows, cols, ranks)
-    costs = {g: _cost(_path_terms(batch, rows, cols, ranks, g)) for g in groupings(len(rows))}
+    sig = Signature(batch, tuple(rows), tuple(cols), ranks)
+    costs = {g: FITTED.cost(path_terms(sig, Path("tt", g))) for g in groupings(len(rows))}
     assert p.tt_cost == pytest.approx(costs[p.groups], rel=1e-9)
     assert p.tt_cost <= min(costs.values()) * (1 + 1e-9)
-    assert p.dense_cost == pytest.approx(_cost(_path_terms(batch, rows, cols, ranks, None)))
+    assert p.dense_cost == pytest.approx(FITTED.cost(path_terms(sig, DENSE)))
     assert p.kind == ("dense" if p.dense_cost <= p.tt_cost else "tt")
-    flops = _path_terms(batch, rows, cols, ranks, p.groups)[0]
+    flops = path_terms(sig, Path("tt", p.groups))[0]
     assert p.tt_flops == pytest.approx(flops, rel=1e-9)
 
 
@@ -152,13 +163,6 @@ def test_bad_inputs():
         tt_linear(torch.randn(2, 5), [torch.randn(1, 5, 1)])
 
 
-@pytest.fixture
-def measure_mode():
-    before = set_plan_mode("measure")
-    yield
-    set_plan_mode(before)
-
-
 def test_set_plan_mode_refuses_other_modes():
     with pytest.raises(TTValueError, match=r"mode must be 'model' or 'measure', got 'fast'"):
         set_plan_mode("fast")  # type: ignore[arg-type]
@@ -166,56 +170,64 @@ def test_set_plan_mode_refuses_other_modes():
 
 
 @given(plan_shapes)
-def test_measure_candidates_are_the_cheapest_modelled_paths(args):
+def test_plan_alternatives_are_the_cheapest_modelled_paths(args):
+    """The measure mode times these: the MEASURE_PATHS paths of least modelled cost."""
     batch, rows, cols, inner = args
     rows, cols, ranks = tuple(rows), tuple(cols), (1, *inner, 1)
-    paths = contract._candidates(batch, rows, cols, ranks)
-    costs = {g: _cost(_path_terms(batch, rows, cols, ranks, g)) for g in groupings(len(rows))}
-    costs[()] = _cost(_path_terms(batch, rows, cols, ranks, None))
-    assert len(paths) == min(contract.MEASURE_PATHS, len(costs))
+    p = plan(batch, rows, cols, ranks)
+    paths = [alt.path for alt in p.alternatives]
+    sig = Signature(batch, rows, cols, ranks)
+    costs = {
+        Path("tt", g): FITTED.cost(path_terms(sig, Path("tt", g))) for g in groupings(len(rows))
+    }
+    costs[DENSE] = FITTED.cost(path_terms(sig, DENSE))
+    assert len(paths) == min(MEASURE_PATHS, len(costs))
     assert [costs[g] for g in paths] == sorted(costs[g] for g in paths)
+    assert [alt.cost for alt in p.alternatives] == pytest.approx([costs[g] for g in paths])
     rest = [c for g, c in costs.items() if g not in paths]
     assert max(costs[g] for g in paths) <= min(rest, default=math.inf)
-    p = plan(batch, rows, cols, ranks)
     assert costs[paths[0]] == pytest.approx(min(p.tt_cost, p.dense_cost), rel=1e-9)
 
 
-def test_measure_candidates_past_the_enumeration_limit():
-    """Past MEASURE_MAX_CORES only the cost model's grouping and the dense path are timed."""
-    d = contract.MEASURE_MAX_CORES + 1
+def test_plan_alternatives_past_the_enumeration_limit():
+    """Past ENUMERATE_MAX_CORES only the cost model's grouping and the dense path are listed."""
+    d = ENUMERATE_MAX_CORES + 1
     modes, ranks = (2,) * d, (1, *[2] * (d - 1), 1)
     p = plan(3, modes, modes, ranks)
-    assert set(contract._candidates(3, modes, modes, ranks)) == {p.groups, ()}
+    assert {alt.path for alt in p.alternatives} == {Path("tt", p.groups), DENSE}
 
 
-def test_measure_mode_keeps_the_fastest_path_once_per_signature(measure_mode, monkeypatch):
+def test_measure_mode_keeps_the_fastest_path_once_per_signature(monkeypatch):
     """A fake clock makes the modelled-dearest candidate the fastest: it is picked, timed once
     per signature (a warm-up call, then the timed rounds), and tt_linear's values and gradients
     are those of ``x @ W.T``."""
     shapes = [(1, 4, 4, 3), (3, 4, 4, 3), (3, 4, 4, 1)]
     w = TTMatrix([torch.randn(*shape, dtype=torch.float64) for shape in shapes])
     x = torch.randn(6, 64, dtype=torch.float64, requires_grad=True)
-    paths = contract._candidates(6, w.row_modes, w.col_modes, w.ranks)
+    paths = [alt.path for alt in plan(6, w.row_modes, w.col_modes, w.ranks).alternatives]
     fastest, now, calls = paths[-1], [0.0], []
-    run = contract._run_path
+    run = contract.run_path
 
     def timed_run(x, cores, path):
         calls.append(path)
         now[0] += 1.0 if path == fastest else 2.0
         return run(x, cores, path)
 
-    monkeypatch.setattr(contract, "_run_path", timed_run)
-    monkeypatch.setattr(contract, "_clock", lambda: now[0])
+    planner = Planner(timed_run, clock=lambda: now[0])
+    planner.set_mode("measure")
+    monkeypatch.setattr(contract, "plan", planner)  # tt_linear's planner
+    monkeypatch.setattr(contract, "run_path", timed_run)  # and its runner: the call itself
     y = tt_linear(x, w)
-    timing = len(paths) * (1 + contract.MEASURE_ROUNDS)  # a call per timing: 1 s each > 1 ms
-    assert calls == [*paths * (1 + contract.MEASURE_ROUNDS), fastest]  # then the call itself
-    assert list(contract._measured.values()) == [fastest]
+    timing = len(paths) * (1 + MEASURE_ROUNDS)  # a call per timing: 1 s each > 1 ms
+    assert calls == [*paths * (1 + MEASURE_ROUNDS), fastest]  # then the call itself
+    assert list(planner.measured.values()) == [fastest]
     assert_close(y, x @ w.full().T)
     y.backward(torch.ones_like(y))
     assert_close(x.grad, torch.ones_like(y) @ w.full())
     tt_linear(x.detach(), w)  # same signature: no new timing
     assert len(calls) == timing + 2 and calls[-1] == fastest
     tt_linear(x.detach()[:5], w)  # another batch: timed again
-    assert len(calls) == 2 * timing + 3 and len(contract._measured) == 2
-    set_plan_mode("measure")
-    assert not contract._measured  # every call clears the picks
+    assert len(calls) == 2 * timing + 3 and len(planner.measured) == 2
+    set_plan_mode("measure")  # through the public setter, on tt_linear's planner
+    assert not planner.measured  # every call clears the picks
+    set_plan_mode("model")

@@ -8,7 +8,7 @@ from _round import sweeps_round
 from hypothesis import given
 from hypothesis import strategies as st
 
-import tensortrain.contract as contract
+import tensortrain._running as running
 from tensortrain import TTMatrix, ops, plan, round_cores, tt_linear, tt_svd
 from tensortrain._svd import truncated_svd
 from tensortrain.testing import assert_close, tt_tensors
@@ -33,10 +33,10 @@ def _cores(rows, cols, rank, gen, dtype=torch.float64, grad=False, tensor=False)
     ]
 
 
-@pytest.mark.parametrize("chunk_bytes", [1, contract.CHUNK_BYTES])
+@pytest.mark.parametrize("chunk_bytes", [1, running.CHUNK_BYTES])
 @pytest.mark.parametrize(("rows", "cols"), [((4, 4, 4), (4, 4, 4)), ((3, 3, 3, 3), (3, 3, 3, 3))])
 def test_gradcheck_block_sweep(monkeypatch, chunk_bytes, rows, cols):
-    monkeypatch.setattr(contract, "CHUNK_BYTES", chunk_bytes)  # 1: one row per chunk
+    monkeypatch.setattr(running, "CHUNK_BYTES", chunk_bytes)  # 1: one row per chunk
     gen = torch.Generator().manual_seed(0)
     cores = _cores(rows, cols, 2, gen, grad=True)
     x = torch.randn(3, TTMatrix(cores).shape[1], generator=gen, dtype=torch.float64)
@@ -50,13 +50,11 @@ def test_square_ttm_plan_groups_in_two_blocks():
     assert p.kind == "tt" and p.groups == ((0, 2), (2, 4))
 
 
-@pytest.mark.parametrize("chunk_bytes", [1, 3 * 8 * 48, contract.CHUNK_BYTES])
+@pytest.mark.parametrize("chunk_bytes", [1, 3 * 8 * 48, running.CHUNK_BYTES])
 def test_block_sweep_matches_dense_with_grads(monkeypatch, chunk_bytes):
     # one row per chunk; 3 rows per chunk and thread (35 rows: a short last chunk); one chunk
-    monkeypatch.setattr(contract, "CHUNK_BYTES", chunk_bytes)
-    parts = contract._chunks(
-        torch.zeros(35, 64, dtype=torch.float64), ((1, 16, 16, 3), (3, 4, 4, 1))
-    )
+    monkeypatch.setattr(running, "CHUNK_BYTES", chunk_bytes)
+    parts = running.chunks(torch.zeros(35, 64, dtype=torch.float64), ((1, 16, 16, 3), (3, 4, 4, 1)))
     rows = min(parts[0].stop, 35)
     assert rows in (1, 3 * torch.get_num_threads(), 35)
     assert [p.start for p in parts] == list(range(0, 35, rows)) and parts[-1].stop >= 35
@@ -76,7 +74,7 @@ def test_block_sweep_matches_dense_with_grads(monkeypatch, chunk_bytes):
 @pytest.mark.parametrize("needs", ["x", "cores", "first core", "all"])
 def test_block_sweep_grads_of_any_subset(monkeypatch, needs):
     """Frozen cores skip the recomputed sweep; frozen x skips dx; each against float64 dense."""
-    monkeypatch.setattr(contract, "CHUNK_BYTES", 3 * 8 * 48)  # several chunks, a short last one
+    monkeypatch.setattr(running, "CHUNK_BYTES", 3 * 8 * 48)  # several chunks, a short last one
     gen = torch.Generator().manual_seed(10)
     cores = _cores((4, 4, 4), (4, 4, 4), 3, gen)
     x = torch.randn(11, 64, generator=gen, dtype=torch.float64)
@@ -113,12 +111,12 @@ def test_chunked_forward_matches_one_chunk(monkeypatch):
     gen = torch.Generator().manual_seed(6)
     cores = _cores((8, 8, 8, 8), (8, 8, 8, 8), 8, gen, dtype=torch.float32)
     x = torch.randn(70, 4096, generator=gen)
-    parts = contract._chunks(x, ((1, 64, 64, 8), (8, 64, 64, 1)))  # 1 MiB per thread
+    parts = running.chunks(x, ((1, 64, 64, 8), (8, 64, 64, 1)))  # 1 MiB per thread
     rows = parts[0].stop
     assert rows == min(70, 8 * torch.get_num_threads()) and 70 % rows
     assert len(parts) == -(-70 // rows)
     chunked = tt_linear(x, cores)
-    monkeypatch.setattr(contract, "CHUNK_BYTES", 1 << 40)
+    monkeypatch.setattr(running, "CHUNK_BYTES", 1 << 40)
     assert_close(chunked, tt_linear(x, cores))
 
 
