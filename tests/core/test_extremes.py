@@ -1,4 +1,5 @@
-"""Issue 15: the error bound at every magnitude, named errors for NaN/inf, complex TT-SVD, bias.
+"""Extreme magnitudes and bad values: the error bound over each dtype's whole range, complex
+TT-SVD, exact power-of-two scaling, and a named error for NaN, inf and a bad bias.
 
 Errors are measured against float64 (complex128) references rescaled exactly by powers of two
 (``_extreme.rel_err``), so the check itself never over- or underflows.
@@ -58,7 +59,7 @@ def magnitudes(draw, dtypes=ALL):
     return dtype, draw(st.one_of(st.integers(lo, hi), st.sampled_from([lo, hi, 0])))
 
 
-# --- issue 15 item 3: the reported cases --------------------------------------------------------
+# --- magnitudes near the ends of float32 and float64 keep the bound ------------------------
 
 
 @pytest.mark.parametrize(
@@ -72,7 +73,7 @@ def magnitudes(draw, dtypes=ALL):
         (torch.float32, 3e38, 0.1),  # the norm itself overflows float32
     ],
 )
-def test_reported_magnitudes_keep_the_bound(dtype, scale, eps):
+def test_magnitudes_near_the_dtype_limits_keep_the_bound(dtype, scale, eps):
     unit = low_rank_plus_noise((6, 7, 8), torch.float64, 0)
     x = (unit * scale).to(dtype)
     tt = tt_svd(x, eps=eps)
@@ -171,7 +172,7 @@ def test_gradcheck_through_the_scaling():
     assert torch.autograd.gradcheck(rounded, tuple(cores))
 
 
-# --- issue 15 item 12: complex TT-SVD ---------------------------------------------------------
+# --- complex TT-SVD against a dense complex128 reference ---------------------------------------
 
 
 @given(
@@ -200,7 +201,7 @@ def test_complex_tt_matrix_svd_and_norm():
     assert_close(tt.inner(tt), torch.vdot(w.flatten(), w.flatten()))
 
 
-# --- issue 15 item 9: named errors --------------------------------------------------------------
+# --- NaN, inf, a norm beyond the dtype and a bad bias get a named error ------------------------
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
@@ -260,6 +261,9 @@ def test_tt_linear_checks_bias():
     assert_close(tt_linear(x, w, b), x @ w.full().T + b)
 
 
+# --- scaling by powers of two at the ends of the exponent range ---------------------------------
+
+
 @pytest.mark.parametrize(
     ("dtype", "power"),
     [
@@ -284,8 +288,8 @@ def test_scaling_to_a_unit_peak_is_exact_at_any_exponent(dtype, power):
 
 
 def test_tt_svd_of_a_subnormal_float64_tensor():
-    """A float64 input whose largest entry is subnormal: the 2^1030 scaling once raised
-    OverflowError (2^1024 is no float64); now it meets the bound like any other."""
+    """A float64 input whose largest entry is subnormal: scaling it to a unit peak takes 2^1030,
+    which is no float64 (2^1024 overflows); the TT-SVD meets the bound like any other."""
     x = times_pow2(
         torch.randn(4, 5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(9)), -1030
     )

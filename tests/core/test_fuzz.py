@@ -1,4 +1,4 @@
-"""Fuzz layer (issue 15): every public core function over magnitudes, dtypes, NaN/inf and
+"""Fuzzing every public core function over magnitudes, dtypes, NaN/inf and
 degenerate shapes. Each call is correct within its bound against a dense float64 (complex128)
 reference, or raises a named ``TTError``; never a raw torch error, never a silently wrong result.
 

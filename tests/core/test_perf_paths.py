@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from _builders import scaled_cores
 from _round import sweeps_round
 from hypothesis import given
 from hypothesis import strategies as st
@@ -14,31 +15,12 @@ from tensortrain._svd import truncated_svd
 from tensortrain.testing import assert_close, tt_tensors
 
 
-def _cores(rows, cols, rank, gen, dtype=torch.float64, grad=False, tensor=False):
-    """TT-matrix cores ``(r, m, n, r')``, or TT tensor cores ``(r, m, r')`` with ``tensor``."""
-    d = len(rows)
-    ranks = [1] + [rank] * (d - 1) + [1]
-    return [
-        torch.randn(
-            ranks[k],
-            rows[k],
-            *(() if tensor else (cols[k],)),
-            ranks[k + 1],
-            generator=gen,
-            dtype=dtype,
-            requires_grad=grad,
-        )
-        / (rows[k] * ranks[k]) ** 0.5
-        for k in range(d)
-    ]
-
-
 @pytest.mark.parametrize("chunk_bytes", [1, running.CHUNK_BYTES])
 @pytest.mark.parametrize(("rows", "cols"), [((4, 4, 4), (4, 4, 4)), ((3, 3, 3, 3), (3, 3, 3, 3))])
 def test_gradcheck_block_sweep(monkeypatch, chunk_bytes, rows, cols):
     monkeypatch.setattr(running, "CHUNK_BYTES", chunk_bytes)  # 1: one row per chunk
     gen = torch.Generator().manual_seed(0)
-    cores = _cores(rows, cols, 2, gen, grad=True)
+    cores = scaled_cores(rows, cols, 2, gen, grad=True)
     x = torch.randn(3, TTMatrix(cores).shape[1], generator=gen, dtype=torch.float64)
     x.requires_grad_()
     assert plan(2, rows, cols, TTMatrix(cores).ranks).kind == "tt"
@@ -59,7 +41,7 @@ def test_block_sweep_matches_dense_with_grads(monkeypatch, chunk_bytes):
     assert rows in (1, 3 * torch.get_num_threads(), 35)
     assert [p.start for p in parts] == list(range(0, 35, rows)) and parts[-1].stop >= 35
     gen = torch.Generator().manual_seed(1)
-    cores = _cores((4, 4, 4), (4, 4, 4), 3, gen, grad=True)
+    cores = scaled_cores((4, 4, 4), (4, 4, 4), 3, gen, grad=True)
     x = torch.randn(5, 7, 64, generator=gen, dtype=torch.float64, requires_grad=True)
     g = torch.randn(5, 7, 64, generator=gen, dtype=torch.float64)
     y = tt_linear(x, cores)
@@ -76,7 +58,7 @@ def test_block_sweep_grads_of_any_subset(monkeypatch, needs):
     """Frozen cores skip the recomputed sweep; frozen x skips dx; each against float64 dense."""
     monkeypatch.setattr(running, "CHUNK_BYTES", 3 * 8 * 48)  # several chunks, a short last one
     gen = torch.Generator().manual_seed(10)
-    cores = _cores((4, 4, 4), (4, 4, 4), 3, gen)
+    cores = scaled_cores((4, 4, 4), (4, 4, 4), 3, gen)
     x = torch.randn(11, 64, generator=gen, dtype=torch.float64)
     leaves = {"x": [x], "cores": cores, "first core": cores[:1], "all": [x, *cores]}[needs]
     for t in leaves:
@@ -91,7 +73,7 @@ def test_block_sweep_grads_of_any_subset(monkeypatch, needs):
 def test_backward_stores_only_input_and_blocks():
     """The sweep's intermediates (8x the input here) are recomputed in backward, not stored."""
     gen = torch.Generator().manual_seed(2)
-    cores = _cores((8, 8, 8, 8), (8, 8, 8, 8), 8, gen, dtype=torch.float32, grad=True)
+    cores = scaled_cores((8, 8, 8, 8), (8, 8, 8, 8), 8, gen, dtype=torch.float32, grad=True)
     x = torch.randn(32, 4096, generator=gen)
     saved = {}
 
@@ -109,7 +91,7 @@ def test_backward_stores_only_input_and_blocks():
 
 def test_chunked_forward_matches_one_chunk(monkeypatch):
     gen = torch.Generator().manual_seed(6)
-    cores = _cores((8, 8, 8, 8), (8, 8, 8, 8), 8, gen, dtype=torch.float32)
+    cores = scaled_cores((8, 8, 8, 8), (8, 8, 8, 8), 8, gen, dtype=torch.float32)
     x = torch.randn(70, 4096, generator=gen)
     parts = running.chunks(x, ((1, 64, 64, 8), (8, 64, 64, 1)))  # 1 MiB per thread
     rows = parts[0].stop
@@ -156,7 +138,7 @@ def test_tt_svd_eps_bound_with_gram_side():
 )
 def test_compile_does_not_trace_planning(batch, modes, kind):
     gen = torch.Generator().manual_seed(5)
-    cores = _cores(modes, modes, 3, gen, dtype=torch.float32)
+    cores = scaled_cores(modes, modes, 3, gen, dtype=torch.float32)
     ranks = [1] + [3] * (len(modes) - 1) + [1]
     assert plan(batch, modes, modes, ranks).kind == kind
     x = torch.randn(batch, math.prod(modes), generator=gen)
@@ -172,7 +154,9 @@ def test_compiled_tt_path_forward_backward(backend, dynamic):
     (planned for its power-of-two bucket; the cores are parameters, whose shapes dynamo keeps
     static): values and gradients as in eager, for two batch sizes."""
     gen = torch.Generator().manual_seed(6)
-    cores = [torch.nn.Parameter(c) for c in _cores((4, 4, 4), (4, 4, 4), 3, gen, torch.float32)]
+    cores = [
+        torch.nn.Parameter(c) for c in scaled_cores((4, 4, 4), (4, 4, 4), 3, gen, torch.float32)
+    ]
     assert plan(6, (4, 4, 4), (4, 4, 4), (1, 3, 3, 1)).kind == "tt"
     compiled = torch.compile(
         lambda x: tt_linear(x, cores), backend=backend, fullgraph=True, dynamic=dynamic
@@ -233,7 +217,7 @@ def test_gram_rounding_keeps_the_error_of_the_exact_sweeps(cores, cap, eps):
 
 def test_gram_rounding_matches_exact_sweeps_on_the_benchmark_case():
     gen = torch.Generator().manual_seed(2)
-    main, small = (_cores([16] * 6, None, r, gen, tensor=True) for r in (8, 24))
+    main, small = (scaled_cores([16] * 6, None, r, gen, tensor=True) for r in (8, 24))
     a = ops.add(main, ops.scale(small, 1e-2))
     got = ops._gram_round(a, None, [8] * 5)
     assert got is not None  # this case is taken by the Gram path
@@ -257,7 +241,7 @@ def test_gram_rounding_declines_a_tiny_tail_without_gap_and_falls_back():
 
 def test_gram_rounding_is_skipped_for_half_autograd_and_tiny_eps():
     gen = torch.Generator().manual_seed(8)
-    cores = _cores([4] * 4, None, 3, gen, tensor=True)
+    cores = scaled_cores([4] * 4, None, 3, gen, tensor=True)
     assert ops._gram_round_applies(cores, 0.1)
     assert not ops._gram_round_applies(cores, 1e-6)  # eps^2 / (d - 1) below GRAM_MIN_DELTA2
     assert ops._gram_round_applies([c.float() for c in cores], 0.1)
@@ -272,7 +256,7 @@ def test_gram_rounding_is_skipped_for_half_autograd_and_tiny_eps():
 @pytest.mark.parametrize("magnitude", [1e-280, 1e250])
 def test_gram_rounding_with_extreme_core_magnitudes(magnitude):
     gen = torch.Generator().manual_seed(9)
-    cores = _cores([5] * 4, None, 4, gen, tensor=True)
+    cores = scaled_cores([5] * 4, None, 4, gen, tensor=True)
     ref = sweeps_round(cores, max_rank=2)
     scaled = [cores[0] * magnitude, cores[1] / magnitude, *cores[2:]]  # the same tensor
     got = ops._gram_round(scaled, None, [2] * 3)
