@@ -27,8 +27,7 @@ from tensortrain._blocks import merge_block
 from tensortrain._planning import Groups
 
 #: On CPU the batch is swept in chunks whose largest intermediate holds about this many bytes per
-#: torch thread, so that each step reads the previous step's output from cache (the size is a
-#: measured optimum; docs/benchmarks.md).
+#: torch thread, so that each step reads the previous step's output from cache.
 CHUNK_BYTES = 1 << 20
 
 Dims = tuple[tuple[int, int, int, int], ...]  # per block (R_prev, M_j, N_j, R_j)
