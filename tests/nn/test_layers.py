@@ -430,8 +430,7 @@ def test_reparam_lean_backward_gives_the_same_output_and_gradients_with_dropout(
 @pytest.mark.parametrize("layout", ["matrix", "paper"])
 def test_reparam_factor_update_gradcheck(layout):
     """The fused node (factors rebuilt from the cores inside) against finite differences."""
-    from tensortrain_nn._autograd import factor_layout
-    from tensortrain_nn._autograd import FactorUpdate
+    from tensortrain_nn._autograd import FactorUpdate, factor_layout
 
     torch.manual_seed(4)
     update = TTReparam(nn.Linear(12, 10).double(), r=3, init="paper", layout=layout)
