@@ -13,11 +13,13 @@ smallest kept value is the smallest loses one rank, until the count fits. Measur
 each layer's norm makes the rule blind to how a product splits its scale (``B A = (cB)(A/c)``);
 a layer that is exactly zero (``B`` before the first step) goes to rank 1 first.
 
-:func:`fit_ranks` takes a rank per module instead. The fine-tuning job's rules live here too:
-:func:`budget_options` reads and checks a method's ``budget`` / ``budget_at`` options into a
-:class:`RankBudget`, whose :meth:`RankBudget.apply` rounds the model and returns the run's report. :func:`tensortrain_nn.load_adapter` loads a
+:func:`fit_ranks` takes a rank per module instead. :func:`tensortrain_nn.load_adapter` loads a
 saved adapter whose ranks were rounded (its ranks come from the file's tensor shapes, through
 :func:`match_ranks`).
+
+The fine-tuning job's budget rules live here too: :func:`budget_options` reads and checks a
+method's ``budget`` / ``budget_at`` options into a :class:`RankBudget`, whose
+:meth:`RankBudget.apply` rounds the model and returns what the run reports.
 
 Example:
     >>> import torch
