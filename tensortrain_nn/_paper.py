@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal, cast
+from typing import Literal
 
 import torch
 from torch import nn
 
 from tensortrain import TTTensor, tt_matrix_svd, tt_svd
 from tensortrain._checks import check_int
-from tensortrain.errors import TTShapeError, TTValueError
+from tensortrain.errors import TTShapeError
 from tensortrain.init import linear_init_std
 from tensortrain.matrix import dense
 from tensortrain.shapes import factorize
@@ -307,10 +307,3 @@ def svd_cores_of(layer: TTLinear | TTTensorLinear, target: torch.Tensor) -> list
         padded[: core.shape[0], ..., : core.shape[-1]] = core
         out.append(padded)
     return out
-
-
-def check_layout(layout: object) -> str:
-    """``layout`` if it is one of :data:`LAYOUTS`, else a TTValueError naming it."""
-    if layout not in LAYOUTS:
-        raise TTValueError(f"layout must be one of {list(LAYOUTS)}, got {layout!r}")
-    return cast(str, layout)
