@@ -25,7 +25,7 @@ from tensortrain_nn.adapter import TTAdapter, TTBottleneck
 from tensortrain_nn.budget import fit_budget, fit_ranks
 from tensortrain_nn.linear import TTLinear
 from tensortrain_nn.peft_io import compress_lora, export_lora, export_lora_folder, from_lora
-from tensortrain_nn.reparam import TTReparam, TTUpdate
+from tensortrain_nn.reparam import TTReparam
 from tensortrain_nn.surgery import (
     PatchConfig,
     TrainableReport,
@@ -46,6 +46,7 @@ from tensortrain_nn.surgery import (
     unmerge_adapter,
     unpatch,
 )
+from tensortrain_nn.update import TTUpdate
 
 __all__ = [
     "PatchConfig",

@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 import torch
 from torch import nn
 
-from tensortrain._checks import check_number
+from tensortrain._checks import check_int, check_number
 from tensortrain.errors import TTValueError
-from tensortrain_nn._wrapper import (
-    AdapterWrapper,
-    Layout,
-    cast_like,
-    check_layout,
-    factor_layer,
-    factor_linear,
-    is_linear_like,
-    linear_features,
-)
+from tensortrain_nn._autograd import factor_linear
+from tensortrain_nn._options import Options, check_choice
+from tensortrain_nn._paper import LAYOUTS, factor_layer
+from tensortrain_nn._wrapper import AdapterWrapper, cast_like, is_linear_like, linear_features
 
 #: Activations by name (a registry: errors list the valid names).
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -30,10 +25,64 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "identity": nn.Identity,
 }
 Init = Literal["zero", "paper"]
+INITS: tuple[str, ...] = ("zero", "paper")
 #: Where the adapter sits: ``"after"`` the sublayer (on its output) or ``"before"`` it (on its
 #: input, as the official code's ``mh_adapter`` on LLaMA's gate and up projections).
 Placement = Literal["after", "before"]
 PLACEMENTS: tuple[str, ...] = ("after", "before")
+#: What a patch may ask for: a placement, or ``"paper"`` (before the targets named in
+#: :data:`~tensortrain_nn.modes.adp.BEFORE_NAMES`, after the others).
+PATCH_PLACEMENTS: tuple[str, ...] = (*PLACEMENTS, "paper")
+
+
+@dataclass(frozen=True)
+class AdpOptions(Options):
+    """LoRETTA_adp's options, checked once when built (defaults: the LoRETTA code's).
+
+    Attributes:
+        bottleneck: the adapter's inner width ``b``.
+        tt_rank: TT rank of both projections (bonds the modes cannot hold are clipped).
+        activation: a name in :data:`ACTIVATIONS`.
+        scale: ``s`` in ``s * up(act(down(h)))`` (finite, any sign).
+        dropout: on the adapter's input, in ``[0, 1)``.
+        init: ``"zero"`` (output exactly zero at step 0) or ``"paper"`` (all cores random).
+        layout: ``"matrix"`` or ``"paper"`` (see :class:`TTBottleneck`).
+        placement: where surgery puts it: ``"after"``, ``"before"`` or ``"paper"`` (per target);
+            a :class:`TTAdapter` takes its own resolved ``placement`` argument.
+
+    Example:
+        >>> AdpOptions(bottleneck=8).tt_rank
+        5
+        >>> AdpOptions(init="svd")
+        Traceback (most recent call last):
+        ...
+        tensortrain.errors.TTValueError: init='svd' is for mode='rep' (it starts an update ...
+    """
+
+    bottleneck: int = 64
+    tt_rank: int = 5
+    activation: str = "relu"
+    scale: float = 1.0
+    dropout: float = 0.0
+    init: str = "zero"
+    layout: str = "matrix"
+    placement: str = "after"
+
+    def __post_init__(self) -> None:
+        check_int("bottleneck", self.bottleneck)
+        check_int("tt_rank", self.tt_rank)
+        object.__setattr__(self, "scale", float(check_number("scale", self.scale)))
+        drop = check_number("dropout", self.dropout, minimum=0.0, maximum=1.0, open_max=True)
+        object.__setattr__(self, "dropout", float(drop))
+        if self.init == "svd":
+            raise TTValueError(
+                "init='svd' is for mode='rep' (it starts an update from the frozen weight's "
+                "principal part); mode='adp' takes init 'zero' or 'paper'"
+            )
+        check_choice("init", self.init, INITS)
+        check_choice("layout", self.layout, LAYOUTS)
+        check_choice("activation", self.activation, tuple(sorted(ACTIVATIONS)))
+        check_choice("placement", self.placement, PATCH_PLACEMENTS)
 
 
 class TTBottleneck(nn.Module):
@@ -52,44 +101,33 @@ class TTBottleneck(nn.Module):
     def __init__(
         self,
         features: int,
+        options: AdpOptions | None = None,
         *,
-        bottleneck: int = 64,
-        tt_rank: int = 5,
-        activation: str = "relu",
-        scale: float = 1.0,
-        dropout: float = 0.0,
-        init: Init = "zero",
-        layout: Layout = "matrix",
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
+        **fields: Any,
     ) -> None:
         super().__init__()
-        self.layout = check_layout(layout)
-        if activation not in ACTIVATIONS:
-            raise TTValueError(
-                f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}"
-            )
-        if init not in ("zero", "paper"):
-            raise TTValueError(f"init must be 'zero' or 'paper', got {init!r}")
-        dropout = check_number("dropout", dropout, minimum=0.0, maximum=1.0, open_max=True)
-        self.scale, self.init = check_number("scale", scale), init
-        paper = init == "paper"
-        std: str | float = (1 / (features + bottleneck)) ** 0.5 if paper else "torch"
-        kw: dict[str, Any] = {"layout": layout, "role": "adp", "rank": tt_rank, "bias": True}
-        kw.update(std=std, dtype=dtype, device=device)
-        self.down = factor_layer(features, bottleneck, zero_core=None, **kw)
-        self.up = factor_layer(bottleneck, features, zero_core=None if paper else -1, **kw)
+        opts = options if options is not None else AdpOptions.build(fields)
+        self.options, self.layout = opts, opts.layout
+        self.scale, self.init = opts.scale, opts.init
+        paper = opts.init == "paper"
+        std: str | float = (1 / (features + opts.bottleneck)) ** 0.5 if paper else "torch"
+        kw: dict[str, Any] = {"layout": opts.layout, "role": "adp", "rank": opts.tt_rank}
+        kw.update(bias=True, std=std, dtype=dtype, device=device)
+        self.down = factor_layer(features, opts.bottleneck, zero_core=None, **kw)
+        self.up = factor_layer(opts.bottleneck, features, zero_core=None if paper else -1, **kw)
         if not paper:
             assert self.up.bias is not None
             nn.init.zeros_(self.up.bias)
-        self.act = ACTIVATIONS[activation]()
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.act = ACTIVATIONS[opts.activation]()
+        self.dropout = nn.Dropout(opts.dropout) if opts.dropout > 0 else nn.Identity()
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """``s * up(act(down(dropout(h))))`` for ``h (..., features)``.
 
         Each projection runs as one autograd node, densely by choice
-        (:func:`~tensortrain_nn._wrapper.factor_linear`: weight rebuilt from the cores, bias added
+        (:func:`~tensortrain_nn._autograd.factor_linear`: weight rebuilt from the cores, bias added
         in the matmul, ``s`` folded into ``up``'s weight and bias).
         """
         z = self.act(factor_linear(self.dropout(h), self.down))
@@ -110,9 +148,10 @@ class TTAdapter(AdapterWrapper):
             ``nn.Linear`` / ``Conv1D``.
         placement: ``"after"`` (default) or ``"before"`` the sublayer.
         adapter_name: name of the first adapter.
-        bottleneck, tt_rank, activation, scale, dropout, init, layout: see :class:`TTBottleneck`
-            (defaults follow the LoRETTA code: bottleneck 64, TT rank 5, ReLU, scale 1).
         dtype: dtype of the adapter's parameters (default: that of the base layer's first).
+        options: an :class:`AdpOptions`; or its fields as keywords (``bottleneck, tt_rank,
+            activation, scale, dropout, init, layout``; defaults follow the LoRETTA code:
+            bottleneck 64, TT rank 5, ReLU, scale 1). Its ``placement`` is not read here.
 
     Shape:
         ``x (..., *) -> (..., features)``: whatever the sublayer takes, its output shape.
@@ -127,21 +166,15 @@ class TTAdapter(AdapterWrapper):
     def __init__(
         self,
         base_layer: nn.Module,
+        options: AdpOptions | None = None,
         *,
         features: int | None = None,
         placement: Placement = "after",
         adapter_name: str = "default",
-        bottleneck: int = 64,
-        tt_rank: int = 5,
-        activation: str = "relu",
-        scale: float = 1.0,
-        dropout: float = 0.0,
-        init: Init = "zero",
-        layout: Layout = "matrix",
         dtype: torch.dtype | None = None,
+        **fields: Any,
     ) -> None:
-        if placement not in PLACEMENTS:
-            raise TTValueError(f"placement must be one of {list(PLACEMENTS)}, got {placement!r}")
+        check_choice("placement", placement, PLACEMENTS)
         if features is None:
             if placement == "before" and not is_linear_like(base_layer):
                 raise TTValueError(
@@ -151,25 +184,24 @@ class TTAdapter(AdapterWrapper):
             features = linear_features(base_layer)[0 if placement == "before" else 1]
         super().__init__(base_layer)
         self.features, self.placement = features, placement
-        self.add_adapter(
-            adapter_name,
-            bottleneck=bottleneck,
-            tt_rank=tt_rank,
-            activation=activation,
-            scale=scale,
-            dropout=dropout,
-            init=init,
-            layout=layout,
-            dtype=dtype,
-        )
+        opts = options if options is not None else AdpOptions.build(fields)
+        self.add_adapter(adapter_name, opts, dtype=dtype)
 
-    def add_adapter(self, adapter_name: str, **kwargs: object) -> None:
-        """Add a named adapter with :class:`TTBottleneck`'s keyword arguments."""
+    def add_adapter(
+        self,
+        adapter_name: str,
+        options: AdpOptions | None = None,
+        *,
+        dtype: torch.dtype | None = None,
+        **fields: Any,
+    ) -> None:
+        """Add a named adapter (an :class:`AdpOptions`, or its fields as keywords)."""
+        opts = options if options is not None else AdpOptions.build(fields)
         ref = next(self.base_layer.parameters(), None)
-        if kwargs.get("dtype") is None:
-            kwargs["dtype"] = None if ref is None else ref.dtype
+        if dtype is None:
+            dtype = None if ref is None else ref.dtype
         device = None if ref is None else ref.device
-        self._add(adapter_name, TTBottleneck(self.features, device=device, **kwargs))  # type: ignore[arg-type]
+        self._add(adapter_name, TTBottleneck(self.features, opts, dtype=dtype, device=device))
 
     def forward(self, *args: object, **kwargs: object) -> torch.Tensor:
         adapter = cast("TTBottleneck | None", self._active())

@@ -17,6 +17,10 @@ a layer that is exactly zero (``B`` before the first step) goes to rank 1 first.
 saved adapter whose ranks were rounded (its ranks come from the file's tensor shapes, through
 :func:`match_ranks`).
 
+The fine-tuning job's budget rules live here too: :func:`budget_options` reads and checks a
+method's ``budget`` / ``budget_at`` options into a :class:`RankBudget`, whose
+:meth:`RankBudget.apply` rounds the model and returns what the run reports.
+
 Example:
     >>> import torch
     >>> from torch import nn
@@ -31,18 +35,18 @@ Example:
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import cast
+from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import nn
 
-from tensortrain import orthogonalize
-from tensortrain._checks import check_int
+from tensortrain._checks import check_int, check_number
 from tensortrain._cores import bond_caps
 from tensortrain.errors import TTShapeError, TTTypeError, TTValueError
+from tensortrain_nn._allocate import allocate_ranks, bond_spectra
 from tensortrain_nn.linear import replace_cores, rounded_cores
 from tensortrain_nn.surgery.flags import adapter_of
 from tensortrain_nn.surgery.tensors import is_tt_layer
@@ -51,6 +55,8 @@ from tensortrain_nn.surgery.tensors import is_tt_layer
 BUDGET_OPTIONS = ("budget", "budget_at")
 #: Default ``budget_at``: round after this fraction of the training steps.
 DEFAULT_BUDGET_AT = 0.33
+#: Fine-tuning methods whose adapters have TT ranks to round.
+BUDGET_METHODS = ("rep", "adp")
 
 RankSpec = int | Sequence[int]
 Ranks = Mapping[str, RankSpec] | Callable[[str, nn.Module], RankSpec | None]
@@ -123,10 +129,6 @@ def _fixed(layer: nn.Module) -> int:
     return _count(layer) - sum(c.numel() for c in _cores(layer))
 
 
-def _cost(sizes: Sequence[int], ranks: Sequence[int]) -> int:
-    return sum(ranks[k] * n * ranks[k + 1] for k, n in enumerate(sizes))
-
-
 def minimum_parameters(model: nn.Module, adapter_name: str | None = None) -> int:
     """The smallest count rounding can reach: every TT rank 1 (biases kept).
 
@@ -137,81 +139,6 @@ def minimum_parameters(model: nn.Module, adapter_name: str | None = None) -> int
     """
     layers = tt_layers(model, adapter_name).values()
     return sum(_fixed(m) + sum(_sizes(m)) for m in layers)
-
-
-def bond_spectra(cores: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Singular values of a TT tensor's unfolding at each bond, in float64, largest first.
-
-    Bond ``k`` (``k = 1..d-1``) separates modes ``1..k`` from ``k+1..d``: the values are those of
-    the dense ``(n_1...n_k, n_{k+1}...n_d)`` unfolding, computed from the cores by one QR sweep
-    and one SVD sweep (``O(d n r^3)``, nothing dense). TT-matrix cores ``(r, m, n, r')`` count as
-    TT cores with mode ``m n``. Bond ``k`` holds at most ``r_k`` values (fewer where the cores
-    allow less).
-
-    Example:
-        >>> x = torch.randn(4, 5, 6, dtype=torch.float64)
-        >>> from tensortrain import tt_svd
-        >>> s = bond_spectra(tt_svd(x).cores)
-        >>> torch.allclose(s[0], torch.linalg.svdvals(x.reshape(4, 30)))
-        True
-    """
-    merged = [c.detach().to(torch.float64).reshape(c.shape[0], -1, c.shape[-1]) for c in cores]
-    with torch.no_grad():
-        out = orthogonalize(merged)
-        spectra = []
-        for k in range(len(out) - 1):
-            r_prev, n, r = out[k].shape
-            _, s, vh = torch.linalg.svd(out[k].reshape(r_prev * n, r), full_matrices=False)
-            spectra.append(s)
-            out[k + 1] = torch.einsum("ab,bnc->anc", s[:, None] * vh, out[k + 1])
-    return spectra
-
-
-def allocate_ranks(
-    spectra: Sequence[Sequence[torch.Tensor]],
-    ranks: Sequence[Sequence[int]],
-    sizes: Sequence[Sequence[int]],
-    budget: int,
-) -> list[tuple[int, ...]]:
-    """Ranks within ``budget`` by the rule of the module docstring (the caller checked it fits).
-
-    Args:
-        spectra: per layer, per bond, the singular values (any scale: each layer's are divided
-            by their norm here).
-        ranks: per layer, the current ranks ``(1, r_1, ..., r_{d-1}, 1)``.
-        sizes: per layer, the mode sizes ``(n_1, ..., n_d)`` of its cores.
-        budget: the largest total of ``sum_k r_{k-1} n_k r_k`` over the layers.
-
-    Returns:
-        Per layer, the new ranks (never above the current ones).
-
-    Example:
-        >>> s = [torch.tensor([3.0, 1.0]), torch.tensor([2.0, 0.1])]
-        >>> allocate_ranks([s], [(1, 2, 2, 1)], [(4, 4, 4)], 28)
-        [(1, 2, 1, 1)]
-    """
-    new = [list(r) for r in ranks]
-    total = sum(_cost(n, r) for n, r in zip(sizes, new, strict=True))
-    heap: list[tuple[float, int, int]] = []
-
-    def push(i: int, k: int) -> None:
-        r = new[i][k]
-        if r > 1:
-            s = spectra[i][k - 1]
-            norm = float(torch.linalg.vector_norm(s))
-            value = float(s[r - 1]) / norm if r - 1 < len(s) and norm > 0 else 0.0
-            heapq.heappush(heap, (value, i, k))
-
-    for i, r in enumerate(new):
-        for k in range(1, len(r) - 1):
-            push(i, k)
-    while total > budget and heap:
-        _, i, k = heapq.heappop(heap)
-        r, n = new[i], sizes[i]
-        total -= r[k - 1] * n[k - 1] + n[k] * r[k + 1]  # one rank less at bond k
-        r[k] -= 1
-        push(i, k)
-    return [tuple(r) for r in new]
 
 
 def _check_unmerged(model: nn.Module, layers: Mapping[str, nn.Module]) -> None:
@@ -371,3 +298,93 @@ def fit_ranks(
         bonds = [min(c or r, r) for c, r in zip(given, current[1:-1], strict=True)]
         caps[name] = (1, *bonds, 1)
     return _round_to(layers, caps)
+
+
+# ---------------------------------------------------------------- the fine-tuning job's rules
+
+
+@dataclass(frozen=True)
+class RankBudget:
+    """A run's rank budget: round the adapter to ``budget`` parameters once a fraction ``at``
+    of the training steps is done (the fine-tuning job's ``--opt budget=N,budget_at=F``).
+
+    Attributes:
+        budget: the parameter budget (:func:`fit_budget`).
+        at: the fraction of the steps after which to round, in ``[0, 1]``.
+    """
+
+    budget: int
+    at: float = DEFAULT_BUDGET_AT
+
+    def step(self, total_steps: int) -> int:
+        """The step after which to round, of ``total_steps``.
+
+        Example:
+            >>> RankBudget(1000, at=0.5).step(10)
+            5
+        """
+        return int(self.at * total_steps)
+
+    def apply(self, model: nn.Module) -> dict[str, Any]:
+        """Round ``model``'s active adapter to the budget (:func:`fit_budget`); returns what a run
+        reports: ``budget``, ``adapter_params_before``, ``adapter_params_after``, ``ranks``.
+
+        Example:
+            >>> from tensortrain_nn import TTLinear
+            >>> report = RankBudget(700).apply(nn.Sequential(TTLinear(64, 64, rank=8, bias=False)))
+            >>> report["adapter_params_after"] <= 700
+            True
+        """
+        before = adapter_parameters(model)
+        ranks = fit_budget(model, self.budget)
+        return {
+            "budget": self.budget,
+            "adapter_params_before": before,
+            "adapter_params_after": adapter_parameters(model),
+            "ranks": {name: list(r) for name, r in ranks.items()},
+        }
+
+
+def budget_options(method: str, options: Mapping[str, Any]) -> RankBudget | None:
+    """The rank budget in a fine-tuning method's options (``budget``, ``budget_at``), checked
+    once; None when there is none. The other options are the method's (see
+    :func:`split_budget_options`).
+
+    Raises:
+        TTValueError: Budget options for a method other than rep / adp, ``budget_at`` without
+            ``budget``, or ``budget_at`` outside ``[0, 1]`` (each names the option and value).
+        TTTypeError: ``budget`` not an int.
+
+    Example:
+        >>> budget_options("rep", {"budget": 5000, "r": 8})
+        RankBudget(budget=5000, at=0.33)
+        >>> budget_options("lora", {"budget": 5000})
+        Traceback (most recent call last):
+        ...
+        tensortrain.errors.TTValueError: method option budget needs method rep or adp (TT ranks ...
+    """
+    given = [k for k in BUDGET_OPTIONS if k in options]
+    if not given:
+        return None
+    if method not in BUDGET_METHODS:
+        raise TTValueError(
+            f"method option {given[0]} needs method rep or adp (TT ranks to round), "
+            f"got method {method!r}"
+        )
+    if "budget" not in options:
+        raise TTValueError("method option budget_at needs budget (the parameter budget)")
+    budget = check_int("method option budget", options["budget"])
+    at = options.get("budget_at", DEFAULT_BUDGET_AT)
+    at = check_number("method option budget_at", at, minimum=0.0, maximum=1.0)
+    return RankBudget(int(budget), float(at))
+
+
+def split_budget_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``options`` as ``(patch options, budget options)``.
+
+    Example:
+        >>> split_budget_options({"r": 8, "budget": 5000})
+        ({'r': 8}, {'budget': 5000})
+    """
+    patch = {k: v for k, v in options.items() if k not in BUDGET_OPTIONS}
+    return patch, {k: v for k, v in options.items() if k in BUDGET_OPTIONS}

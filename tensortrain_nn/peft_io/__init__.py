@@ -10,12 +10,8 @@
 
 from typing import Any
 
-from tensortrain_nn.peft_io.compress import (
-    LoraImportReport,
-    ModuleCompression,
-    compress_lora,
-    from_lora,
-)
+from tensortrain_nn.peft_io._report import LoraImportReport, ModuleCompression
+from tensortrain_nn.peft_io.compress import compress_lora, from_lora
 from tensortrain_nn.peft_io.export import export_lora, export_lora_folder
 
 

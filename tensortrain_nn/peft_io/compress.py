@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -13,110 +12,12 @@ from torch import nn
 from tensortrain import TTMatrix, tt_matrix_svd
 from tensortrain.errors import TTShapeError, TTTypeError, TTValueError
 from tensortrain.shapes import choose_modes
+from tensortrain_nn.modes.base import max_bond
 from tensortrain_nn.peft_io._format import LoraFile, read_lora
+from tensortrain_nn.peft_io._report import LoraImportReport, ModuleCompression
 from tensortrain_nn.peft_io.export import _check_unpatched, _export
 from tensortrain_nn.reparam import TTReparam, TTUpdate
 from tensortrain_nn.surgery.targets import is_head_parameter, is_norm
-
-
-@dataclass(frozen=True)
-class ModuleCompression:
-    """How one module's LoRA factors compressed.
-
-    Attributes:
-        name: module path. shape: ``(out, in)`` of its update.
-        ranks_a, ranks_b: TT ranks reached by ``A (r, in)`` and ``B (out, r)``.
-        error_a, error_b: relative Frobenius errors of each factor (as stored, in its dtype).
-        bound: the Oseledets bound each factor's error is guaranteed under (``eps``, or the
-            LoRA dtype's round-off when ``eps`` is None), None when ``tt_rank`` caps the ranks
-            (the cap wins over ``eps``).
-        update_error: ``||B A - B' A'||_F / ||B A||_F``, the error of the update itself.
-        update_bound: the bound on ``update_error`` that the factor bounds give,
-            ``eps (||B||_F ||A||_2 + (||B||_2 + eps ||B||_F) ||A||_F) / ||B A||_F``.
-        lora_params: ``r (in + out)``. tt_params: the cores at the reached ranks.
-    """
-
-    name: str
-    shape: tuple[int, int]
-    ranks_a: tuple[int, ...]
-    ranks_b: tuple[int, ...]
-    error_a: float
-    error_b: float
-    bound: float | None
-    update_error: float
-    update_bound: float | None
-    lora_params: int
-    tt_params: int
-
-
-@dataclass(frozen=True)
-class LoraImportReport:
-    """What :func:`from_lora` did: per-module errors and the sizes before and after.
-
-    Attributes:
-        adapter_name: the LoRETTA_rep adapter created. r, alpha: its ``r`` and ``alpha``
-            (``alpha / r`` is the LoRA's scale, rsLoRA included).
-        eps, tt_rank: what was asked. patched_tt_rank: the one TT rank the adapter was patched
-            with (the largest reached; smaller bonds are zero-padded, exactly).
-        modules: one :class:`ModuleCompression` per LoRA module.
-        stored_params: TT core entries as patched and saved (padding included).
-        head_params: entries of ``modules_to_save`` carried over (head, norms).
-    """
-
-    adapter_name: str
-    r: int
-    alpha: float
-    eps: float | None
-    tt_rank: int | None
-    patched_tt_rank: int
-    modules: tuple[ModuleCompression, ...]
-    stored_params: int
-    head_params: int
-
-    @property
-    def lora_params(self) -> int:
-        """LoRA factor entries, ``sum r (in + out)``."""
-        return sum(m.lora_params for m in self.modules)
-
-    @property
-    def tt_params(self) -> int:
-        """TT core entries at the reached ranks (no padding)."""
-        return sum(m.tt_params for m in self.modules)
-
-    @property
-    def compression(self) -> float:
-        """``lora_params / stored_params``: how many times smaller the stored adapter is."""
-        return self.lora_params / max(self.stored_params, 1)
-
-    @property
-    def max_update_error(self) -> float:
-        """The largest relative error of any module's update ``B A``."""
-        return max(m.update_error for m in self.modules)
-
-    def __str__(self) -> str:
-        width = max(len("module"), *(len(m.name) for m in self.modules))
-        lines = [
-            f"LoRA -> LoRETTA_rep adapter {self.adapter_name!r}: r={self.r}, alpha={self.alpha:g}, "
-            f"eps={self.eps}, tt_rank cap={self.tt_rank}, patched TT rank {self.patched_tt_rank}",
-            f"{'module':<{width}}  {'A ranks':<14} {'B ranks':<14} "
-            f"{'err A':>8} {'err B':>8} {'err BA':>8} {'bound BA':>9}",
-        ]
-        for m in self.modules:
-            bound = "-" if m.update_bound is None else f"{m.update_bound:.2e}"
-            lines.append(
-                f"{m.name:<{width}}  {_ranks(m.ranks_a):<14} {_ranks(m.ranks_b):<14} "
-                f"{m.error_a:8.2e} {m.error_b:8.2e} {m.update_error:8.2e} {bound:>9}"
-            )
-        lines.append(
-            f"LoRA {self.lora_params:,} -> TT {self.stored_params:,} stored "
-            f"({self.tt_params:,} at the reached ranks): {self.compression:.2f}x smaller; "
-            f"max update error {self.max_update_error:.3g}; head/norms {self.head_params:,}"
-        )
-        return "\n".join(lines)
-
-
-def _ranks(ranks: tuple[int, ...]) -> str:
-    return "-".join(map(str, ranks[1:-1])) or "-"
 
 
 def _rel(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -184,15 +85,6 @@ def compress_pair(
         tt_params=sum(c.numel() for t in out for c in t.cores),
     )
     return out[0], out[1], row
-
-
-def _largest_bond(rows: int, cols: int) -> int:
-    """The largest TT rank a bond of an ``(rows, cols)`` TT-matrix with default modes allows."""
-    m, n = choose_modes(rows, cols)
-    sizes = [x * y for x, y in zip(m, n, strict=True)]
-    return max(
-        (min(math.prod(sizes[:k]), math.prod(sizes[k:])) for k in range(1, len(sizes))), default=1
-    )
 
 
 def _base(module: nn.Module) -> nn.Module:
@@ -324,6 +216,20 @@ def from_lora(
     rank = max(max(a.ranks + b.ranks) for a, b, _ in done.values())
     _check_rank_fits(lora, rank)
     _install(model, lora, done, rank, adapter_name, head=head, norms=norms)
+    return _report(model, lora, done, adapter_name, eps=eps, tt_rank=tt_rank, rank=rank)
+
+
+def _report(
+    model: nn.Module,
+    lora: LoraFile,
+    done: dict[str, tuple[TTMatrix, TTMatrix, ModuleCompression]],
+    adapter_name: str,
+    *,
+    eps: float | None,
+    tt_rank: int | None,
+    rank: int,
+) -> LoraImportReport:
+    """What :func:`from_lora` did: per-module errors, ranks and the stored sizes."""
     stored = sum(
         p.numel()
         for m in model.modules()
@@ -360,10 +266,10 @@ def _check_rank_fits(lora: LoraFile, rank: int) -> None:
     """One TT rank serves every factor: it must fit each factor's largest bond."""
     for path, (a, b) in lora.pairs.items():
         for label, (rows, cols) in (("A", a.shape), ("B", b.shape)):
-            if rank > _largest_bond(rows, cols):
+            if rank > max_bond(cols, rows):
                 raise TTValueError(
                     f"the compressed factors need TT rank {rank}, but {path}.{label} ({rows} x "
-                    f"{cols}) allows at most {_largest_bond(rows, cols)}: pass tt_rank <= that"
+                    f"{cols}) allows at most {max_bond(cols, rows)}: pass tt_rank <= that"
                 )
 
 

@@ -11,6 +11,7 @@ from torch import nn
 
 from tensortrain._checks import check_int
 from tensortrain.errors import TTTypeError, TTValueError
+from tensortrain_nn._wrapper import check_adapter_name
 from tensortrain_nn.adapter import TTAdapter
 from tensortrain_nn.linear import TTLinear
 from tensortrain_nn.peft_io._format import lora_config, write_lora
@@ -76,9 +77,7 @@ def rep_updates(
                 f"{sorted(str(a) for a in active)}; patch the model, or pass adapter_name"
             )
         adapter_name = str(active.pop())
-    names = sorted({str(a) for _, m in wrappers for a in m.adapters})
-    if adapter_name not in names:
-        raise TTValueError(f"adapter_name must be one of {names}, got {adapter_name!r}")
+    check_adapter_name(adapter_name, sorted({str(a) for _, m in wrappers for a in m.adapters}))
     found = []
     for path, module in wrappers:
         if adapter_name not in module.adapters:

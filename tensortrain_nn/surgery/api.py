@@ -191,8 +191,8 @@ def unmerge_adapter(model: nn.Module) -> None:
 def unpatch(model: nn.Module) -> nn.Module:
     """Take every adapter out and give the original model back (modules and ``requires_grad``).
 
-    Merged updates are subtracted first (exact up to round-off); ``model.save_pretrained`` is
-    the model's own again. Values of base tensors you trained (head, norms) stay trained.
+    Merged updates are subtracted first (exact up to round-off). Values of base tensors you
+    trained (head, norms) stay trained.
     :func:`unload` is the same (peft's name; unlike peft's, merged updates do not stay).
 
     Raises:
@@ -248,8 +248,9 @@ def save_adapter(
     tensor: head, norms, biases, anything you unfroze) and ``adapter_config.json`` (the
     :class:`PatchConfig` plus the adapter name, model type and patched module names). Each file
     is written whole or not at all; a tensor holding NaN or inf is an error and nothing is
-    written. While a transformers model is patched, ``model.save_pretrained(folder)`` does this
-    for the active adapter.
+    written. ``get_state(model).save_pretrained(folder, **trainer_kwargs)`` does this for the
+    active adapter with peft's ``save_pretrained`` signature (``model.save_pretrained`` stays the
+    model's own).
 
     Args:
         model: a patched model. folder: the output folder.

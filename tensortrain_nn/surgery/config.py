@@ -3,27 +3,12 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from tensortrain._checks import check_int, check_number
 from tensortrain.errors import TTTypeError, TTValueError
+from tensortrain_nn.modes import MODES, Mode, get_mode
 
-#: Fields that only one mode reads (a registry: ``patch(mode="rep", bottleneck=8)`` is an error).
-MODE_FIELDS: dict[str, tuple[str, ...]] = {
-    "rep": ("r", "alpha", "tt_rank", "dropout", "form", "init", "layout"),
-    "adp": (
-        "bottleneck",
-        "tt_rank",
-        "activation",
-        "scale",
-        "dropout",
-        "init",
-        "layout",
-        "placement",
-    ),
-    "linear": ("max_rank", "eps"),
-}
 #: Fields every mode reads.
 COMMON_FIELDS = (
     "mode",
@@ -35,14 +20,7 @@ COMMON_FIELDS = (
 #: Fields added after format version 1, with their defaults: written to ``adapter_config.json``
 #: only when they differ, so a default config's file is byte-for-byte what the first release
 #: wrote (and older readers, which refuse unknown keys, still read it).
-LATER_FIELDS: dict[str, object] = {"layout": "matrix", "placement": "after"}
-#: Default dropout per mode when ``dropout`` is None (the LoRETTA code's choices).
-DEFAULT_DROPOUT = {"rep": 0.05, "adp": 0.0}
-
-
-def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise TTValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+LATER_FIELDS: dict[str, object] = {"layout": "matrix", "placement": "after", "mode_options": {}}
 
 
 @dataclass
@@ -70,12 +48,14 @@ class PatchConfig:
         layout: rep and adp: ``"matrix"`` (each factor a TT-matrix, any size, ranks clipped) or
             ``"paper"`` (each factor one TT tensor of the official LoRETTA code's shape table,
             ranks not clipped: reproduces its parameter counts; rep needs ``form="factors"``).
-            See :func:`tensortrain_nn._wrapper.paper_shape`.
+            See :func:`tensortrain_nn._paper.paper_shape`.
         placement: adp only: ``"after"`` the target (on its output, default), ``"before"`` it (on
             its input), or ``"paper"``: as the official code, before targets named in
-            :data:`~tensortrain_nn.surgery.targets.BEFORE_NAMES` (LLaMA's ``gate_proj`` and
+            :data:`~tensortrain_nn.modes.adp.BEFORE_NAMES` (LLaMA's ``gate_proj`` and
             ``up_proj``...), after the others.
         max_rank, eps: linear only: TT-SVD truncation (see ``TTLinear.from_linear``).
+        mode_options: options of a registered mode that are none of the fields above (a mode
+            added after this class; see :mod:`tensortrain_nn.modes`).
         trainable_norms: also train every normalisation layer (LayerNorm, RMSNorm...): the
             LoRETTA code trains parameters whose name contains ``Norm``.
         trainable_head: also train the task head: modules named in
@@ -83,6 +63,9 @@ class PatchConfig:
             DistilBERT's ``pre_classifier``). BERT's ``pooler`` is pretrained and stays frozen
             unless you unfreeze it (it is then saved and loaded with the adapter).
         trainable_biases: also train every bias outside the adapters.
+
+    The fields ``mode`` reads are checked once, by the mode's options object
+    (:attr:`options`, built here); fields of other modes are not read.
 
     Raises:
         TTTypeError: A field of the wrong type (``r=2.5``, ``trainable_norms="yes"``).
@@ -115,40 +98,36 @@ class PatchConfig:
     trainable_norms: bool = False
     trainable_head: bool = True
     trainable_biases: bool = False
+    mode_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check_choice("mode", self.mode, tuple(MODE_FIELDS))
+        mode = get_mode(self.mode)
         self._check_targets()
-        for name in ("r", "tt_rank", "bottleneck"):
-            check_int(name, getattr(self, name))
-        if self.max_rank is not None:
-            check_int("max_rank", self.max_rank)
-        for name in ("alpha", "scale"):  # finite, any sign (a negative scale flips the update)
-            check_number(name, getattr(self, name))
-        if self.eps is not None:
-            check_number("eps", self.eps, minimum=0.0)
-        if self.dropout is not None:
-            check_number("dropout", self.dropout, minimum=0.0, maximum=1.0, open_max=True)
-        _check_choice("form", self.form, ("factors", "full"))
-        _check_choice("init", self.init, ("zero", "paper", "svd"))
-        if self.mode == "adp" and self.init == "svd":
-            raise TTValueError(
-                "init='svd' is for mode='rep' (it starts an update from the frozen weight's "
-                "principal part); mode='adp' takes init 'zero' or 'paper'"
-            )
-        _check_choice("layout", self.layout, ("matrix", "paper"))
-        _check_choice("placement", self.placement, ("after", "before", "paper"))
-        if self.mode == "rep" and self.layout == "paper" and self.form != "factors":
-            raise TTValueError(
-                f"layout='paper' needs form='factors' (the official code has no full form), "
-                f"got form={self.form!r}"
-            )
-        from tensortrain_nn.adapter import ACTIVATIONS
-
-        _check_choice("activation", self.activation, tuple(sorted(ACTIVATIONS)))
         for name in ("trainable_norms", "trainable_head", "trainable_biases"):
             if not isinstance(getattr(self, name), bool):
                 raise TTTypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if not isinstance(self.mode_options, dict):
+            raise TTTypeError(f"mode_options must be a dict, got {self.mode_options!r}")
+        own = set(mode.option_names())
+        stray = sorted(set(self.mode_options) - (own - _FIELD_NAMES))
+        if stray:
+            raise TTValueError(
+                f"mode_options has {stray[0]!r}, which is not an option of mode={self.mode!r} "
+                f"outside PatchConfig's fields (mode options: {sorted(own)})"
+            )
+        values = {k: getattr(self, k) for k in own & _FIELD_NAMES} | self.mode_options
+        self._mode = mode.from_values(values)
+
+    @property
+    def options(self) -> Any:
+        """The mode's frozen options object (for example a
+        :class:`~tensortrain_nn.update.RepOptions`), checked when this config was built."""
+        return self._mode.options
+
+    @property
+    def mode_object(self) -> Mode:
+        """The registered :class:`~tensortrain_nn.modes.base.Mode` with these options."""
+        return self._mode
 
     def _check_targets(self) -> None:
         t = self.target_modules
@@ -170,46 +149,39 @@ class PatchConfig:
     def from_options(cls, mode: str, options: dict[str, Any]) -> PatchConfig:
         """Build from ``patch``'s keyword options, refusing options another mode would read.
 
-        ``rank`` is accepted as the TT rank: ``tt_rank`` for rep/adp, ``max_rank`` for linear.
+        ``rank`` is accepted as the mode's TT rank (``tt_rank`` for rep/adp, ``max_rank`` for
+        linear). A registered mode's options that are not fields go to ``mode_options``.
 
         Raises:
             TTValueError: Unknown mode, an unknown option, or an option of another mode.
         """
-        _check_choice("mode", mode, tuple(MODE_FIELDS))
+        mode_cls = get_mode(mode)
         options = dict(options)
         if "rank" in options:
-            key = "max_rank" if mode == "linear" else "tt_rank"
+            key = mode_cls.rank_option
             if key in options:
                 raise TTValueError(f"pass rank or {key}, not both")
             options[key] = options.pop("rank")
-        allowed = set(COMMON_FIELDS) | set(MODE_FIELDS[mode])
-        known = {f.name for f in fields(cls)}
+        allowed = set(COMMON_FIELDS) | set(mode_cls.option_names())
+        takes = ", ".join(sorted(allowed - {"mode"}))
         for key in options:
-            if key not in known:
+            owner = [m for m, c in MODES.items() if key in c.option_names()]
+            if key not in allowed and not owner:
                 raise TTValueError(
-                    f"unknown option {key!r} for patch(); mode={mode!r} takes: "
-                    f"{', '.join(sorted(allowed - {'mode'}))}"
+                    f"unknown option {key!r} for patch(); mode={mode!r} takes: {takes}"
                 )
             if key not in allowed:
-                owner = [m for m, names in MODE_FIELDS.items() if key in names]
                 raise TTValueError(
                     f"option {key!r} belongs to mode {' / '.join(map(repr, owner))}, not "
-                    f"mode={mode!r} (which takes: {', '.join(sorted(allowed - {'mode'}))})"
+                    f"mode={mode!r} (which takes: {takes})"
                 )
-        return cls(mode=mode, **options)
+        extra = {k: options.pop(k) for k in list(options) if k not in _FIELD_NAMES}
+        return cls(mode=mode, **options, mode_options=extra)
 
     @property
     def resolved_dropout(self) -> float:
-        """``dropout``, or the mode's default when it is None."""
-        return DEFAULT_DROPOUT.get(self.mode, 0.0) if self.dropout is None else self.dropout
-
-    def layer_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for the mode's layer (TTReparam / TTAdapter / from_linear)."""
-        if self.mode == "linear":
-            return {"max_rank": self.max_rank, "eps": self.eps}
-        kw = {k: getattr(self, k) for k in MODE_FIELDS[self.mode] if k != "placement"}
-        kw["dropout"] = self.resolved_dropout
-        return kw
+        """The dropout the mode uses (its default when ``dropout`` is None; 0 without one)."""
+        return float(getattr(self.options, "dropout", 0.0))
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (``target_modules`` tuples become lists; fields of
@@ -230,3 +202,6 @@ class PatchConfig:
         if unknown:
             raise TTValueError(f"adapter config has unknown keys {unknown}; known: {sorted(known)}")
         return cls(**data)
+
+
+_FIELD_NAMES = frozenset(f.name for f in fields(PatchConfig)) - {"mode_options"}

@@ -32,14 +32,12 @@ import torch
 from torch import nn
 
 from tensortrain.errors import TTValueError
-from tensortrain_nn._wrapper import AdapterWrapper
-from tensortrain_nn.adapter import TTAdapter
+from tensortrain_nn._wrapper import AdapterWrapper, check_adapter_name
 from tensortrain_nn.linear import TTLinear
-from tensortrain_nn.reparam import TTReparam
 from tensortrain_nn.surgery.config import PatchConfig
 from tensortrain_nn.surgery.flags import adapter_of, config_trainable
 from tensortrain_nn.surgery.io import read_adapter, write_adapter
-from tensortrain_nn.surgery.plan import Plan, build, dense_linear, plan_targets, replace_module
+from tensortrain_nn.surgery.plan import Target, build, dense_linear, plan_targets, replace_module
 from tensortrain_nn.surgery.targets import model_type, tt_modules
 from tensortrain_nn.surgery.tensors import adapter_tensors, match_ranks, put_tensors
 
@@ -47,7 +45,6 @@ __all__ = ["STATE_ATTR", "SurgeryState", "adapter_of", "get_state"]
 
 #: The attribute under which a patched model keeps its :class:`SurgeryState`.
 STATE_ATTR = "tt_surgery"
-_MISSING = object()
 Undo = list[Callable[[], object]]
 
 
@@ -92,7 +89,6 @@ class SurgeryState:
         self.active: str | None = None
         self.model_type = model_type(model)
         self.original_flags = [(p, p.requires_grad) for p in model.parameters()]
-        self._own_save_pretrained: Any = _MISSING
 
     @classmethod
     def for_model(cls, model: nn.Module) -> SurgeryState:
@@ -125,7 +121,7 @@ class SurgeryState:
         self,
         config: PatchConfig,
         name: str,
-        plans: list[Plan],
+        plans: list[Target],
         undo: Undo,
         activate: bool = True,
         svd_from_weight: bool = True,
@@ -136,10 +132,9 @@ class SurgeryState:
         weights nor taken out of them; :meth:`load` does that from the saved initial cores.
         """
         first = not self.configs
-        extra = {"svd_from_weight": svd_from_weight} if config.mode == "rep" else {}
         for plan in plans:
             if isinstance(plan.module, AdapterWrapper):
-                plan.module.add_adapter(name, **config.layer_kwargs(), **extra)
+                config.mode_object.add_to(plan.module, name, svd_from_weight)
                 plan.module.adapters[name].train(plan.module.training)
                 undo.append(partial(plan.module.delete_adapter, name))
             else:
@@ -158,25 +153,15 @@ class SurgeryState:
     def _put_back(self, path: str, wrapper: nn.Module) -> None:
         """Replace ``wrapper`` at ``path`` by the base layer it wraps, every change to it undone."""
         if isinstance(wrapper, AdapterWrapper):
-            replace_module(self.model, path, wrapper.release_base())
+            replace_module(self.model, path, wrapper.restore_base())
 
     def _attach(self) -> None:
-        """The one place the state goes onto the model (with the ``save_pretrained`` redirect)."""
-        if self.model.__dict__.get(STATE_ATTR) is self:
-            return
+        """The one place the state goes onto the model (no method of the model is touched)."""
         self.model.__dict__[STATE_ATTR] = self
-        if callable(getattr(type(self.model), "save_pretrained", None)):
-            self._own_save_pretrained = self.model.__dict__.get("save_pretrained", _MISSING)
-            self.model.__dict__["save_pretrained"] = self.save_pretrained
 
     def _detach(self) -> None:
-        """The one place the state leaves the model (``save_pretrained`` given back)."""
+        """The one place the state leaves the model."""
         del self.model.__dict__[STATE_ATTR]
-        if self._own_save_pretrained is not _MISSING:
-            self.model.__dict__["save_pretrained"] = self._own_save_pretrained
-        else:
-            self.model.__dict__.pop("save_pretrained", None)
-        self._own_save_pretrained = _MISSING
 
     @property
     def attached(self) -> bool:
@@ -240,8 +225,7 @@ class SurgeryState:
         self.active = name
 
     def _check_name(self, name: str) -> None:
-        if name not in self.configs:
-            raise TTValueError(f"adapter name must be one of {list(self.configs)}, got {name!r}")
+        check_adapter_name(name, self.configs, what="adapter name")
 
     def set_adapter(self, name: str) -> None:
         """Make adapter ``name`` the one that runs and trains (see :meth:`_switch`)."""
@@ -271,41 +255,32 @@ class SurgeryState:
 
     # ------------------------------------------------------------------ merge, delete, unload
 
+    def _running(self) -> list[tuple[str, AdapterWrapper]]:
+        """The wrappers whose active adapter runs (not disabled), by module name."""
+        return [(p, w) for p, w in self.wrappers() if w.active_adapter and not w.adapters_disabled]
+
     def merge(self, safe_merge: bool = True) -> None:
-        """Fold the active rep update into each base weight (wrappers stay); all or nothing.
+        """Fold the active adapter into each base weight (wrappers stay); all or nothing.
 
         Raises:
-            TTValueError: An active adp adapter (nonlinear), or with ``safe_merge`` a merge that
-                would write non-finite values; nothing changed.
+            TTValueError: An active adapter that cannot be merged (adp: nonlinear), or with
+                ``safe_merge`` a merge that would write non-finite values; nothing changed.
         """
-        for path, w in self.wrappers():
-            if (
-                isinstance(w, TTAdapter)
-                and w.active_adapter is not None
-                and not w.adapters_disabled
-            ):
-                raise TTValueError(
-                    f"{path!r} holds active adp adapter {w.active_adapter!r}: a nonlinear "
-                    "adapter cannot be merged into a weight; use unpatch(), or keep the adapter"
-                )
-        merging = [
-            w
-            for _, w in self.wrappers()
-            if isinstance(w, TTReparam) and w.active_adapter and not w.adapters_disabled
-        ]
-        if safe_merge:  # every layer checked before the first weight is written
-            for w in merging:
-                w.check_merge()
+        running = self._running()
+        for path, w in running:  # every layer checked before the first weight is written
+            try:
+                w.check_merge(safe=safe_merge)
+            except TTValueError as exc:
+                raise TTValueError(f"{path!r}: {exc}") from None
         with torch.no_grad():
-            for w in merging:
+            for _, w in running:
                 w.merge(safe_merge=False)
 
     def unmerge(self) -> None:
         """Subtract every merged update from its base weight (exact up to round-off)."""
         with torch.no_grad():
             for _, w in self.wrappers():
-                if isinstance(w, TTReparam):
-                    w.unmerge()
+                w.unmerge()
 
     def delete_adapter(self, name: str) -> None:
         """Remove adapter ``name`` (unmerged first); wrappers left empty give their base back.
@@ -324,8 +299,7 @@ class SurgeryState:
             for path, wrapper in self.wrappers():
                 if name not in wrapper.adapters:
                     continue
-                if isinstance(wrapper, TTReparam):
-                    wrapper.unmerge(name)
+                wrapper.unmerge(name)
                 wrapper.delete_adapter(name)
                 if not wrapper.adapters:
                     replace_module(self.model, path, wrapper.base_layer)
@@ -346,23 +320,17 @@ class SurgeryState:
         self._check_reversible("unpatch")
         with torch.no_grad():
             for path, wrapper in self.wrappers():  # merged updates out, svd corrections back
-                replace_module(self.model, path, wrapper.release_base())
+                replace_module(self.model, path, wrapper.restore_base())
         return self._finish()
 
     def merge_and_unload(self, safe_merge: bool = True) -> nn.Module:
-        """Merge the active rep updates (only those), then put plain modules back everywhere."""
+        """Merge the active updates (only those), then put plain modules back everywhere: every
+        other change to a base weight (merged inactive updates, svd corrections) is undone."""
         self.merge(safe_merge)
         with torch.no_grad():
-            for _, w in self.wrappers():  # inactive or disabled merged updates come back out
-                if isinstance(w, TTReparam):
-                    for name in w.merged_adapters:
-                        if name != w.active_adapter or w.adapters_disabled:
-                            w.unmerge(name)
-                    for name in w.adapters:  # svd parts of updates not merged go back in
-                        if w.adapters[name].corrected and name not in w.merged_adapters:
-                            w.uncorrect(name)
             for path, w in self.wrappers():
-                replace_module(self.model, path, w.base_layer)
+                keep = None if w.adapters_disabled else w.active_adapter
+                replace_module(self.model, path, w.restore_base(keep=keep))
             for path, layer in tt_modules(self.model):
                 if isinstance(layer, TTLinear):
                     replace_module(self.model, path, dense_linear(layer))
@@ -388,10 +356,18 @@ class SurgeryState:
         return write_adapter(folder, self.configs[name], meta, adapter_tensors(self.model, name))
 
     def save_pretrained(self, save_directory: str | os.PathLike[str], **kwargs: Any) -> Path | None:
-        """Stands in for a patched transformers model's ``save_pretrained``: writes the active
-        adapter only, as peft's ``PeftModel.save_pretrained`` does. Trainer's options
-        (``state_dict``, ``safe_serialization``...) are ignored; ``is_main_process=False``
-        writes nothing."""
+        """peft's ``PeftModel.save_pretrained`` for a patched model: writes the active adapter
+        only. Trainer's options (``state_dict``, ``safe_serialization``...) are ignored;
+        ``is_main_process=False`` writes nothing. The model's own ``save_pretrained`` is left
+        alone (it writes the whole model); see also :func:`~tensortrain_nn.save_adapter`.
+
+        Example:
+            >>> import tempfile
+            >>> from tensortrain_nn import patch
+            >>> model = patch(nn.Sequential(nn.Linear(8, 8)), target_modules=["0"], r=2, tt_rank=2)
+            >>> get_state(model).save_pretrained(tempfile.mkdtemp()).name != ""
+            True
+        """
         if not kwargs.get("is_main_process", True):
             return None
         return self.save(save_directory)
@@ -416,9 +392,7 @@ class SurgeryState:
             match_ranks(model, tensors, name)  # a rank budget: the ranks come from the file
             put_tensors(model, name, tensors, str(folder), undo)
             for _, wrapper in state.wrappers():  # init="svd": the saved initial part comes out
-                if isinstance(wrapper, TTReparam) and wrapper.holds_svd(name):
-                    wrapper.correct(name)
-                    undo.append(partial(wrapper.uncorrect, name))
+                undo.extend(wrapper.after_load(name))
         return state
 
 

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from torch import nn
 
 from tensortrain.errors import TTTypeError, TTValueError
-from tensortrain_nn._wrapper import AdapterWrapper, is_linear_like, linear_features
+from tensortrain_nn._wrapper import AdapterWrapper, is_linear_like
 from tensortrain_nn.linear import TTLinear
+from tensortrain_nn.modes import get_mode
 
 #: What surgery puts into a model: adapter wrappers (TTReparam, TTAdapter) and TTLinear.
 TT_MODULES = (AdapterWrapper, TTLinear)
@@ -30,7 +31,8 @@ _DEBERTA = ArchTargets(
 )
 _LLAMA = ArchTargets(rep=("q_proj", "v_proj"), adp=("mlp",))
 
-#: Default targets keyed by ``model.config.model_type``. ``linear`` mode uses the ``rep`` list.
+#: Default targets keyed by ``model.config.model_type``; a mode takes the list its
+#: ``target_family`` names (``linear`` mode uses the ``rep`` list).
 #: For adp: after the attention-output and FFN-output dense of BERT-style blocks, around the
 #: MLP of LLaMA-style blocks (as in the LoRETTA code), after GPT-2's two ``c_proj``.
 DEFAULT_TARGETS: dict[str, ArchTargets] = {
@@ -53,26 +55,6 @@ DEFAULT_TARGETS: dict[str, ArchTargets] = {
     "phi3": ArchTargets(rep=("qkv_proj",), adp=("mlp",)),
     "opt": ArchTargets(rep=("q_proj", "v_proj"), adp=("self_attn.out_proj", "fc2")),
 }
-#: Targets that ``placement="paper"`` adapts before (on their input): the official code's
-#: ``mh_adapter`` modules (LLaMA's gate and up projections, the first MLP dense of BLOOM, GPT-J,
-#: GPT-Neo, OPT, ChatGLM); every other target is adapted after.
-BEFORE_NAMES = ("gate_proj", "up_proj", "dense_h_to_4h", "fc_in", "c_fc", "fc1")
-
-
-def placement_of(name: str, placement: str) -> str:
-    """``"before"`` or ``"after"`` for target ``name`` under a config's ``placement``.
-
-    Example:
-        >>> placement_of("model.layers.0.mlp.up_proj", "paper")
-        'before'
-        >>> placement_of("model.layers.0.mlp.down_proj", "paper")
-        'after'
-    """
-    if placement != "paper":
-        return placement
-    return "before" if name.rsplit(".", 1)[-1] in BEFORE_NAMES else "after"
-
-
 #: Module names of a task head, the one list for ``patch(trainable_head=True)`` and the job's
 #: ``head`` method: peft's ``SEQ_CLS`` modules_to_save (``classifier``, ``score``) plus DistilBERT's
 #: freshly initialised ``pre_classifier``.
@@ -159,7 +141,8 @@ def default_targets(model: nn.Module, mode: str) -> tuple[str, ...]:
     """
     mtype = model_type(model)
     arch = DEFAULT_TARGETS.get(mtype) if mtype else None
-    targets = None if arch is None else (arch.adp if mode == "adp" else arch.rep)
+    family = get_mode(mode).target_family
+    targets = None if arch is None else tuple(getattr(arch, family))
     if not targets:
         seen = describe_modules(model)
         raise TTValueError(
@@ -188,7 +171,7 @@ def resolve_targets(
 
     Raises:
         TTValueError: Nothing matches (the message lists what the model contains).
-        TTTypeError: rep/linear target that is not linear-like.
+        TTTypeError: A target that is not linear-like for a mode that needs one (rep, linear).
     """
     pattern = default_targets(model, mode) if target is None else target
     found = [(n, m) for n, m in walk(model) if matches(n, pattern)]
@@ -198,7 +181,7 @@ def resolve_targets(
             f"'.suffix' for a list, as a full regex for a string). Modules seen: "
             f"{describe_modules(model)}"
         )
-    if mode in ("rep", "linear"):
+    if get_mode(mode).linear_targets:
         for name, module in found:
             if not is_linear_like(module) and not isinstance(module, AdapterWrapper):
                 raise TTTypeError(
@@ -206,20 +189,3 @@ def resolve_targets(
                     f"{type(module).__name__}"
                 )
     return found
-
-
-def adapter_features(model: nn.Module, module: nn.Module, name: str) -> int:
-    """The output size of a sublayer that an adp adapter follows.
-
-    Linear-like: its ``out_features``; otherwise the output size of its last linear-like
-    submodule (LLaMA's MLP: ``down_proj``); otherwise ``model.config.hidden_size``.
-    """
-    if is_linear_like(module):
-        return linear_features(module)[1]
-    last = [m for m in module.modules() if is_linear_like(m)]
-    if last:
-        return linear_features(last[-1])[1]
-    hidden = getattr(getattr(model, "config", None), "hidden_size", None)
-    if isinstance(hidden, int):
-        return hidden
-    raise TTValueError(f"cannot tell the output size of {name!r} ({type(module).__name__})")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from hypothesis import HealthCheck, settings
 from torch import nn
 
 
@@ -110,3 +111,51 @@ def inputs(seed: int = 1) -> torch.Tensor:
 def logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model(input_ids=x).logits
+
+
+# ---------------------------------------------------------------- shared by the surgery tests
+
+#: Hypothesis settings of the tiny-model surgery properties.
+SETTINGS = settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+
+#: Base modules of the tiny BERT a user may unfreeze by hand (the pooler, a norm, a dense layer,
+#: embeddings, a wrapped layer's own weight, the head).
+UNFREEZE = (
+    "bert.pooler",
+    "bert.embeddings.LayerNorm",
+    "bert.embeddings.word_embeddings",
+    "bert.encoder.layer.0.intermediate.dense",
+    "wrapped",
+    "classifier",
+)
+#: A wrapped layer's own base weight ("wrapped" above), per mode.
+WRAPPED = {
+    "rep": "bert.encoder.layer.1.attention.self.query.base_layer",
+    "adp": "bert.encoder.layer.1.output.dense.base_layer",
+}
+
+
+def unfreeze_by_hand(model: nn.Module, names: set[str], mode: str = "rep") -> None:
+    for name in sorted(names):
+        model.get_submodule(WRAPPED[mode] if name == "wrapped" else name).requires_grad_(True)
+
+
+def flags(model: nn.Module) -> dict[str, bool]:
+    return {k: p.requires_grad for k, p in model.named_parameters()}
+
+
+def values(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def perturb(model: nn.Module, seed: int) -> None:
+    """Move every trainable tensor (as training would), deterministically."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * 0.1)

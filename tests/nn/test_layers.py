@@ -283,7 +283,7 @@ def test_reparam_named_adapters():
         ({"dropout": 1.5}, TTValueError, "dropout"),
         ({"alpha": float("nan")}, TTValueError, "alpha must be a finite number, got nan"),
         ({"dropout": float("nan")}, TTValueError, "dropout must be a finite number"),
-        ({"form": "dense"}, TTValueError, "form must be 'factors' or 'full'"),
+        ({"form": "dense"}, TTValueError, r"form must be one of \['factors', 'full'\]"),
         ({"adapter_name": "a b"}, TTValueError, "identifier"),
     ],
 )
@@ -430,8 +430,7 @@ def test_reparam_lean_backward_gives_the_same_output_and_gradients_with_dropout(
 @pytest.mark.parametrize("layout", ["matrix", "paper"])
 def test_reparam_factor_update_gradcheck(layout):
     """The fused node (factors rebuilt from the cores inside) against finite differences."""
-    from tensortrain_nn._wrapper import factor_layout
-    from tensortrain_nn.reparam import _FactorUpdate
+    from tensortrain_nn._autograd import FactorUpdate, factor_layout
 
     torch.manual_seed(4)
     update = TTReparam(nn.Linear(12, 10).double(), r=3, init="paper", layout=layout)
@@ -442,7 +441,7 @@ def test_reparam_factor_update_gradcheck(layout):
     mask = torch.rand(3, 4, 12) > 0.3
     for m, p in ((mask, 0.3), (None, 0.0)):
         assert torch.autograd.gradcheck(
-            lambda x, *c, m=m, p=p: _FactorUpdate.apply(x, m, p, 1.7, layouts, *c), (x, *cores)
+            lambda x, *c, m=m, p=p: FactorUpdate.apply(x, m, p, 1.7, layouts, *c), (x, *cores)
         )
 
 
@@ -455,13 +454,8 @@ def test_reparam_factor_update_gradcheck(layout):
 )
 def test_chain_product_and_grads_match_the_dense_factor(n_in, n_out, rank, layout, seed):
     """chain_product + FactorLayout give factor_weight's dense weight; chain_grads its gradient."""
-    from tensortrain_nn._wrapper import (
-        chain_grads,
-        chain_product,
-        factor_layer,
-        factor_layout,
-        factor_weight,
-    )
+    from tensortrain_nn._autograd import chain_grads, chain_product, factor_layout
+    from tensortrain_nn._paper import factor_layer, factor_weight
 
     torch.manual_seed(seed)
     layer = factor_layer(
@@ -491,7 +485,8 @@ def test_chain_product_and_grads_match_the_dense_factor(n_in, n_out, rank, layou
 )
 def test_factor_linear_equals_dense_reference(n_in, n_out, layout, bias, scale, lead_shape, seed):
     """The adapter's one-node projection against ``scale * (x W^T + b)`` with W from factor_weight."""
-    from tensortrain_nn._wrapper import factor_layer, factor_linear, factor_weight
+    from tensortrain_nn._autograd import factor_linear
+    from tensortrain_nn._paper import factor_layer, factor_weight
 
     torch.manual_seed(seed)
     layer = factor_layer(
@@ -505,7 +500,8 @@ def test_factor_linear_equals_dense_reference(n_in, n_out, layout, bias, scale, 
 
 @pytest.mark.parametrize("layout", ["matrix", "paper"])
 def test_factor_linear_gradcheck(layout):
-    from tensortrain_nn._wrapper import _FactorLinear, factor_layer, factor_layout
+    from tensortrain_nn._autograd import _FactorLinear, factor_layout
+    from tensortrain_nn._paper import factor_layer
 
     torch.manual_seed(5)
     layer = factor_layer(
@@ -521,7 +517,8 @@ def test_factor_linear_gradcheck(layout):
 
 
 def test_factor_linear_rejects_a_wrong_input_width():
-    from tensortrain_nn._wrapper import factor_layer, factor_linear
+    from tensortrain_nn._autograd import factor_linear
+    from tensortrain_nn._paper import factor_layer
 
     layer = factor_layer(
         12, 6, layout="matrix", role="adp", rank=3, bias=True, std=1.0,
@@ -533,16 +530,16 @@ def test_factor_linear_rejects_a_wrong_input_width():
 
 @pytest.mark.parametrize("p", [0.05, 0.5, 0.9])
 def test_reparam_dropout_keeps_entries_with_probability_one_minus_p(p):
-    from tensortrain_nn.reparam import _keep_mask
+    from tensortrain_nn._autograd import keep_mask
 
     torch.manual_seed(0)
     n = 400_000
-    kept = float(_keep_mask(torch.empty(n), p).double().mean())
+    kept = float(keep_mask(torch.empty(n), p).double().mean())
     assert abs(kept - (1 - p)) < 5 * math.sqrt(p * (1 - p) / n)
     torch.manual_seed(1)  # the same random state draws the same mask
-    a, b = _keep_mask(torch.empty(100), p), None
+    a, b = keep_mask(torch.empty(100), p), None
     torch.manual_seed(1)
-    b = _keep_mask(torch.empty(100), p)
+    b = keep_mask(torch.empty(100), p)
     assert torch.equal(a, b)
 
 

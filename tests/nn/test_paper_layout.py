@@ -18,7 +18,7 @@ import tensortrain_nn as ttnn
 from tensortrain.errors import TTShapeError, TTTypeError, TTValueError
 from tensortrain.shapes import factorize
 from tensortrain.testing import assert_close
-from tensortrain_nn._wrapper import PAPER_SHAPES, TTTensorLinear, paper_shape
+from tensortrain_nn._paper import PAPER_SHAPES, TTTensorLinear, paper_shape
 from tensortrain_nn.surgery import get_state
 
 F64 = torch.float64

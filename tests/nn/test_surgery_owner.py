@@ -1,4 +1,4 @@
-"""Issue 11: one owner of a model's surgery state; peft's names; save_pretrained while patched."""
+"""One owner of a model's surgery state; peft's names; the state's save_pretrained."""
 
 from __future__ import annotations
 
@@ -66,12 +66,21 @@ def test_surgery_modules_have_no_import_cycle() -> None:
         visit(node, ())
 
 
-def test_state_attribute_written_and_removed_in_one_place() -> None:
-    sources = "\n".join(p.read_text() for p in SURGERY.glob("*.py"))
-    assert sources.count("__dict__[STATE_ATTR] =") == 1
-    assert sources.count("del self.model.__dict__[STATE_ATTR]") == 1
-    assert '"tt_surgery"' in (SURGERY / "state.py").read_text()
-    assert sources.count('"tt_surgery"') == 1
+def test_state_attribute_comes_with_the_first_adapter_and_goes_with_the_last() -> None:
+    model = build("bert")
+    with pytest.raises(TTValueError, match="matched no module"):
+        ttnn.patch(model, mode="rep", target_modules=["nope"])
+    assert "tt_surgery" not in model.__dict__  # a failed first patch attaches nothing
+    ttnn.patch(model, mode="rep", adapter_name="a")
+    state = model.__dict__["tt_surgery"]
+    assert state is get_state(model) and state.attached
+    ttnn.add_adapter(model, "b", mode="rep")
+    assert model.__dict__["tt_surgery"] is state  # one object for the model's life
+    ttnn.delete_adapter(model, "b")
+    assert model.__dict__["tt_surgery"] is state
+    ttnn.delete_adapter(model, "a")  # the last adapter: the model is unpatched
+    assert "tt_surgery" not in model.__dict__ and not state.attached
+    assert get_state(model, required=False) is None
 
 
 def test_state_is_one_object_per_model() -> None:
@@ -215,31 +224,32 @@ def test_merge_adapter_is_all_or_nothing() -> None:
     assert not any(m.merged_adapters for m in model.modules() if isinstance(m, TTReparam))
 
 
-# ---------------------------------------------------------------- save_pretrained while patched
+# ---------------------------------------------------------------- save_pretrained of the state
 
 
-def test_save_pretrained_writes_the_adapter_while_patched(tmp_path: Path) -> None:
+def test_state_save_pretrained_writes_the_adapter(tmp_path: Path) -> None:
     model, x = build("bert"), inputs()
     fresh = copy.deepcopy(model)
     ttnn.patch(model, mode="rep", init="paper")
-    model.save_pretrained(tmp_path / "a", state_dict=model.state_dict(), safe_serialization=True)
+    state = get_state(model)
+    state.save_pretrained(tmp_path / "a", state_dict=model.state_dict(), safe_serialization=True)
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
     assert json.loads((tmp_path / "a" / CONFIG_NAME).read_text())["adapter_name"] == "default"
     ttnn.load_adapter(fresh, tmp_path / "a")
     assert torch.equal(logits(fresh, x), logits(model, x))
-    model.save_pretrained(tmp_path / "b", is_main_process=False)
+    assert state.save_pretrained(tmp_path / "b", is_main_process=False) is None
     assert not (tmp_path / "b").exists()
 
 
-@pytest.mark.parametrize("verb", ["unpatch", "unload", "merge_and_unload"])
-def test_save_pretrained_given_back(tmp_path: Path, verb: str) -> None:
+@pytest.mark.parametrize("verb", ["patch", "unpatch", "unload", "merge_and_unload"])
+def test_model_save_pretrained_is_never_replaced(tmp_path: Path, verb: str) -> None:
     model = build("bert")
     ttnn.patch(model, mode="rep")
-    assert "save_pretrained" in model.__dict__
-    getattr(ttnn, verb)(model)
+    if verb != "patch":
+        getattr(ttnn, verb)(model)
     assert "save_pretrained" not in model.__dict__
     assert model.save_pretrained.__func__ is type(model).save_pretrained
-    model.save_pretrained(tmp_path)
+    model.save_pretrained(tmp_path)  # the model's own: the whole model
     assert (tmp_path / "config.json").is_file()
 
 
@@ -248,7 +258,7 @@ def test_own_save_pretrained_attribute_survives(tmp_path: Path) -> None:
     mine = lambda *a, **k: "mine"  # noqa: E731
     model.__dict__["save_pretrained"] = mine
     ttnn.patch(model, mode="rep")
-    assert model.save_pretrained(tmp_path) == tmp_path
+    assert model.save_pretrained is mine
     ttnn.unpatch(model)
     assert model.save_pretrained is mine
 
