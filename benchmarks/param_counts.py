@@ -162,7 +162,7 @@ def lora_params(spec: Spec, r: int) -> int:
 
 def _fallback(model: nn.Module) -> bool:
     """Whether some paper-layout factor of ``model`` is not in the official shape table."""
-    from tensortrain_nn._wrapper import PAPER_ADP_SHAPES, PAPER_SHAPES, TTTensorLinear
+    from tensortrain_nn._paper import PAPER_ADP_SHAPES, PAPER_SHAPES, TTTensorLinear
 
     for m in model.modules():
         if isinstance(m, TTTensorLinear):
