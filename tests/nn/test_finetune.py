@@ -38,10 +38,10 @@ from tensortrain_nn.finetune import (
     predict,
     run,
 )
-from tensortrain_nn.finetune.data import label_names, load_builtin, load_table, make_split
-from tensortrain_nn.finetune.models import resolve_model
-from tensortrain_nn.finetune.tasks import metrics
 from tensortrain_nn.finetune.train import linear_schedule, parameter_groups
+from tensortrain_nn.models import resolve_model
+from tensortrain_nn.tasks import load_table, metrics
+from tensortrain_nn.tasks.data import label_names, load_builtin, make_split
 
 
 @pytest.fixture(scope="session")

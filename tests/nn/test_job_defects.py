@@ -19,7 +19,8 @@ from _helpers import fails_in_one_line, make_tiny_bert, minilm_folder
 
 from tensortrain_nn import cli
 from tensortrain_nn.finetune import DataError, FinetuneConfig, FinetuneError, run
-from tensortrain_nn.finetune.data import label_names, load_table
+from tensortrain_nn.tasks import load_table
+from tensortrain_nn.tasks.data import label_names
 
 
 @pytest.fixture(scope="module")
