@@ -28,16 +28,10 @@ from torch import nn
 
 from tensortrain_nn.finetune import runs
 from tensortrain_nn.finetune.config import FinetuneConfig, Result
+from tensortrain_nn.finetune.engine import check_device, on_cpu, peak_memory_mb, reset_accelerate
 from tensortrain_nn.finetune.methods import get_method
 from tensortrain_nn.finetune.report import write_comparison, write_report
-from tensortrain_nn.finetune.train import (
-    TrainStats,
-    check_device,
-    on_cpu,
-    peak_memory_mb,
-    reset_accelerate,
-    train,
-)
+from tensortrain_nn.finetune.train import TrainStats, train
 from tensortrain_nn.models import ModelSpec, fingerprint, is_decoder_only, load_model, resolve_model
 from tensortrain_nn.surgery.targets import is_head_parameter
 from tensortrain_nn.tasks import (

@@ -13,10 +13,9 @@ from typing import Any
 
 import pytest
 import torch
+from _helpers import SENTENCES, tiny_llama, tiny_tokenizer
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from _helpers import SENTENCES, tiny_llama, tiny_tokenizer
 
 from tensortrain_nn.models import ModelSpec, is_decoder_only, load_model
 from tensortrain_nn.tasks import DataError, FinetuneError, LMExample, LMTask, ModelError, Split
