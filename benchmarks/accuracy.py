@@ -322,7 +322,8 @@ def _forget_one(args: tuple[str, str, str, int, dict[str, Any]]) -> dict[str, An
 
     from tensortrain_nn.finetune import job, train
     from tensortrain_nn.finetune.methods import get_method
-    from tensortrain_nn.finetune.models import resolve_model
+    from tensortrain_nn.models import resolve_model
+    from tensortrain_nn.tasks import TaskKind, make_task, read_data
 
     torch.set_num_threads(1)
     task_a, task_b, method_name, seed, extra = args
@@ -345,8 +346,9 @@ def _forget_one(args: tuple[str, str, str, int, dict[str, Any]]) -> dict[str, An
     # The module that holds the head: peft wraps the model (and the head, in modules_to_save).
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     head_a, labels_a = inner.classifier, inner.config.num_labels  # kept out of B's training
-    data_b = job.read_data(config_b, "classify")
-    task_b_obj = job.make_task(config_b, "classify", tokenizer, data_b)
+    kind_b, options_b = TaskKind("classify", labelled=True), config_b.task_options()
+    data_b = read_data(options_b, kind_b)
+    task_b_obj = make_task(kind_b, tokenizer, data_b, options_b)
     torch.manual_seed(seed)
     inner.classifier = torch.nn.Linear(inner.config.hidden_size, len(data_b.labels))
     inner.num_labels = inner.config.num_labels = len(data_b.labels)

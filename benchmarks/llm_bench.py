@@ -73,7 +73,7 @@ STEP_TARGET, GEN_TOLERANCE = 1.1, 0.05  # rep step <= 1.1x LoRA; merged generati
 
 def load_base() -> tuple[nn.Module, Any]:
     """The packaged SmolLM2-135M causal LM (float32, CPU) and its tokenizer."""
-    from tensortrain_nn.finetune.models import load_model, resolve_model
+    from tensortrain_nn.models import load_model, resolve_model
 
     return load_model(resolve_model("smollm2"))
 

@@ -217,7 +217,7 @@ def _finetune(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _read_inputs(path: str | None, text_column: str | None) -> list[str]:
-    from tensortrain_nn.finetune.data import load_table
+    from tensortrain_nn.tasks import load_table
 
     if path is None:
         lines = sys.stdin.read().splitlines()
@@ -233,8 +233,7 @@ def _read_inputs(path: str | None, text_column: str | None) -> list[str]:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from tensortrain_nn.finetune import predict
-    from tensortrain_nn.finetune.job import read_run
+    from tensortrain_nn.finetune import predict, read_run
 
     read_run(Path(args.adapter))  # a bad --adapter fails before stdin is read
     texts = _read_inputs(args.input, args.text_column)
@@ -256,8 +255,7 @@ def one_line(text: str) -> str:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from tensortrain_nn.finetune import generate_text
-    from tensortrain_nn.finetune.job import read_run
+    from tensortrain_nn.finetune import generate_text, read_run
 
     read_run(Path(args.adapter))  # a bad --adapter fails before stdin is read
     prompts = args.prompts or [line for line in sys.stdin.read().splitlines() if line.strip()]
@@ -284,8 +282,8 @@ def _export_lora(args: argparse.Namespace) -> int:
 
 def _compress_lora(args: argparse.Namespace) -> int:
     import tensortrain_nn
-    from tensortrain_nn.finetune.job import ADAPTER_DIR, load_base
-    from tensortrain_nn.finetune.models import load_model, resolve_model
+    from tensortrain_nn.finetune import ADAPTER_DIR, load_base
+    from tensortrain_nn.models import load_model, resolve_model
 
     folder = Path(args.adapter)
     if args.model is not None:  # a bare peft folder: the base model is named here

@@ -1,7 +1,8 @@
-"""Fine-tune a pretrained transformer: LoRETTA, LoRA, head-only, full; classification or causal LM.
+"""Fine-tune a pretrained transformer: LoRETTA, LoRA, head-only, full; on any task of
+:mod:`tensortrain_nn.tasks` (classification or causal LM).
 
-The Python API under the ``tensortrain`` command line. transformers, peft, tqdm and matplotlib are
-imported where they are used.
+The Python API under the ``tensortrain`` command line, and its public surface: the command line
+uses only the names below. transformers, peft, tqdm and matplotlib are imported where they are used.
 
 Example (trains for a minute on the packaged MiniLM)::
 
@@ -12,20 +13,21 @@ Example (trains for a minute on the packaged MiniLM)::
 """
 
 from tensortrain_nn.finetune.config import FinetuneConfig, Result
-from tensortrain_nn.finetune.errors import AdapterError, DataError, FinetuneError, ModelError
 from tensortrain_nn.finetune.job import (
     build_split,
     compare,
     evaluate,
     generate_text,
-    load_run,
     predict,
     run,
 )
 from tensortrain_nn.finetune.methods import DEFAULT_LR, METHODS, Method
 from tensortrain_nn.finetune.report import format_report
+from tensortrain_nn.finetune.runs import ADAPTER_DIR, load_base, load_run, read_run
+from tensortrain_nn.tasks.errors import AdapterError, DataError, FinetuneError, ModelError
 
 __all__ = [
+    "ADAPTER_DIR",
     "DEFAULT_LR",
     "METHODS",
     "AdapterError",
@@ -40,7 +42,9 @@ __all__ = [
     "evaluate",
     "format_report",
     "generate_text",
+    "load_base",
     "load_run",
     "predict",
+    "read_run",
     "run",
 ]

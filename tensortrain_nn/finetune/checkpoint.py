@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from tensortrain_nn._files import atomic_write, fsync_dir
-from tensortrain_nn.finetune.errors import FinetuneError
+from tensortrain_nn.tasks import FinetuneError
 
 MANIFEST = "MANIFEST.json"
 POSITION = "position.json"

@@ -10,7 +10,7 @@ Example:
     >>> FinetuneConfig(lr=float("inf"))
     Traceback (most recent call last):
     ...
-    tensortrain_nn.finetune.errors.FinetuneError: lr must be a finite number, got inf
+    tensortrain_nn.tasks.errors.FinetuneError: lr must be a finite number, got inf
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from typing import Any
 
 from tensortrain._checks import check_int, check_number
 from tensortrain.errors import TTError
-from tensortrain_nn.finetune.errors import FinetuneError
+from tensortrain_nn.finetune import rounding
 from tensortrain_nn.finetune.methods import DEFAULT_LR, get_method
+from tensortrain_nn.tasks import FinetuneError, TaskOptions
 
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 
@@ -123,41 +124,18 @@ class FinetuneConfig:
         if not isinstance(self.method_options, dict):
             raise FinetuneError(f"method_options must be a dict, got {self.method_options!r}")
         _check_finite_options(self.method_options)
-        self._check_budget()
-
-    def _check_budget(self) -> None:
-        """``budget`` / ``budget_at`` options: rep and adp only, in range, no checkpoints."""
-        from tensortrain_nn.budget import BUDGET_OPTIONS
-
-        given = [k for k in BUDGET_OPTIONS if k in self.method_options]
-        if not given:
-            return
-        if self.method not in ("rep", "adp"):
-            raise FinetuneError(
-                f"method option {given[0]} needs method rep or adp (TT ranks to round), "
-                f"got method {self.method!r}"
-            )
-        if "budget" not in self.method_options:
-            raise FinetuneError("method option budget_at needs budget (the parameter budget)")
-        check_int("method option budget", self.method_options["budget"])
-        if "budget_at" in self.method_options:
-            at = self.method_options["budget_at"]
-            check_number("method option budget_at", at, minimum=0.0, maximum=1.0)
-        if self.checkpoint_every > 0 or self.resume:
-            raise FinetuneError(
-                "method option budget cannot be combined with checkpoint_every or resume: a "
-                "checkpoint written after the rounding holds cores of other shapes"
-            )
+        rounding.check_options(self.method, self.method_options, self.checkpoint_every, self.resume)
 
     @property
     def rank_budget(self) -> tuple[int, float] | None:
         """``(budget, budget_at)`` from the method options, or None without a budget."""
-        from tensortrain_nn.budget import DEFAULT_BUDGET_AT
+        return rounding.rank_budget(self.method_options)
 
-        if "budget" not in self.method_options:
-            return None
-        at = self.method_options.get("budget_at", DEFAULT_BUDGET_AT)
-        return int(self.method_options["budget"]), float(at)
+    def task_options(self) -> TaskOptions:
+        """What the task reads from this config (data, columns, split, lengths, lm prompts)."""
+        return TaskOptions(
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(TaskOptions)}
+        )
 
     @property
     def learning_rate(self) -> float:

@@ -1,7 +1,9 @@
 """The fine-tuning job: :func:`run` one method, :func:`compare` several, and use a saved run.
 
-A run folder holds ``run.json`` (config, base model and its fingerprint, label names),
-``labels.json``, ``adapter/`` (what the method trained), ``report.json`` and ``report.md``.
+The job reads no data and knows no task: it asks :mod:`tensortrain_nn.tasks` for the task of a
+config, trains it (:mod:`~tensortrain_nn.finetune.train`), saves the run folder
+(:mod:`~tensortrain_nn.finetune.runs`) and reports. ``predict`` and ``evaluate`` go through the
+saved run's task object.
 
 Example::
 
@@ -13,9 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import json
 import math
 import os
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,54 +26,64 @@ import torch
 from accelerate import PartialState
 from torch import nn
 
-from tensortrain_nn._files import atomic_write
-from tensortrain_nn.finetune import data as data_mod
+from tensortrain_nn.finetune import runs
 from tensortrain_nn.finetune.config import FinetuneConfig, Result
-from tensortrain_nn.finetune.errors import AdapterError, FinetuneError
+from tensortrain_nn.finetune.engine import check_device, on_cpu, peak_memory_mb, reset_accelerate
 from tensortrain_nn.finetune.methods import get_method
-from tensortrain_nn.finetune.models import (
-    ModelSpec,
-    check_fingerprint,
-    fingerprint,
-    is_decoder_only,
-    load_model,
-    resolve_model,
-)
 from tensortrain_nn.finetune.report import write_comparison, write_report
-from tensortrain_nn.finetune.tasks import ClassifyTask, check_max_length
-from tensortrain_nn.finetune.train import check_device, on_cpu, peak_memory_mb, train
+from tensortrain_nn.finetune.train import TrainStats, train
+from tensortrain_nn.models import ModelSpec, fingerprint, is_decoder_only, load_model, resolve_model
 from tensortrain_nn.surgery.targets import is_head_parameter
+from tensortrain_nn.tasks import (
+    AdapterError,
+    FinetuneError,
+    Split,
+    Task,
+    check_max_length,
+    decide_kind,
+    generate,
+    load_table,
+    make_task,
+    read_data,
+    read_split,
+)
+from tensortrain_nn.tasks.data import encode_labels
 
-RUN_FILE = "run.json"
-ADAPTER_DIR = "adapter"
+#: Metrics of the last evaluation that go to ``Result.metrics``.
+_LM_METRICS = ("loss", "perplexity", "tokens", "truncated")
 
 
-def build_split(config: FinetuneConfig) -> data_mod.Split:
-    """The train/test split of ``config`` (file or built-in data, held-out part, subsets)."""
-    cols = {"text_column": config.text_column, "label_column": config.label_column}
-    if config.data is None or config.data == data_mod.BUILTIN:
-        texts, labels = data_mod.load_builtin()
-        size = config.test_size if config.test_size is not None else data_mod.BUILTIN_TEST_SIZE
-    else:
-        texts, labels = data_mod.load_table(config.data, **cols)
-        size = config.test_size if config.test_size is not None else 0.2
-    test = None if config.test_data is None else data_mod.load_table(config.test_data, **cols)
-    split = data_mod.make_split(texts, labels, test_size=size, seed=config.split_seed, test=test)
-    n_train, n_test = config.max_train, config.max_test
-    return dataclasses.replace(
-        split,
-        train_texts=split.train_texts[:n_train],
-        train_labels=split.train_labels[:n_train],
-        test_texts=split.test_texts[:n_test],
-        test_labels=split.test_labels[:n_test],
+def build_split(config: FinetuneConfig) -> Split:
+    """The labelled train/test split of ``config`` (see :func:`tensortrain_nn.tasks.read_split`)."""
+    return read_split(config.task_options())
+
+
+def build_task(config: FinetuneConfig, spec: ModelSpec) -> tuple[nn.Module, Any, Task, list[str]]:
+    """Decide the task, read its data, load the model for it, and build the task.
+
+    Returns:
+        ``(model, tokenizer, task, labels)``; ``labels`` is empty for unlabelled lm data.
+
+    Raises:
+        FinetuneError: ``--task lm`` on an encoder-only model, or options of the other task.
+    """
+    options = config.task_options()
+    kind = decide_kind(options, decoder_only=is_decoder_only(spec), model=spec.name)
+    main = PartialState().is_main_process
+    if config.task == "auto" and kind.name == "lm" and config.progress and main:
+        print(f"--task auto: {spec.name} is a decoder-only LM, so the task is lm", flush=True)
+    data = read_data(options, kind)
+    torch.manual_seed(config.seed)
+    labels = data.labels if isinstance(data, Split) else []
+    model, tokenizer = load_model(
+        spec, len(labels) if kind.name == "classify" else None, labels=labels
     )
-
-
-def _folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    check_max_length(config.max_length, model, tokenizer)
+    return model, tokenizer, make_task(kind, tokenizer, data, options), labels
 
 
 def _count(model: nn.Module) -> dict[str, int]:
+    """Parameters: ``total``, and trainable ones by kind (``adapter``, ``head``, ``other``)."""
     seen: set[int] = set()
     counts = {"total": 0, "adapter": 0, "head": 0, "other": 0}
     for name, param in model.named_parameters():
@@ -80,17 +92,10 @@ def _count(model: nn.Module) -> dict[str, int]:
         seen.add(id(param))
         counts["total"] += param.numel()
         if param.requires_grad:
-            counts[_kind(name)] += param.numel()
+            adapter = ".adapters." in f".{name}" or "lora_" in name
+            kind = "head" if is_head_parameter(name) else "adapter" if adapter else "other"
+            counts[kind] += param.numel()
     return counts
-
-
-def _kind(name: str) -> str:
-    """``head``, ``adapter`` (TT adapters, LoRA) or ``other`` (norms, biases, base weights)."""
-    if is_head_parameter(name):
-        return "head"
-    if ".adapters." in f".{name}" or "lora_" in name:
-        return "adapter"
-    return "other"
 
 
 def _broadcast(value: Any) -> Any:
@@ -122,7 +127,6 @@ def run(
         FinetuneError: Bad data, model, method or options (a ``ValueError``).
     """
     import torch.distributed as dist
-    from accelerate.state import AcceleratorState
 
     owns_group = not (dist.is_available() and dist.is_initialized())
     PartialState(cpu=on_cpu(config.device))  # joins torchrun's / accelerate's process group
@@ -137,7 +141,7 @@ def run(
                 dist.barrier()
             dist.destroy_process_group()
         if owns_group:
-            AcceleratorState._reset_state(reset_partial_state=True)
+            reset_accelerate(partial=True)
 
 
 def _run(config: FinetuneConfig, on_step: Callable[[int, nn.Module], None] | None) -> Result:
@@ -164,15 +168,16 @@ def _run(config: FinetuneConfig, on_step: Callable[[int, nn.Module], None] | Non
     main = PartialState().is_main_process
     adapter_bytes = 0
     if config.save and main:
-        out.mkdir(parents=True, exist_ok=True)
-        method.save(model, out / ADAPTER_DIR)
-        adapter_bytes = _folder_bytes(out / ADAPTER_DIR)
-        saved = {"format": 1, "config": {**config.to_dict(), **_absolute_paths(config)}}
-        saved |= {"model": spec.to_dict(), "base_fingerprint": base_fingerprint}
-        saved |= {"labels": labels, "task": task.name}
-        atomic_write(out / RUN_FILE, (json.dumps(saved, indent=2) + "\n").encode())
-        label2id = {name: i for i, name in enumerate(labels)}
-        atomic_write(out / "labels.json", (json.dumps(label2id, indent=2) + "\n").encode())
+        adapter_bytes = runs.write_run(
+            out,
+            method,
+            model,
+            config,
+            model=spec.to_dict(),
+            base_fingerprint=base_fingerprint,
+            labels=labels,
+            task=task.name,
+        )
     result = _result(config, description, stats, counts, task, labels)
     result.adapter_bytes = _broadcast(adapter_bytes)
     result.output_dir = str(out) if config.save else None
@@ -184,20 +189,20 @@ def _run(config: FinetuneConfig, on_step: Callable[[int, nn.Module], None] | Non
 def _result(
     config: FinetuneConfig,
     description: str,
-    stats: dict[str, Any],
+    stats: TrainStats,
     counts: dict[str, int],
-    task: Any,
+    task: Task,
     labels: list[str],
 ) -> Result:
     """The :class:`Result` of a run from its training stats and parameter counts."""
-    final = stats["history"][-1]
+    final = stats.history[-1]
     trainable = counts["adapter"] + counts["head"] + counts["other"]
     return Result(
         method=config.method,
         description=description,
         accuracy=final.get("accuracy", math.nan),
         macro_f1=final.get("macro_f1", math.nan),
-        history=stats["history"],
+        history=stats.history,
         trainable_params=trainable,
         adapter_params=counts["adapter"],
         head_params=counts["head"],
@@ -205,122 +210,35 @@ def _result(
         total_params=counts["total"],
         trainable_share=trainable / counts["total"],
         adapter_bytes=0,
-        seconds_per_step=stats["seconds_per_step"],
-        train_seconds=stats["train_seconds"],
-        peak_memory_mb=peak_memory_mb(stats["device"]),
+        seconds_per_step=stats.seconds_per_step,
+        train_seconds=stats.train_seconds,
+        peak_memory_mb=peak_memory_mb(stats.device),
         num_train=task.num_train,
         num_test=int(final["examples"]),
         labels=labels,
         seed=config.seed,
         output_dir=None,
-        world_size=stats["world_size"],
-        allreduce_bytes_per_step=stats["allreduce_bytes"],
-        resumed_from_step=stats["resumed_from"],
+        world_size=stats.world_size,
+        allreduce_bytes_per_step=stats.allreduce_bytes,
+        resumed_from_step=stats.resumed_from,
         task=task.name,
-        tokens_per_second=stats["tokens_per_second"],
+        tokens_per_second=stats.tokens_per_second,
         metrics={k: v for k, v in final.items() if k in _LM_METRICS},
         samples=list(final.get("samples", [])),
-        budget=dict(stats.get("budget") or {}),
+        budget=dict(stats.budget),
     )
 
 
-_LM_METRICS = ("loss", "perplexity", "tokens", "truncated")
-
-
-def build_task(config: FinetuneConfig, spec: ModelSpec) -> tuple[nn.Module, Any, Any, list[str]]:
-    """Read the data, load the model for ``config``'s task, and build the task.
-
-    ``task="auto"`` is ``lm`` for decoder-only models (said in the log) and ``classify`` otherwise.
-    The lm task takes its data form from the config: ``template`` and ``verbalizer``
-    (classification as text; the built-in data has a default prompt), or ``prompt_column`` and
-    ``completion_column``, or plain text from ``text_column``.
-
-    Returns:
-        ``(model, tokenizer, task, labels)``; ``labels`` is empty for unlabelled lm data.
-
-    Raises:
-        FinetuneError: ``--task lm`` on an encoder-only model, or options of the other task.
-    """
-    name = _task_name(config, spec)
-    data = read_data(config, name)
-    torch.manual_seed(config.seed)
-    labels = data.labels if isinstance(data, data_mod.Split) else []
-    model, tokenizer = load_model(spec, len(labels) if name == "classify" else None, labels=labels)
-    check_max_length(config.max_length, model, tokenizer)
-    return model, tokenizer, make_task(config, name, tokenizer, data), labels
-
-
-def read_data(config: FinetuneConfig, task: str) -> Any:
-    """A :class:`~tensortrain_nn.finetune.data.Split` of labelled texts, or ``(train, test)`` lm
-    examples (prompt/completion or plain text)."""
-    from tensortrain_nn.finetune import lm
-
-    builtin = config.data in (None, data_mod.BUILTIN)
-    if task == "classify" or builtin or config.template or config.verbalizer:
-        if task == "lm" and not builtin and (config.template is None or config.verbalizer is None):
-            raise FinetuneError("classification as text needs both --template and --verbalizer")
-        return build_split(config)
-    return lm.read_examples(config)
-
-
-def make_task(config: FinetuneConfig, task: str, tokenizer: Any, data: Any) -> Any:
-    """The task object over ``data`` (what :func:`read_data` returned)."""
-    from tensortrain_nn.finetune import lm
-
-    if not isinstance(data, data_mod.Split):
-        return lm.LMTask(tokenizer, *data, max_length=config.max_length)
-    if task == "classify":
-        return ClassifyTask(tokenizer, data, config.max_length)
-    return lm.classification_task(
-        tokenizer,
-        data,
-        template=config.template or lm.BUILTIN_TEMPLATE,
-        verbalizer=config.verbalizer or lm.BUILTIN_VERBALIZER,
-        max_length=config.max_length,
-        length_normalise=config.length_normalise,
-    )
-
-
-def _task_name(config: FinetuneConfig, spec: ModelSpec) -> str:
-    """``config.task``, with ``auto`` resolved from the model's kind (and said in the log)."""
-    decoder = is_decoder_only(spec)
-    name = config.task
-    if name == "auto":
-        name = "lm" if decoder else "classify"
-        if decoder and config.progress and PartialState().is_main_process:
-            print(f"--task auto: {spec.name} is a decoder-only LM, so the task is lm", flush=True)
-    if name == "lm" and not decoder:
-        raise FinetuneError(f"--task lm needs a decoder-only LM; --model {spec.name} is not one")
-    lm_only = ("template", "verbalizer", "prompt_column", "completion_column")
-    given = [f"--{f.replace('_', '-')}" for f in lm_only if getattr(config, f) is not None]
-    if name == "classify" and given:
-        raise FinetuneError(f"{given[0]} needs --task lm (the model is trained as a classifier)")
-    return name
-
-
-def _zero_shot(
-    model: nn.Module,
-    task: Any,
-    config: FinetuneConfig,
-    *,
-    evaluate: Any,
-    checkpoints: Path | None,
-    on_step: Any,
-) -> dict[str, Any]:
+def _zero_shot(model: nn.Module, task: Task, config: FinetuneConfig, **loop: Any) -> TrainStats:
     """``--method none``: no training, one evaluation (the baseline an LLM table needs)."""
     model.eval()
     with torch.no_grad():
-        scores = evaluate(model) if PartialState().is_main_process else {}
-    return {
-        "history": [{"epoch": 0, "loss": math.nan, **_broadcast(scores)}],
-        "train_seconds": 0.0,
-        "seconds_per_step": 0.0,
-        "tokens_per_second": 0.0,
-        "allreduce_bytes": 0,
-        "resumed_from": None,
-        "world_size": PartialState().num_processes,
-        "device": next(model.parameters()).device,
-    }
+        scores = loop["evaluate"](model) if PartialState().is_main_process else {}
+    return TrainStats(
+        history=[{"epoch": 0, "loss": math.nan, **_broadcast(scores)}],
+        device=next(model.parameters()).device,
+        world_size=PartialState().num_processes,
+    )
 
 
 def _checkpoint_activations(model: nn.Module) -> None:
@@ -329,15 +247,6 @@ def _checkpoint_activations(model: nn.Module) -> None:
     if enable is None or not getattr(model, "supports_gradient_checkpointing", True):
         raise FinetuneError(f"--gradient-checkpointing: {type(model).__name__} does not support it")
     enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
-
-def _absolute_paths(config: FinetuneConfig) -> dict[str, str]:
-    """Data paths made absolute, so that a saved run works from any folder."""
-    return {
-        key: str(Path(value).resolve())
-        for key in ("data", "test_data")
-        if (value := getattr(config, key)) is not None and value != data_mod.BUILTIN
-    }
 
 
 def compare(
@@ -419,84 +328,7 @@ def _run_with_threads(config: FinetuneConfig, threads: int) -> Result:
 
 
 def _stamp() -> str:
-    import time
-
     return time.strftime("%Y%m%d-%H%M%S")
-
-
-def read_run(folder: Path) -> tuple[Path, dict[str, Any]]:
-    """The run folder (``folder`` or its parent) and its ``run.json``; cheap, loads no model.
-
-    Raises:
-        FileNotFoundError: ``folder`` does not exist.
-        AdapterError: Neither ``folder`` nor its parent holds a valid ``run.json``.
-    """
-    if not folder.exists():
-        raise FileNotFoundError(f"adapter folder not found: {folder}")
-    for candidate in (folder, folder.parent):
-        if (candidate / RUN_FILE).is_file():
-            try:
-                return candidate, json.loads((candidate / RUN_FILE).read_text())
-            except json.JSONDecodeError as exc:
-                raise AdapterError(f"{candidate / RUN_FILE} is not valid JSON") from exc
-    raise AdapterError(f"{folder} is not a saved run: it has no {RUN_FILE}")
-
-
-def load_run(folder: str | Path, *, model: str | None = None) -> tuple[nn.Module, Any, dict]:
-    """Load a saved run: the base model it names (or ``model``) with its adapter on top.
-
-    Args:
-        folder: The run folder (or its ``adapter/`` sub-folder).
-        model: Another base model to put the adapter on; it must have the same architecture.
-
-    Returns:
-        ``(model, tokenizer, run_info)`` with the model in eval mode on the CPU.
-
-    Raises:
-        FileNotFoundError: The folder or the base model does not exist.
-        AdapterError: Not a run folder, or the adapter was saved for another base model.
-    """
-    root, base, tokenizer, info = load_base(folder, model=model)
-    loaded = _load_adapter(info, base, root / ADAPTER_DIR)
-    loaded.eval()
-    return loaded, tokenizer, info
-
-
-def _load_adapter(info: dict[str, Any], base: nn.Module, folder: Path) -> nn.Module:
-    """Put a run's saved adapter on ``base`` (a rank-budget run's TT ranks come from the file)."""
-    return get_method(info["config"]["method"]).load(base, folder)
-
-
-def load_base(folder: str | Path, *, model: str | None = None) -> tuple[Path, nn.Module, Any, dict]:
-    """A saved run's base model without its adapter: ``(run folder, model, tokenizer, run_info)``.
-
-    Raises:
-        FileNotFoundError: The folder or the base model does not exist.
-        AdapterError: Not a run folder, or ``model`` is not the run's architecture.
-    """
-    root, info = read_run(Path(folder))
-    saved = info["model"]
-    if model is not None:
-        spec = resolve_model(model)
-    elif saved["name"] in ("minilm", "smollm2"):
-        spec = resolve_model(saved["name"])
-    else:
-        spec = ModelSpec(**saved)
-        if not Path(spec.folder).exists():
-            raise FileNotFoundError(f"the run's base model folder no longer exists: {spec.folder}")
-    lm_run = info.get("task") == "lm"
-    base, tokenizer = load_model(
-        spec, None if lm_run else len(info["labels"]), labels=info["labels"]
-    )
-    check_fingerprint(info["base_fingerprint"], base, saved_name=saved["name"], name=spec.name)
-    return root, base, tokenizer, info
-
-
-def _saved_task(info: dict[str, Any], tokenizer: Any, texts: list[str], ids: list[int]) -> Any:
-    """The task of a saved run over labelled ``texts`` (classification, or as text for lm)."""
-    config = FinetuneConfig.from_dict({**info["config"], "progress": False})
-    split = data_mod.Split([], [], texts, ids, info["labels"])
-    return make_task(config, info.get("task", "classify"), tokenizer, split)
 
 
 def predict(
@@ -507,16 +339,12 @@ def predict(
     Raises:
         AdapterError: The run has no labels (an lm run on prompts or text: use :func:`generate`).
     """
-    loaded, tokenizer, info = load_run(folder, model=model)
-    if not info["labels"]:
+    loaded, tokenizer, info = runs.load_run(folder, model=model)
+    kind, options = runs.saved_task(info)
+    if not kind.labelled or not info["labels"]:
         raise AdapterError(f"{folder} is an lm run without labels: use tensortrain generate")
-    task = _saved_task(info, tokenizer, list(texts), [0] * len(texts))
-    if isinstance(task, ClassifyTask):
-        ids = task.predict(loaded, list(texts), batch_size)
-    else:
-        with torch.no_grad():
-            ids = task.option_scores(loaded, batch_size).argmax(dim=-1).tolist()
-    return [info["labels"][i] for i in ids]
+    task = make_task(kind, tokenizer, Split([], [], [], [], info["labels"]), options)
+    return [info["labels"][i] for i in task.predict(loaded, list(texts), batch_size)]
 
 
 def evaluate(
@@ -535,23 +363,23 @@ def evaluate(
     Raises:
         DataError: A label in ``data`` was not seen in training (the message names it).
     """
-    loaded, tokenizer, info = load_run(folder, model=model)
-    cfg = FinetuneConfig.from_dict({**info["config"], "progress": False})
-    if data is None and not info["labels"]:
-        task = make_task(cfg, "lm", tokenizer, read_data(cfg, "lm"))
+    loaded, tokenizer, info = runs.load_run(folder, model=model)
+    kind, options = runs.saved_task(info)
+    if not kind.labelled:
+        held: Any = read_data(options, kind)
     elif data is None:
-        split = build_split(cfg)
-        task = _saved_task(info, tokenizer, split.test_texts, split.test_labels)
+        split = read_split(options)
+        held = Split([], [], split.test_texts, split.test_labels, info["labels"])
     else:
-        texts, names = data_mod.load_table(
+        texts, names = load_table(
             data,
-            text_column=text_column or cfg.text_column,
-            label_column=label_column or cfg.label_column,
+            text_column=text_column or options.text_column,
+            label_column=label_column or options.label_column,
         )
-        ids = data_mod.encode_labels(names, info["labels"], where=str(data))
-        task = _saved_task(info, tokenizer, texts, ids)
+        ids = encode_labels(names, info["labels"], where=str(data))
+        held = Split([], [], texts, ids, info["labels"])
     with torch.no_grad():
-        scores = task.evaluate(loaded.eval(), 64)
+        scores = make_task(kind, tokenizer, held, options).evaluate(loaded.eval(), 64)
     return {k: v for k, v in scores.items() if k != "samples"}
 
 
@@ -574,7 +402,7 @@ def generate_text(
         model: Another base model of the same architecture.
         merge: Fold the adapter into the weights (rep and LoRA; adp runs unmerged).
         **options: ``max_new_tokens``, ``temperature``, ``top_p``, ``seed``, ``batch_size`` of
-            :func:`tensortrain_nn.finetune.generate.generate`.
+            :func:`tensortrain_nn.tasks.generate`.
 
     Returns:
         The new text of each prompt.
@@ -582,16 +410,14 @@ def generate_text(
     Raises:
         AdapterError: Not an lm run, or an adapter made for another base model.
     """
-    from tensortrain_nn.finetune import generate as gen
-
-    loaded, tokenizer, info = load_run(folder, model=model)
+    loaded, tokenizer, info = runs.load_run(folder, model=model)
     if info.get("task") != "lm":
         raise AdapterError(
             f"{folder} is a {info.get('task', 'classify')} run; generate needs an lm run"
         )
     if merge:
         loaded = _merged(loaded, info["config"]["method"])
-    return gen.generate(loaded, tokenizer, list(prompts), **options)
+    return generate(loaded, tokenizer, list(prompts), **options)
 
 
 def _merged(model: nn.Module, method: str) -> nn.Module:

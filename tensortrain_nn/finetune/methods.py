@@ -19,8 +19,9 @@ from typing import Any
 from torch import nn
 
 from tensortrain_nn._files import atomic_write, read_safetensors
-from tensortrain_nn.finetune.errors import AdapterError, FinetuneError
+from tensortrain_nn.finetune import rounding
 from tensortrain_nn.surgery.targets import is_head_parameter
+from tensortrain_nn.tasks import AdapterError, FinetuneError
 
 Setup = Callable[[nn.Module, dict[str, Any], str], tuple[nn.Module, str]]
 Save = Callable[[nn.Module, Path], None]
@@ -77,11 +78,15 @@ def _freeze_all_but_head(model: nn.Module) -> int:
     return count
 
 
+def _no_options(method: str, options: dict[str, Any]) -> None:
+    if options:
+        raise FinetuneError(f"method {method!r} takes no options, got: {', '.join(options)}")
+
+
 def _setup_head(model: nn.Module, options: dict[str, Any], task: str) -> tuple[nn.Module, str]:
     if task != "classify":
         raise FinetuneError("--method head needs --task classify (a causal LM has no task head)")
-    if options:
-        raise FinetuneError(f"method 'head' takes no options, got: {', '.join(options)}")
+    _no_options("head", options)
     count = _freeze_all_but_head(model)
     return model, f"head only ({count:,} parameters)"
 
@@ -89,15 +94,13 @@ def _setup_head(model: nn.Module, options: dict[str, Any], task: str) -> tuple[n
 def _setup_none(model: nn.Module, options: dict[str, Any], task: str) -> tuple[nn.Module, str]:
     if task != "lm":
         raise FinetuneError("--method none (zero-shot) needs --task lm")
-    if options:
-        raise FinetuneError(f"method 'none' takes no options, got: {', '.join(options)}")
+    _no_options("none", options)
     model.requires_grad_(False)
     return model, "zero-shot (no training)"
 
 
 def _setup_full(model: nn.Module, options: dict[str, Any], task: str) -> tuple[nn.Module, str]:
-    if options:
-        raise FinetuneError(f"method 'full' takes no options, got: {', '.join(options)}")
+    _no_options("full", options)
     for param in model.parameters():
         param.requires_grad_(True)
     return model, "full fine-tuning"
@@ -192,14 +195,10 @@ def _tensortrain_nn() -> Any:
 
 def _tt_setup(mode: str) -> Setup:
     def setup(model: nn.Module, options: dict[str, Any], task: str) -> tuple[nn.Module, str]:
-        from tensortrain_nn.budget import BUDGET_OPTIONS, check_budget
-
         options = {**TT_DEFAULTS[mode], **options}
-        patch_options = {k: v for k, v in options.items() if k not in BUDGET_OPTIONS}
-        patched = _tensortrain_nn().patch(model, mode=mode, **patch_options)
+        patched = _tensortrain_nn().patch(model, mode=mode, **rounding.patch_options(options))
         model = patched if isinstance(patched, nn.Module) else model
-        if "budget" in options:  # the loop rounds to it (train.py); refuse one out of reach now
-            check_budget(model, options["budget"])
+        rounding.check_reachable(model, options)  # refused now, rounded in the loop
         shown = ", ".join(f"{k}={v}" for k, v in options.items())
         return model, f"LoRETTA_{mode}" + (f" ({shown})" if shown else "")
 

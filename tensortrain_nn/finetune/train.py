@@ -16,14 +16,13 @@ less memory. Only trainable tensors are synchronised (DDP skips frozen parameter
 Example::
 
     stats = train(model, ClassifyTask(tokenizer, split, 64), config, evaluate=lambda m: {})
+    stats.seconds_per_step, stats.history[-1]
 """
 
 from __future__ import annotations
 
 import math
 import os
-import resource
-import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -37,8 +36,9 @@ from torch import nn
 
 from tensortrain_nn.finetune.checkpoint import Checkpoints, config_digest
 from tensortrain_nn.finetune.config import FinetuneConfig
-from tensortrain_nn.finetune.errors import FinetuneError
-from tensortrain_nn.finetune.tasks import Task
+from tensortrain_nn.finetune.engine import forget_prepared, make_accelerator
+from tensortrain_nn.finetune.rounding import Rounding, check_world
+from tensortrain_nn.tasks import FinetuneError, Task
 
 Evaluate = Callable[[nn.Module], dict[str, Any]]
 OnStep = Callable[[int, nn.Module], None]
@@ -70,14 +70,6 @@ def linear_schedule(total_steps: int, warmup_ratio: float) -> Callable[[int], fl
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
     return factor
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak CUDA memory allocated on ``device``, or the process's peak RSS on CPU, in MiB."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
 
 def shard(global_idx: Sequence[int], rank: int, world: int) -> tuple[list[int], float]:
@@ -136,46 +128,33 @@ def unused_parameters(model: nn.Module, task: Task, batch_size: int) -> list[str
     return names
 
 
-def check_device(device: str) -> None:
-    """Refuse a CUDA device this torch cannot see (``auto`` and ``cpu`` always work).
+@dataclass
+class TrainStats:
+    """What training measured; :func:`~tensortrain_nn.finetune.job.run` turns it into a Result.
 
-    Raises:
-        FinetuneError: ``--device cuda`` (or ``cuda:N``) without that CUDA device.
+    Attributes:
+        history: Per epoch: ``{"epoch", "loss", ...}`` plus the evaluated metrics.
+        device: Where the model trained.
+        steps: Optimizer steps of the run.
+        train_seconds: Wall time of training (evaluation and checkpoints excluded).
+        seconds_per_step: ``train_seconds / steps``.
+        tokens_per_second: Training tokens (padding excluded) per second.
+        allreduce_bytes: Gradient bytes all-reduced per step (0 on one process).
+        resumed_from: The checkpoint step the run resumed from, or None.
+        world_size: Processes that trained.
+        budget: What the budget rounding did (empty without a budget).
     """
-    if not device.startswith("cuda"):
-        return
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    index = int(device.partition(":")[2] or 0)
-    if index >= count:
-        seen = f"{count} CUDA devices" if count else "no CUDA device (a CPU build or no GPU)"
-        raise FinetuneError(f"--device {device}: this torch sees {seen}; use --device cpu or auto")
 
-
-def on_cpu(device: str) -> bool:
-    """Whether ``device`` means the CPU (``auto`` on a machine without CUDA does).
-
-    accelerate needs to be told: without ``cpu=True`` it runs a torchrun job on a CPU-only
-    machine as independent single processes.
-    """
-    return device == "cpu" or (device == "auto" and not torch.cuda.is_available())
-
-
-def make_accelerator(config: FinetuneConfig, find_unused: bool = False) -> Any:
-    """An ``Accelerator`` for ``config`` (device, bf16, DDP options); resets a previous run's."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-    from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
-
-    check_device(config.device)
-    if ":" in config.device:
-        torch.cuda.set_device(torch.device(config.device))
-    AcceleratorState._reset_state(reset_partial_state=False)  # mixed precision may differ per run
-    return Accelerator(
-        cpu=on_cpu(config.device),
-        mixed_precision="bf16" if config.bf16 else "no",
-        dataloader_config=DataLoaderConfiguration(split_batches=True),  # scheduler: once a step
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused)],
-    )
+    history: list[dict[str, Any]]
+    device: torch.device
+    steps: int = 0
+    train_seconds: float = 0.0
+    seconds_per_step: float = 0.0
+    tokens_per_second: float = 0.0
+    allreduce_bytes: int = 0
+    resumed_from: int | None = None
+    world_size: int = 1
+    budget: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -230,13 +209,13 @@ def train(
     evaluate: Evaluate,
     checkpoints: Path | None = None,
     on_step: OnStep | None = None,
-) -> dict[str, Any]:
+) -> TrainStats:
     """Train ``model`` in place on ``task``, data-parallel when launched so.
 
     Args:
         model: A model whose trainable parameters have ``requires_grad`` (on the CPU or its
             device; the accelerator places it).
-        task: What to train on (:class:`~tensortrain_nn.finetune.tasks.Task`).
+        task: What to train on (:class:`~tensortrain_nn.tasks.Task`).
         config: Epochs, batch size, learning rate, schedule, clipping, seed, bf16, accumulation,
             progress bar, ``checkpoint_every`` and ``resume``.
         evaluate: ``evaluate(model)`` after each epoch (after the last only, unless
@@ -245,8 +224,7 @@ def train(
         on_step: Called after every optimizer step with the global step and the model.
 
     Returns:
-        ``{"history", "steps", "train_seconds", "seconds_per_step", "tokens_per_second",
-        "allreduce_bytes", "resumed_from", "world_size", "device", "budget"}``.
+        The run's :class:`TrainStats`.
 
     With ``config.rank_budget`` (method options ``budget`` and ``budget_at``), the adapter's TT
     layers are rounded to the budget (:func:`tensortrain_nn.budget.fit_budget`) after
@@ -260,12 +238,7 @@ def train(
     """
     with frozen_inactive_adapters(model):
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world > 1 and config.rank_budget is not None:
-            raise FinetuneError(
-                "method option budget needs a single process: rounding gives the TT cores new "
-                f"shapes, and the DDP wrapper of {world} processes is not rebuilt for them; "
-                "train on one process (one GPU or the CPU)"
-            )
+        check_world(config.rank_budget, world)
         find_unused = world > 1 and bool(unused_parameters(model, task, config.batch_size))
         if find_unused:
             warnings.warn(
@@ -287,11 +260,9 @@ class _Loop:
         self.total = self.steps_per_epoch * config.epochs
         self.schedule = linear_schedule(self.total, config.warmup_ratio)
         self.acc, self.task, self.config, self.pos = acc, task, config, Position()
-        budget = config.rank_budget
-        self.budget_step = None if budget is None else math.floor(budget[1] * self.total)
-        self.budget: dict[str, Any] = {}
-        if self.budget_step == 0:  # before the first step: nothing to rebuild
-            self._fit_budget(model)
+        self.rounding = Rounding(config.rank_budget, self.total)
+        if self.rounding.step == 0:  # before the first step: nothing to rebuild
+            self.rounding.fit(model, 0)
         optimizer, scheduler = self._optimizer(model)
         self.model, self.optimizer, self.scheduler = acc.prepare(model, optimizer, scheduler)
         self.trainable = [p for p in model.parameters() if p.requires_grad]
@@ -326,34 +297,16 @@ class _Loop:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.schedule, last_epoch=step - 1)
         return optimizer, scheduler
 
-    def _fit_budget(self, model: nn.Module) -> bool:
-        """Round ``model``'s adapter to the budget; whether any parameter was replaced."""
-        from tensortrain_nn.budget import adapter_parameters, fit_budget
-
-        assert self.config.rank_budget is not None
-        params = [id(p) for p in model.parameters()]
-        before = adapter_parameters(model)
-        ranks = fit_budget(model, self.config.rank_budget[0])
-        self.budget = {
-            "budget": self.config.rank_budget[0],
-            "step": self.pos.global_step,
-            "adapter_params_before": before,
-            "adapter_params_after": adapter_parameters(model),
-            "ranks": {name: list(r) for name, r in ranks.items()},
-        }
-        return [id(p) for p in model.parameters()] != params
-
     def _round_and_rebuild(self) -> None:
         """Round to the budget mid-run, then rebuild optimizer and scheduler for the new cores.
 
         Adam's moments carry over for the parameters that stayed (head, norms...); the rounded
-        cores start with fresh moments. The old optimizer and scheduler leave the accelerator's
-        lists (``_optimizers`` / ``_schedulers``, which accelerate offers no public way to
-        drop from), so that only the new ones are stepped, clipped and saved.
+        cores start with fresh moments. The old optimizer and scheduler leave the accelerator
+        (:func:`forget_prepared`), so that only the new ones are stepped, clipped and saved.
         """
         acc = self.acc
         model = acc.unwrap_model(self.model)
-        if not self._fit_budget(model):
+        if not self.rounding.fit(model, self.pos.global_step):
             return
         old = self.optimizer.optimizer
         optimizer, scheduler = self._optimizer(model)
@@ -361,16 +314,11 @@ class _Loop:
             for param in group["params"]:
                 if param in old.state:
                     optimizer.state[param] = old.state[param]
-        for registry, stale in (
-            (acc._optimizers, self.optimizer),
-            (acc._schedulers, self.scheduler),
-        ):
-            if stale in registry:
-                registry.remove(stale)
+        forget_prepared(acc, self.optimizer, self.scheduler)
         self.optimizer, self.scheduler = acc.prepare(optimizer, scheduler)
         self.trainable = [p for p in model.parameters() if p.requires_grad]
 
-    def run(self, evaluate: Evaluate, on_step: OnStep | None) -> dict[str, Any]:
+    def run(self, evaluate: Evaluate, on_step: OnStep | None) -> TrainStats:
         from tqdm.auto import tqdm
 
         acc, config, pos = self.acc, self.config, self.pos
@@ -390,7 +338,7 @@ class _Loop:
                     order[step * config.batch_size : (step + 1) * config.batch_size]
                 )
                 pos.step, pos.global_step = step + 1, pos.global_step + 1
-                if pos.global_step == self.budget_step:
+                if pos.global_step == self.rounding.step:
                     self._round_and_rebuild()
                 every = config.checkpoint_every
                 if (
@@ -414,18 +362,18 @@ class _Loop:
             if acc.num_processes > 1
             else 0
         )
-        return {
-            "history": pos.history,
-            "steps": self.total,
-            "train_seconds": pos.train_seconds,
-            "seconds_per_step": pos.train_seconds / max(1, self.total),
-            "tokens_per_second": pos.tokens / max(1e-9, pos.train_seconds),
-            "allreduce_bytes": sync,
-            "resumed_from": self.resumed_from,
-            "world_size": acc.num_processes,
-            "device": acc.device,
-            "budget": self.budget,
-        }
+        return TrainStats(
+            history=pos.history,
+            device=acc.device,
+            steps=self.total,
+            train_seconds=pos.train_seconds,
+            seconds_per_step=pos.train_seconds / max(1, self.total),
+            tokens_per_second=pos.tokens / max(1e-9, pos.train_seconds),
+            allreduce_bytes=sync,
+            resumed_from=self.resumed_from,
+            world_size=acc.num_processes,
+            budget=self.rounding.record,
+        )
 
     def _optimizer_step(self, idx: Sequence[int]) -> None:
         acc, pos = self.acc, self.pos

@@ -241,10 +241,10 @@ def _two_adapters(config_path: str, out: Path) -> dict[str, Any]:
     import torch.distributed as dist
 
     import tensortrain_nn
-    from tensortrain_nn.finetune.job import build_split
-    from tensortrain_nn.finetune.models import load_model, resolve_model
-    from tensortrain_nn.finetune.tasks import ClassifyTask
+    from tensortrain_nn.finetune import build_split
     from tensortrain_nn.finetune.train import train
+    from tensortrain_nn.models import load_model, resolve_model
+    from tensortrain_nn.tasks import ClassifyTask
 
     config = _config(config_path)
     dist.init_process_group(
@@ -309,3 +309,59 @@ if __name__ == "__main__":
         _ddp(config_file, Path(arg))
     else:
         _pause(config_file, int(arg))
+
+
+# ----------------------------------------------------------------------------- tiny causal LMs
+
+SENTENCES = [
+    "a good film with a warm story",
+    "a bad movie, dull plot and cold actors",
+    "Review: great scene\nSentiment: good",
+    "the plot is boring but the actor is superb",
+    "Question: what is it?\nAnswer: a very bad film",
+]
+
+
+def tiny_tokenizer(bos: bool) -> Any:
+    """A byte-level BPE tokenizer (320 ids) with ``<eos>``, and ``<bos>`` prepended if ``bos``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<eos>", "<bos>"] if bos else ["<eos>"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(SENTENCES * 4, trainer)
+    extra = {}
+    if bos:
+        tok.post_processor = processors.TemplateProcessing(
+            single="<bos> $A", special_tokens=[("<bos>", tok.token_to_id("<bos>"))]
+        )
+        extra["bos_token"] = "<bos>"
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", **extra)
+
+
+def tiny_llama(tokenizer: Any, seed: int = 0) -> Any:
+    """A random 2-layer LLaMA (hidden 32, 4 heads, 2 KV heads) in eval mode."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=None,
+    )
+    return LlamaForCausalLM(config).eval()

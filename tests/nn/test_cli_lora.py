@@ -36,8 +36,7 @@ def test_export_a_rep_run_and_load_it_in_peft(
 ) -> None:
     from peft import PeftModel
 
-    from tensortrain_nn.finetune import load_run
-    from tensortrain_nn.finetune.job import load_base
+    from tensortrain_nn.finetune import load_base, load_run
 
     assert cli.main(["export-lora", str(runs / "rep" / "adapter"), str(tmp_path / "lora")]) == 0
     assert "peft LoRA adapter written" in capsys.readouterr().out

@@ -38,10 +38,10 @@ from tensortrain_nn.finetune import (
     predict,
     run,
 )
-from tensortrain_nn.finetune.data import label_names, load_builtin, load_table, make_split
-from tensortrain_nn.finetune.models import resolve_model
-from tensortrain_nn.finetune.tasks import metrics
 from tensortrain_nn.finetune.train import linear_schedule, parameter_groups
+from tensortrain_nn.models import resolve_model
+from tensortrain_nn.tasks import load_table, metrics
+from tensortrain_nn.tasks.data import label_names, load_builtin, make_split
 
 
 @pytest.fixture(scope="session")
@@ -245,3 +245,19 @@ def test_loretta_methods(tiny_bert: str, tiny_csv: str, tmp_path: Path, method: 
     assert result.other_params == 2 * 32 * (2 * 2 + 1)  # LayerNorms train by default: 5 of them
     assert result.adapter_bytes > 0
     assert evaluate(result.output_dir or "")["accuracy"] == pytest.approx(result.accuracy)
+
+
+# ----------------------------------------------------------------------------- learning
+
+
+def test_run_learns_a_separable_task(tmp_path: Path) -> None:
+    """End to end: ``run`` on two classes told apart by their words reaches high accuracy."""
+    if minilm_folder() is None:
+        pytest.skip("needs the packaged MiniLM tokenizer")
+    model = make_tiny_bert(tmp_path / "bert", dropout=0.0)
+    data = make_tiny_csv(tmp_path / "data.csv", n=60)  # 120 rows: 80 train, 40 held out
+    values = tiny_values(model, data, tmp_path / "run", method="full", test_size=40, epochs=4)
+    config = FinetuneConfig(**{**values, "batch_size": 4}, lr=3e-3, save=False)
+    result = run(config)
+    assert result.num_test == 40
+    assert result.accuracy >= 0.95

@@ -7,11 +7,12 @@ from typing import Any
 
 import pytest
 import torch
-from test_lm import tiny_llama, tiny_tokenizer
+from _helpers import tiny_llama, tiny_tokenizer
 
 import tensortrain_nn
 from tensortrain.errors import TTValueError
-from tensortrain_nn.finetune.generate import generate, generate_ids, prompt_ids
+from tensortrain_nn.tasks.batching import prompt_ids
+from tensortrain_nn.tasks.generation import generate, generate_ids
 
 PROMPTS = ["a good film", "the plot is boring but the actor", "Review:", ""]
 

@@ -13,82 +13,21 @@ from typing import Any
 
 import pytest
 import torch
+from _helpers import SENTENCES, tiny_llama, tiny_tokenizer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tensortrain_nn.finetune.data import Split
-from tensortrain_nn.finetune.errors import DataError, FinetuneError, ModelError
-from tensortrain_nn.finetune.generate import (
-    IGNORE_INDEX,
-    collate,
-    sequence_logprobs,
-)
-from tensortrain_nn.finetune.lm import (
-    BUILTIN_TEMPLATE,
-    LMExample,
-    LMTask,
-    classification_task,
-    load_lm_examples,
-    parse_verbalizer,
-    split_examples,
-)
-from tensortrain_nn.finetune.models import ModelSpec, is_decoder_only, load_model
+from tensortrain_nn.models import ModelSpec, is_decoder_only, load_model
+from tensortrain_nn.tasks import DataError, FinetuneError, LMExample, LMTask, ModelError, Split
+from tensortrain_nn.tasks import split_items as split_examples
+from tensortrain_nn.tasks.batching import IGNORE_INDEX, collate, sequence_logprobs
+from tensortrain_nn.tasks.data import load_lm_examples
+from tensortrain_nn.tasks.lm import classification_task
+from tensortrain_nn.tasks.scoring import BUILTIN_TEMPLATE, parse_verbalizer
 
 WORDS = ["good", "bad", "film", "plot", "warm", "dull", "actor", "scene", "story", "superb"]
-SENTENCES = [
-    "a good film with a warm story",
-    "a bad movie, dull plot and cold actors",
-    "Review: great scene\nSentiment: good",
-    "the plot is boring but the actor is superb",
-    "Question: what is it?\nAnswer: a very bad film",
-]
 VERBALIZER = 'pos=" good",neg=" very bad"'
 ATOL, RTOL = 1e-4, 1e-5  # float32 sums of a few log-probabilities
-
-
-def tiny_tokenizer(bos: bool) -> Any:
-    """A byte-level BPE tokenizer (320 ids) with ``<eos>``, and ``<bos>`` prepended if ``bos``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    specials = ["<eos>", "<bos>"] if bos else ["<eos>"]
-    trainer = trainers.BpeTrainer(
-        vocab_size=320,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(SENTENCES * 4, trainer)
-    extra = {}
-    if bos:
-        tok.post_processor = processors.TemplateProcessing(
-            single="<bos> $A", special_tokens=[("<bos>", tok.token_to_id("<bos>"))]
-        )
-        extra["bos_token"] = "<bos>"
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", **extra)
-
-
-def tiny_llama(tokenizer: Any, seed: int = 0) -> Any:
-    """A random 2-layer LLaMA (hidden 32, 4 heads, 2 KV heads) in eval mode."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=None,
-    )
-    return LlamaForCausalLM(config).eval()
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["no_bos", "bos"])

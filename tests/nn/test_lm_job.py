@@ -12,8 +12,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from _helpers import fails_in_one_line
-from test_lm import tiny_llama, tiny_tokenizer
+from _helpers import fails_in_one_line, tiny_llama, tiny_tokenizer
 
 from tensortrain_nn import cli
 from tensortrain_nn.finetune import FinetuneConfig, evaluate, generate_text, predict, run

@@ -1,4 +1,4 @@
-"""Exceptions raised by the fine-tuning job.
+"""Exceptions raised by the tasks and the fine-tuning job.
 
 Each subclasses :class:`tensortrain.errors.TTError` and :class:`ValueError`, so a caller can
 catch the project's base class or the builtin. The command line turns every one of them into a
@@ -11,7 +11,7 @@ from tensortrain.errors import TTError
 
 
 class FinetuneError(TTError, ValueError):
-    """Base class of the fine-tuning job's errors (bad config, data, model or adapter)."""
+    """Base class of the fine-tuning errors (bad config, data, model or adapter)."""
 
 
 class DataError(FinetuneError):

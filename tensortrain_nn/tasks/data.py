@@ -1,6 +1,8 @@
-"""Labelled text data: CSV / JSONL files and the built-in Rotten Tomatoes snippets.
+"""Data as tasks read it: CSV / JSONL files, the built-in Rotten Tomatoes snippets, one split.
 
-A data set is a list of texts and a list of string labels. :func:`label_names` fixes the label ids
+A labelled data set is a list of texts and a list of string labels; an lm data set is a list of
+:class:`LMExample` (prompt and completion, or plain text). :func:`split_items` is the one
+train/test split of both. :func:`label_names` fixes the label ids
 (numeric labels sort numerically, others alphabetically); the mapping is saved with each run so that
 ``predict`` prints the same names.
 
@@ -24,12 +26,14 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
-from tensortrain_nn.finetune.errors import DataError
+from tensortrain_nn.tasks.base import BUILTIN
+from tensortrain_nn.tasks.errors import DataError, FinetuneError
 
-#: Name of the built-in data set (``FinetuneConfig(data=None)`` or ``data="rotten_tomatoes"``).
-BUILTIN = "rotten_tomatoes"
+__all__ = ["BUILTIN", "LMExample", "Split", "load_lm_examples", "load_table", "make_split"]
+
+T = TypeVar("T")
 #: The built-in set keeps only the review snippets labelled with these classes (drops ``plot``).
 BUILTIN_LABELS = ("fresh", "rotten")
 BUILTIN_TEST_SIZE = 800
@@ -211,6 +215,41 @@ def encode_labels(labels: Sequence[str], names: Sequence[str], *, where: str) ->
     return ids
 
 
+def split_items(
+    items: Sequence[T], *, test_size: int | float, seed: int = 0, test: Sequence[T] | None = None
+) -> tuple[list[T], list[T]]:
+    """``(train, test)``: shuffle with ``seed`` and hold out the first ``test_size`` items.
+
+    Args:
+        items: All examples (the training examples when ``test`` is given).
+        test_size: Held-out items: a count (int) or a fraction of ``items`` (float in (0, 1)).
+            Ignored when ``test`` is given.
+        seed: Seed of the shuffle (``random.Random(seed).shuffle`` of the indices).
+        test: An explicit held-out set; the train set is then all of ``items``, shuffled.
+
+    Raises:
+        DataError: No items, an empty ``test``, or a split that leaves nothing to train on.
+
+    Example:
+        >>> split_items(list("abcde"), test_size=2, seed=0)
+        (['a', 'e', 'd'], ['c', 'b'])
+    """
+    if not items:
+        raise DataError("the data set is empty")
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    if test is not None:
+        if not test:
+            raise DataError("the test data set is empty")
+        return [items[i] for i in order], list(test)
+    n_test = max(1, round(test_size * len(items)) if isinstance(test_size, float) else test_size)
+    if n_test >= len(items):
+        raise DataError(
+            f"test_size {test_size} leaves no training data ({len(items)} examples in all)"
+        )
+    return [items[i] for i in order[n_test:]], [items[i] for i in order[:n_test]]
+
+
 def make_split(
     texts: list[str],
     labels: list[str],
@@ -219,48 +258,92 @@ def make_split(
     seed: int = 0,
     test: tuple[list[str], list[str]] | None = None,
 ) -> Split:
-    """Shuffle with ``seed`` and hold out the first ``test_size`` examples (or use ``test``).
+    """Labelled data split by :func:`split_items`, labels turned into ids.
 
     Args:
         texts: All texts (or the training texts when ``test`` is given).
         labels: Their labels.
-        test_size: Held-out examples: a count (int) or a fraction of the data (float in (0, 1)).
-            Ignored when ``test`` is given.
-        seed: Seed of the shuffle (``random.Random(seed).shuffle`` of the row indices).
+        test_size: Held-out examples: a count or a fraction (see :func:`split_items`).
+        seed: Seed of the shuffle.
         test: An explicit ``(texts, labels)`` test set; the train set is then all of ``texts``.
 
     Returns:
-        The split; label names come from all of ``labels`` (see :func:`label_names`).
+        The split; label names come from all of ``labels`` (see :func:`label_names`), or from
+        the training labels when ``test`` is given.
 
     Raises:
         DataError: No data, a single class, a split that leaves nothing to train or test on, or a
             test label unseen in training.
     """
-    if not texts:
-        raise DataError("the data set is empty")
-    order = list(range(len(texts)))
-    random.Random(seed).shuffle(order)
-    if test is None:
-        n_test = round(test_size * len(texts)) if isinstance(test_size, float) else test_size
-        n_test = max(1, n_test)
-        if n_test >= len(texts):
-            raise DataError(
-                f"test_size {test_size} leaves no training data ({len(texts)} examples in all)"
-            )
-        test_idx, train_idx = order[:n_test], order[n_test:]
-        test_texts = [texts[i] for i in test_idx]
-        test_names = [labels[i] for i in test_idx]
-    else:
-        train_idx = order
-        test_texts, test_names = test
-        if not test_texts:
-            raise DataError("the test data set is empty")
-    train_names = [labels[i] for i in train_idx]
-    names = label_names(labels if test is None else train_names)
+    pairs = list(zip(texts, labels, strict=True))
+    held = None if test is None else list(zip(*test, strict=True))
+    train, tested = split_items(pairs, test_size=test_size, seed=seed, test=held)
+    names = label_names(labels if test is None else [y for _, y in train])
     return Split(
-        train_texts=[texts[i] for i in train_idx],
-        train_labels=encode_labels(train_names, names, where="training data"),
-        test_texts=test_texts,
-        test_labels=encode_labels(test_names, names, where="test data"),
+        train_texts=[t for t, _ in train],
+        train_labels=encode_labels([y for _, y in train], names, where="training data"),
+        test_texts=[t for t, _ in tested],
+        test_labels=encode_labels([y for _, y in tested], names, where="test data"),
         labels=names,
     )
+
+
+@dataclass(frozen=True)
+class LMExample:
+    """One lm example as text.
+
+    Attributes:
+        prompt: What the model reads ("" for plain text).
+        reference: What it should write: the completion, the text, or the gold answer.
+        label: Label id (an index into the task's answers) for classification, else None.
+    """
+
+    prompt: str
+    reference: str
+    label: int | None = None
+
+
+def load_lm_examples(
+    path: str | Path,
+    *,
+    prompt_column: str | None = None,
+    completion_column: str | None = None,
+    text_column: str | None = "text",
+) -> list[LMExample]:
+    """Read prompt/completion pairs (both columns given) or plain texts from a CSV / JSONL file.
+
+    Raises:
+        FileNotFoundError: No such file.
+        DataError: No rows, or a named column is missing (the message names the flag, the
+            column and the columns that exist).
+        FinetuneError: Only one of ``prompt_column`` / ``completion_column``, or no column.
+    """
+    if (prompt_column is None) != (completion_column is None):
+        given = "--prompt-column" if prompt_column is not None else "--completion-column"
+        other = "--completion-column" if prompt_column is not None else "--prompt-column"
+        raise FinetuneError(f"{given} {prompt_column or completion_column!r} needs {other} too")
+    if prompt_column is None and text_column is None:
+        raise FinetuneError(
+            "the lm task needs --text-column, or --prompt-column and --completion-column"
+        )
+    path = Path(path)
+    rows, columns = read_rows(path)
+    flags = (
+        {"--prompt-column": prompt_column, "--completion-column": completion_column}
+        if prompt_column is not None
+        else {"--text-column": text_column}
+    )
+    for flag, column in flags.items():
+        if column not in columns:
+            raise DataError(
+                f"{flag} {column!r}: data file {path} has no such column; "
+                f"its columns are: {', '.join(columns)}"
+            )
+
+    def cell(row: dict[str, object], column: str | None) -> str:
+        value = row.get(column or "")
+        return "" if value is None else str(value)
+
+    if prompt_column is not None:
+        return [LMExample(cell(r, prompt_column), cell(r, completion_column)) for r in rows]
+    return [LMExample("", cell(r, text_column)) for r in rows]

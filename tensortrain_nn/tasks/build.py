@@ -1,0 +1,98 @@
+"""From task options to a task: read the data once, in the form the task kind needs, and build it.
+
+Example (a real tokenizer, not run here)::
+
+    options = TaskOptions(data="reviews.csv", label_column="sentiment")
+    kind = decide_kind(options, decoder_only=False, model="minilm")
+    data = read_data(options, kind)                 # a Split: labelled texts
+    task = make_task(kind, tokenizer, data, options)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from tensortrain_nn.tasks.base import Task, TaskKind, TaskOptions
+from tensortrain_nn.tasks.classify import ClassifyTask
+from tensortrain_nn.tasks.data import (
+    BUILTIN_TEST_SIZE,
+    LMExample,
+    Split,
+    load_builtin,
+    load_lm_examples,
+    load_table,
+    make_split,
+    split_items,
+)
+from tensortrain_nn.tasks.lm import LMTask, classification_task
+from tensortrain_nn.tasks.scoring import BUILTIN_TEMPLATE, BUILTIN_VERBALIZER
+
+#: What :func:`read_data` returns: labelled texts, or ``(train, test)`` lm examples.
+TaskData = Split | tuple[list[LMExample], list[LMExample]]
+
+
+def read_split(options: TaskOptions) -> Split:
+    """The labelled train/test split (file or built-in data, held-out part, subsets).
+
+    Raises:
+        FileNotFoundError: A data file does not exist.
+        DataError: Missing columns, a single class, an unusable split or an unseen test label.
+    """
+    cols = {"text_column": options.text_column, "label_column": options.label_column}
+    if options.builtin:
+        texts, labels = load_builtin()
+        default: int | float = BUILTIN_TEST_SIZE
+    else:
+        texts, labels = load_table(options.data, **cols)  # type: ignore[arg-type]
+        default = 0.2
+    size = options.test_size if options.test_size is not None else default
+    test = None if options.test_data is None else load_table(options.test_data, **cols)
+    split = make_split(texts, labels, test_size=size, seed=options.split_seed, test=test)
+    n_train, n_test = options.max_train, options.max_test
+    return dataclasses.replace(
+        split,
+        train_texts=split.train_texts[:n_train],
+        train_labels=split.train_labels[:n_train],
+        test_texts=split.test_texts[:n_test],
+        test_labels=split.test_labels[:n_test],
+    )
+
+
+def read_examples(options: TaskOptions) -> tuple[list[LMExample], list[LMExample]]:
+    """``(train, test)`` prompt/completion or plain-text examples, split as :func:`read_split`."""
+    columns = {
+        "prompt_column": options.prompt_column,
+        "completion_column": options.completion_column,
+        "text_column": options.text_column,
+    }
+    examples = load_lm_examples(options.data, **columns)  # type: ignore[arg-type]
+    test = None if options.test_data is None else load_lm_examples(options.test_data, **columns)
+    size = options.test_size if options.test_size is not None else 0.2
+    train, held = split_items(examples, test_size=size, seed=options.split_seed, test=test)
+    return train[: options.max_train], held[: options.max_test]
+
+
+def read_data(options: TaskOptions, kind: TaskKind) -> TaskData:
+    """The data of a task of ``kind``: a :class:`Split` when labelled, else lm examples."""
+    return read_split(options) if kind.labelled else read_examples(options)
+
+
+def make_task(kind: TaskKind, tokenizer: Any, data: TaskData, options: TaskOptions) -> Task:
+    """The task of ``kind`` over ``data`` (what :func:`read_data` returned).
+
+    Raises:
+        DataError: A bad template or verbalizer (lm classification as text).
+    """
+    if not isinstance(data, Split):
+        return LMTask(tokenizer, *data, max_length=options.max_length)
+    if kind.name == "classify":
+        return ClassifyTask(tokenizer, data, options.max_length)
+    return classification_task(
+        tokenizer,
+        data,
+        template=options.template or BUILTIN_TEMPLATE,
+        verbalizer=options.verbalizer or BUILTIN_VERBALIZER,
+        max_length=options.max_length,
+        length_normalise=options.length_normalise,
+    )
