@@ -204,7 +204,7 @@ def load_llm(b: Bench) -> tuple[nn.Module, str]:
             num_key_value_heads=2,
         )
         return LlamaForCausalLM(cfg), "2-layer random LLaMA (stand-in for SmolLM2)"
-    from tensortrain_nn.finetune.models import load_model, resolve_model
+    from tensortrain_nn.models import load_model, resolve_model
 
     return load_model(resolve_model("smollm2"))[0], "SmolLM2-135M"
 

@@ -35,7 +35,7 @@ from _doc import replace_section
 
 import tensortrain_nn as ttnn
 from tensortrain_nn.finetune import FinetuneConfig, build_split, run
-from tensortrain_nn.finetune.models import load_model, resolve_model
+from tensortrain_nn.models import load_model, resolve_model
 from tensortrain_nn.peft_io import compress_lora, export_lora, from_lora
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -24,6 +24,7 @@ from typing import Any
 
 from tensortrain._checks import check_int, check_number
 from tensortrain.errors import TTError
+from tensortrain_nn.budget import RankBudget
 from tensortrain_nn.finetune import rounding
 from tensortrain_nn.finetune.methods import DEFAULT_LR, get_method
 from tensortrain_nn.tasks import FinetuneError, TaskOptions
@@ -127,9 +128,9 @@ class FinetuneConfig:
         rounding.check_options(self.method, self.method_options, self.checkpoint_every, self.resume)
 
     @property
-    def rank_budget(self) -> tuple[int, float] | None:
-        """``(budget, budget_at)`` from the method options, or None without a budget."""
-        return rounding.rank_budget(self.method_options)
+    def rank_budget(self) -> RankBudget | None:
+        """The rank budget in the method options, or None without a budget."""
+        return rounding.check_options(self.method, self.method_options, 0, False)
 
     def task_options(self) -> TaskOptions:
         """What the task reads from this config (data, columns, split, lengths, lm prompts)."""

@@ -19,7 +19,7 @@ from typing import Any
 from torch import nn
 
 from tensortrain_nn._files import atomic_write, read_safetensors
-from tensortrain_nn.finetune import rounding
+from tensortrain_nn.budget import check_budget, split_budget_options
 from tensortrain_nn.surgery.targets import is_head_parameter
 from tensortrain_nn.tasks import AdapterError, FinetuneError
 
@@ -196,9 +196,11 @@ def _tensortrain_nn() -> Any:
 def _tt_setup(mode: str) -> Setup:
     def setup(model: nn.Module, options: dict[str, Any], task: str) -> tuple[nn.Module, str]:
         options = {**TT_DEFAULTS[mode], **options}
-        patched = _tensortrain_nn().patch(model, mode=mode, **rounding.patch_options(options))
+        patch_options, budget = split_budget_options(options)
+        patched = _tensortrain_nn().patch(model, mode=mode, **patch_options)
         model = patched if isinstance(patched, nn.Module) else model
-        rounding.check_reachable(model, options)  # refused now, rounded in the loop
+        if budget:  # one out of reach is refused now; the loop rounds to it
+            check_budget(model, budget["budget"])
         shown = ", ".join(f"{k}={v}" for k, v in options.items())
         return model, f"LoRETTA_{mode}" + (f" ({shown})" if shown else "")
 

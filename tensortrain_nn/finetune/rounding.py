@@ -1,82 +1,47 @@
 """The job's one place for a parameter budget (``--opt budget=N``, ``--opt budget_at=F``).
 
-The rules are :mod:`tensortrain_nn.budget`'s (``check_budget``, ``fit_budget``); here is what
-the job does with them: which configs may carry a budget, refusing one out of reach before
-training, and rounding the adapter's TT ranks at step ``floor(budget_at * total_steps)``.
+The rules are :mod:`tensortrain_nn.budget`'s (:func:`~tensortrain_nn.budget.budget_options`,
+:class:`~tensortrain_nn.budget.RankBudget`); here is only what is the job's: a budget cannot be
+combined with checkpoints or several processes, and the loop rounds once, at a given step.
 
 Example:
-    >>> rank_budget({"budget": 5000})
-    (5000, 0.33)
-    >>> patch_options({"rank": 5, "budget": 5000})
-    {'rank': 5}
+    >>> check_options("rep", {"budget": 5000}, checkpoint_every=0, resume=False)
+    RankBudget(budget=5000, at=0.33)
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from torch import nn
 
-from tensortrain._checks import check_int, check_number
-from tensortrain_nn.budget import (
-    BUDGET_OPTIONS,
-    DEFAULT_BUDGET_AT,
-    adapter_parameters,
-    check_budget,
-    fit_budget,
-)
+from tensortrain.errors import TTError
+from tensortrain_nn.budget import RankBudget, budget_options
 from tensortrain_nn.tasks import FinetuneError
 
 
 def check_options(
     method: str, options: dict[str, Any], checkpoint_every: int, resume: bool
-) -> None:
-    """``budget`` / ``budget_at`` options: rep and adp only, in range, no checkpoints.
+) -> RankBudget | None:
+    """The budget in ``options`` (None without one), checked with the job's own rules.
 
     Raises:
-        FinetuneError: A budget for another method, ``budget_at`` alone, or with checkpoints.
-        TTValueError / TTTypeError: ``budget`` not a positive int, ``budget_at`` not in [0, 1].
+        FinetuneError: A budget for another method, a bad ``budget`` / ``budget_at``, or a
+            budget with checkpoints (a checkpoint after the rounding holds other shapes).
     """
-    given = [k for k in BUDGET_OPTIONS if k in options]
-    if not given:
-        return
-    if method not in ("rep", "adp"):
-        raise FinetuneError(
-            f"method option {given[0]} needs method rep or adp (TT ranks to round), "
-            f"got method {method!r}"
-        )
-    if "budget" not in options:
-        raise FinetuneError("method option budget_at needs budget (the parameter budget)")
-    check_int("method option budget", options["budget"])
-    if "budget_at" in options:
-        check_number("method option budget_at", options["budget_at"], minimum=0.0, maximum=1.0)
-    if checkpoint_every > 0 or resume:
+    try:
+        budget = budget_options(method, options)
+    except TTError as exc:
+        raise FinetuneError(str(exc)) from None
+    if budget is not None and (checkpoint_every > 0 or resume):
         raise FinetuneError(
             "method option budget cannot be combined with checkpoint_every or resume: a "
             "checkpoint written after the rounding holds cores of other shapes"
         )
+    return budget
 
 
-def rank_budget(options: dict[str, Any]) -> tuple[int, float] | None:
-    """``(budget, budget_at)`` of the method options, or None without a budget."""
-    if "budget" not in options:
-        return None
-    return int(options["budget"]), float(options.get("budget_at", DEFAULT_BUDGET_AT))
-
-
-def patch_options(options: dict[str, Any]) -> dict[str, Any]:
-    """The method options without the budget's (what ``patch`` takes)."""
-    return {k: v for k, v in options.items() if k not in BUDGET_OPTIONS}
-
-
-def check_reachable(model: nn.Module, options: dict[str, Any]) -> None:
-    """Refuse, before training, a budget below the patched model's smallest adapter."""
-    if "budget" in options:
-        check_budget(model, options["budget"])
-
-
-def check_world(budget: tuple[int, float] | None, world: int) -> None:
+def check_world(budget: RankBudget | None, world: int) -> None:
     """Refuse a budget under several processes (the DDP wrapper is not rebuilt for new shapes)."""
     if world > 1 and budget is not None:
         raise FinetuneError(
@@ -87,10 +52,10 @@ def check_world(budget: tuple[int, float] | None, world: int) -> None:
 
 
 class Rounding:
-    """When and how a run rounds its adapter to the budget.
+    """When a run rounds its adapter to the budget, and what the rounding did.
 
     Args:
-        budget: ``(budget, budget_at)``, or None (never rounds).
+        budget: The run's budget, or None (never rounds).
         total_steps: Optimizer steps of the run.
 
     Attributes:
@@ -99,22 +64,15 @@ class Rounding:
             ``_after``, ``ranks``); empty until it ran.
     """
 
-    def __init__(self, budget: tuple[int, float] | None, total_steps: int) -> None:
+    def __init__(self, budget: RankBudget | None, total_steps: int) -> None:
         self.budget = budget
-        self.step = None if budget is None else math.floor(budget[1] * total_steps)
+        self.step = None if budget is None else budget.step(total_steps)
         self.record: dict[str, Any] = {}
 
     def fit(self, model: nn.Module, global_step: int) -> bool:
         """Round ``model``'s adapter to the budget; whether any parameter was replaced."""
         assert self.budget is not None
         params = [id(p) for p in model.parameters()]
-        before = adapter_parameters(model)
-        ranks = fit_budget(model, self.budget[0])
-        self.record = {
-            "budget": self.budget[0],
-            "step": global_step,
-            "adapter_params_before": before,
-            "adapter_params_after": adapter_parameters(model),
-            "ranks": {name: list(r) for name, r in ranks.items()},
-        }
+        done = self.budget.apply(model)
+        self.record = {"budget": done.pop("budget"), "step": global_step, **done}
         return [id(p) for p in model.parameters()] != params

