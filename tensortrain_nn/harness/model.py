@@ -9,6 +9,7 @@ choice, rolling perplexity, generation) runs on it exactly as on a Hugging Face 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ REFUSED = ("peft", "delta", "parallelize", "tp_plan", "autogptq", "gptqmodel", "
 
 
 class ModelArgsError(TTValueError):
-    """A ``--model_args`` value of the ``tensortrain`` model type is wrong (the message names it)."""
+    """A ``--model_args`` value of the ``tensortrain`` model type is wrong; the message names it."""
 
 
 def _one_line(exc: BaseException) -> str:
@@ -192,6 +193,13 @@ def _merged(model: nn.Module, method: str) -> nn.Module:
     return tensortrain_nn.merge_and_unload(model)
 
 
+def _not_about_a_loaded_model(record: logging.LogRecord) -> bool:
+    """Drop ``HFLM``'s warnings that a loaded model was passed: here that is the design (the
+    device and dtype are applied before), so they would only alarm."""
+    text = record.getMessage()
+    return "already-initialized model" not in text and "kwarg is not of type `str`" not in text
+
+
 def _device(device: str | None) -> torch.device:
     """The device to evaluate on: ``device``, or CUDA when there is one and else the CPU."""
     if device is None:
@@ -257,12 +265,18 @@ class TensorTrainLM(HFLM):
                 f"{refused[0]}= does not apply to the tensortrain model type (the model comes "
                 "loaded from pretrained= and adapter=)"
             )
+        adapter_kind(adapter)  # a missing or foreign folder is named before the device
         where = _device(device)
         model, tokenizer, info = load_adapted(str(adapter), pretrained, merge=merge)
         if dtype not in (None, "auto"):
             model = model.to(_dtype(dtype))
         model = model.to(where)
-        super().__init__(pretrained=model, tokenizer=tokenizer, **kwargs)  # type: ignore[arg-type]
+        hf_logger = logging.getLogger(HFLM.__module__)
+        hf_logger.addFilter(_not_about_a_loaded_model)
+        try:
+            super().__init__(pretrained=model, tokenizer=tokenizer, **kwargs)
+        finally:
+            hf_logger.removeFilter(_not_about_a_loaded_model)
         self.adapter_info = {**info, "pretrained": pretrained}
 
     def get_model_info(self) -> dict[str, Any]:

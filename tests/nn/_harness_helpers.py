@@ -87,7 +87,7 @@ def write_task(folder: Path) -> Path:
         "test_split: test\n"
         "output_type: multiple_choice\n"
         'doc_to_text: "Review: {{review}}\\nSentiment:"\n'
-        "doc_to_choice: \"{{choices}}\"\n"
+        'doc_to_choice: "{{choices}}"\n'
         "doc_to_target: label\n"
         'target_delimiter: " "\n'
         "metric_list:\n"

@@ -8,6 +8,7 @@ JSONL file (tests/nn/_harness_helpers.py); nothing touches the network.
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import subprocess
 import sys
@@ -71,13 +72,19 @@ def run_dir(root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@functools.cache
+def task_manager(folder: Path) -> TaskManager:
+    """The local task alone (lm-eval's own thousands of tasks left unindexed: seconds saved)."""
+    return TaskManager(include_path=str(folder), include_defaults=False)
+
+
 def evaluate(root: Path, model: Any, model_args: str | None = None) -> dict[str, Any]:
     """``simple_evaluate`` on the local task; returns its results, samples included."""
     results = lm_eval.simple_evaluate(
         model=model,
         model_args=model_args,
         tasks=[TASK],
-        task_manager=TaskManager(include_path=str(root / "tasks")),
+        task_manager=task_manager(root / "tasks"),
         device="cpu",
         batch_size=4,
         log_samples=True,
@@ -138,9 +145,7 @@ def test_adp_adapter_runs_and_moves_the_scores_off_the_base(root: Path) -> None:
     assert ours["config"]["tensortrain_method"] == "adp"
     assert ours["config"]["tensortrain_merged"] is False
     moved = max(
-        abs(a - b)
-        for x, y in zip(loglikelihoods(ours), loglikelihoods(base))
-        for a, b in zip(x, y)
+        abs(a - b) for x, y in zip(loglikelihoods(ours), loglikelihoods(base)) for a, b in zip(x, y)
     )
     assert moved > 1e-2
 
@@ -154,6 +159,8 @@ def test_run_folder_needs_no_pretrained_and_equals_its_adapter_subfolder(
     assert adapter_kind(run_dir) == "run" and adapter_kind(run_dir / "adapter") == "run"
     model, tokenizer, info = load_adapted(run_dir)
     assert info == {"adapter": str(run_dir), "method": "rep", "merged": True}
+    assert not model.training and not any("adapters" in n for n, _ in model.named_parameters())
+    assert tokenizer("a good film")["input_ids"][0] == tokenizer.bos_token_id
     whole = evaluate(root, "tensortrain", f"adapter={run_dir}")
     sub = evaluate(root, TensorTrainLM(adapter=str(run_dir / "adapter"), device="cpu"))
     for mine, theirs in zip(loglikelihoods(whole), loglikelihoods(sub)):
@@ -196,7 +203,9 @@ def test_no_adapter_at_all(root: Path) -> None:
 
 
 def test_foreign_folder_lists_what_it_holds(root: Path) -> None:
-    message = one_line_error("adapter=", pretrained=str(root / "llama"), adapter=str(root / "tasks"))
+    message = one_line_error(
+        "adapter=", pretrained=str(root / "llama"), adapter=str(root / "tasks")
+    )
     assert "not a LoRETTA adapter" in message and "reviews.jsonl" in message
 
 
@@ -211,7 +220,9 @@ def test_adapter_folder_without_pretrained(root: Path) -> None:
 
 def test_pretrained_that_is_not_a_model(root: Path) -> None:
     one_line_error(
-        f"pretrained={str(root / 'tasks')!r}", pretrained=str(root / "tasks"), adapter=str(root / "rep")
+        f"pretrained={str(root / 'tasks')!r}",
+        pretrained=str(root / "tasks"),
+        adapter=str(root / "rep"),
     )
 
 
