@@ -92,29 +92,33 @@ def adapter_kind(adapter: str | Path) -> str:
 
 
 def _load_base(pretrained: str) -> tuple[nn.Module, Any]:
-    """A causal LM and its tokenizer from a transformers folder or a ``.gguf`` file (float32)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """A causal LM and its tokenizer: a packaged name, a transformers folder or a ``.gguf`` file."""
+    from tensortrain_nn.models import load_model, resolve_model
 
-    path = Path(pretrained).expanduser()
-    if path.is_file() and path.suffix == ".gguf":
-        folder, extra = path.parent, {"gguf_file": path.name}
-    elif path.is_dir() and (path / "config.json").is_file():
-        folder, extra = path, {}
-    else:
-        raise ModelArgsError(
-            f"pretrained={pretrained!r} is not a model folder (with config.json) or a .gguf "
-            "file; with an adapter folder of save_adapter, pretrained is the base model's path"
-        )
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **extra)
-        model = AutoModelForCausalLM.from_pretrained(
-            folder, local_files_only=True, dtype=torch.float32, **extra
-        )
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        return load_model(resolve_model(pretrained))
+    except (TTError, OSError) as exc:
+        raise ModelArgsError(f"pretrained={pretrained!r}: {_one_line(exc)}") from exc
+
+
+def _load(adapter: str | Path, pretrained: str | None) -> tuple[nn.Module, Any, str]:
+    """``(model, tokenizer, method)``: the base with ``adapter`` applied (unmerged)."""
+    if adapter_kind(adapter) == "run":
+        from tensortrain_nn.finetune import load_run
+
+        model, tokenizer, run_info = load_run(adapter, model=pretrained)
+        return model, tokenizer, str(run_info["config"]["method"])
+    if pretrained is None:
         raise ModelArgsError(
-            f"pretrained={pretrained!r}: cannot load a causal LM: {_one_line(exc)}"
-        ) from exc
-    return model, tokenizer
+            f"adapter={str(adapter)!r} is an adapter folder without a run.json, so "
+            "pretrained= must name its base model (a model folder, a .gguf file or a packaged name)"
+        )
+    import tensortrain_nn
+
+    model, tokenizer = _load_base(pretrained)
+    config = json.loads((Path(adapter).expanduser() / ADAPTER_CONFIG).read_text())
+    tensortrain_nn.load_adapter(model, Path(adapter).expanduser())
+    return model, tokenizer, str(config["mode"])
 
 
 def load_adapted(
@@ -125,9 +129,9 @@ def load_adapted(
     Args:
         adapter: A run folder of ``tensortrain finetune --task lm`` (or its ``adapter/``), or an
             adapter folder written by :func:`tensortrain_nn.save_adapter`.
-        pretrained: The base model: a transformers folder or a ``.gguf`` file, or (with a run
-            folder) a packaged name such as ``smollm2``. Optional with a run folder (the run
-            names its base), required with an adapter folder.
+        pretrained: The base model: a transformers folder, a ``.gguf`` file or a packaged name
+            such as ``smollm2``. Optional with a run folder (the run names its base), required
+            with an adapter folder.
         merge: Fold the update into the weights (rep and LoRA runs: same outputs, no adapter
             overhead). None: merge when the method allows it. adp adapters never merge.
 
@@ -145,25 +149,8 @@ def load_adapted(
         model, tokenizer, info = load_adapted("runs/rep")
         info["method"], info["merged"]       # ('rep', True)
     """
-    kind = adapter_kind(adapter)
     try:
-        if kind == "run":
-            from tensortrain_nn.finetune import load_run
-
-            model, tokenizer, run_info = load_run(adapter, model=pretrained)
-            method = str(run_info["config"]["method"])
-        else:
-            if pretrained is None:
-                raise ModelArgsError(
-                    f"adapter={str(adapter)!r} is an adapter folder without a run.json, so "
-                    "pretrained= must name its base model (a model folder or a .gguf file)"
-                )
-            import tensortrain_nn
-
-            model, tokenizer = _load_base(pretrained)
-            config = json.loads((Path(adapter).expanduser() / ADAPTER_CONFIG).read_text())
-            method = str(config["mode"])
-            tensortrain_nn.load_adapter(model, Path(adapter).expanduser())
+        model, tokenizer, method = _load(adapter, pretrained)
     except ModelArgsError:
         raise
     except (TTError, OSError) as exc:
