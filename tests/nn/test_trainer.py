@@ -40,8 +40,8 @@ class _Toy(torch.utils.data.Dataset):  # type: ignore[type-arg]
         }
 
 
-def _train(model: nn.Module, out: Path, callback: AdapterCheckpointCallback) -> None:
-    args = transformers.TrainingArguments(
+def _args(out: Path) -> object:
+    return transformers.TrainingArguments(
         output_dir=str(out),
         max_steps=4,
         per_device_train_batch_size=4,
@@ -54,10 +54,47 @@ def _train(model: nn.Module, out: Path, callback: AdapterCheckpointCallback) -> 
         disable_tqdm=True,
         seed=0,
     )
+
+
+def _train(model: nn.Module, out: Path, callback: AdapterCheckpointCallback) -> None:
     trainer = transformers.Trainer(
-        model=model, args=args, train_dataset=_Toy(), callbacks=[callback]
+        model=model, args=_args(out), train_dataset=_Toy(), callbacks=[callback]
     )
     trainer.train()
+
+
+class _StopAfterFirstSave(transformers.TrainerCallback):  # type: ignore[misc]
+    """An interruption: training ends right after the checkpoint of step 2 is written."""
+
+    def on_save(self, args: object, state: object, control: object, **kwargs: object) -> None:
+        if state.global_step == 2:  # type: ignore[attr-defined]
+            control.should_training_stop = True  # type: ignore[attr-defined]
+
+
+def test_trainer_resumes_a_patched_model_to_the_same_tensors(tmp_path: Path) -> None:
+    def patched() -> nn.Module:
+        model = build("bert").train()
+        ttnn.patch(model, r=4, tt_rank=3, dropout=0.0)
+        return model
+
+    whole = patched()
+    transformers.Trainer(model=whole, args=_args(tmp_path / "a"), train_dataset=_Toy()).train()
+    cut = patched()
+    callbacks = [_StopAfterFirstSave()]
+    trainer = transformers.Trainer(
+        model=cut, args=_args(tmp_path / "b"), train_dataset=_Toy(), callbacks=callbacks
+    )
+    trainer.train()
+    assert trainer.state.global_step == 2
+    resumed = patched()
+    trainer = transformers.Trainer(model=resumed, args=_args(tmp_path / "b"), train_dataset=_Toy())
+    trainer.train(resume_from_checkpoint=str(tmp_path / "b" / "checkpoint-2"))
+    assert trainer.state.global_step == 4
+    expected = {n: p for n, p in whole.named_parameters() if p.requires_grad}
+    got = {n: p for n, p in resumed.named_parameters() if p.requires_grad}
+    assert expected.keys() == got.keys() and any(".cores." in n for n in got)
+    assert all(torch.equal(got[n], expected[n]) for n in expected)
+    assert not all(torch.equal(got[n], p) for n, p in patched().named_parameters() if n in got)
 
 
 def _logits(model: nn.Module) -> torch.Tensor:
