@@ -46,7 +46,9 @@ def test_float64_and_float32_bases_keep_their_dtype_by_default():
     for dtype in (torch.float32, torch.float64):
         layer = TTReparam(nn.Linear(16, 16, dtype=dtype), r=2, tt_rank=2)
         assert {p.dtype for p in layer.adapters.parameters()} == {dtype}
-    forced = TTReparam(nn.Linear(16, 16, dtype=torch.float64), r=2, tt_rank=2, adapter_dtype="float32")
+    forced = TTReparam(
+        nn.Linear(16, 16, dtype=torch.float64), r=2, tt_rank=2, adapter_dtype="float32"
+    )
     assert {p.dtype for p in forced.adapters.parameters()} == {torch.float32}
 
 

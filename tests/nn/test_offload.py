@@ -101,5 +101,5 @@ def test_meta_model_patches_for_counting_but_refuses_load(tiny_llama, tmp_path):
         blank = LlamaForCausalLM(AutoConfig.from_pretrained(tiny_llama))
     ttnn.patch(counted, mode="rep", r=4, tt_rank=2)
     assert ttnn.trainable_report(counted).trainable == ttnn.trainable_report(trained).trainable
-    with pytest.raises(TTValueError, match="cannot load_adapter: .* are offloaded"):
+    with pytest.raises(TTValueError, match=r"cannot load_adapter: .* are offloaded"):
         ttnn.load_adapter(blank, tmp_path)
