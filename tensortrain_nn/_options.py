@@ -38,7 +38,7 @@ class Options:
         Example:
             >>> from tensortrain_nn.reparam import RepOptions
             >>> RepOptions.names()
-            ('r', 'alpha', 'tt_rank', 'dropout', 'form', 'init', 'layout')
+            ('r', 'alpha', 'tt_rank', 'dropout', 'form', 'init', 'layout', 'adapter_dtype')
         """
         return tuple(f.name for f in fields(cls))
 

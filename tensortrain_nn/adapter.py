@@ -15,6 +15,7 @@ from tensortrain_nn._autograd import factor_linear
 from tensortrain_nn._options import Options, check_choice
 from tensortrain_nn._paper import LAYOUTS, factor_layer
 from tensortrain_nn._wrapper import AdapterWrapper, cast_like, is_linear_like, linear_features
+from tensortrain_nn.bases.dtype import adapter_dtype, check_adapter_dtype
 
 #: Activations by name (a registry: errors list the valid names).
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -49,6 +50,9 @@ class AdpOptions(Options):
         layout: ``"matrix"`` or ``"paper"`` (see :class:`TTBottleneck`).
         placement: where surgery puts it: ``"after"``, ``"before"`` or ``"paper"`` (per target);
             a :class:`TTAdapter` takes its own resolved ``placement`` argument.
+        adapter_dtype: the dtype of the cores and biases (see
+            :data:`~tensortrain_nn.bases.dtype.ADAPTER_DTYPES`; ``"auto"``: float32 on a
+            half-precision or quantized sublayer).
 
     Example:
         >>> AdpOptions(bottleneck=8).tt_rank
@@ -67,9 +71,11 @@ class AdpOptions(Options):
     init: str = "zero"
     layout: str = "matrix"
     placement: str = "after"
+    adapter_dtype: str = "auto"
 
     def __post_init__(self) -> None:
         check_int("bottleneck", self.bottleneck)
+        check_adapter_dtype(self.adapter_dtype)
         check_int("tt_rank", self.tt_rank)
         object.__setattr__(self, "scale", float(check_number("scale", self.scale)))
         drop = check_number("dropout", self.dropout, minimum=0.0, maximum=1.0, open_max=True)
@@ -148,7 +154,8 @@ class TTAdapter(AdapterWrapper):
             ``nn.Linear`` / ``Conv1D``.
         placement: ``"after"`` (default) or ``"before"`` the sublayer.
         adapter_name: name of the first adapter.
-        dtype: dtype of the adapter's parameters (default: that of the base layer's first).
+        dtype: dtype of the adapter's parameters (default: from the options'
+            ``adapter_dtype``: float32 on a half-precision or quantized sublayer, else its own).
         options: an :class:`AdpOptions`; or its fields as keywords (``bottleneck, tt_rank,
             activation, scale, dropout, init, layout``; defaults follow the LoRETTA code:
             bottleneck 64, TT rank 5, ReLU, scale 1). Its ``placement`` is not read here.
@@ -199,7 +206,7 @@ class TTAdapter(AdapterWrapper):
         opts = options if options is not None else AdpOptions.build(fields)
         ref = next(self.base_layer.parameters(), None)
         if dtype is None:
-            dtype = None if ref is None else ref.dtype
+            dtype = adapter_dtype(opts.adapter_dtype, self.base_layer)
         device = None if ref is None else ref.device
         self._add(adapter_name, TTBottleneck(self.features, opts, dtype=dtype, device=device))
 

@@ -15,6 +15,8 @@ from torch import nn
 
 from tensortrain.errors import TTValueError
 from tensortrain_nn._wrapper import AdapterWrapper, cast_like, check_adapter_name, linear_features
+from tensortrain_nn.bases.dtype import adapter_dtype
+from tensortrain_nn.bases.quantized import check_plain
 from tensortrain_nn.update import RepOptions, TTUpdate
 
 __all__ = ["RepOptions", "TTReparam", "TTUpdate"]
@@ -34,7 +36,8 @@ class TTReparam(AdapterWrapper):
     Args:
         base_layer: the frozen layer.
         adapter_name: name of the first update.
-        dtype: dtype of the TT cores (default: the base weight's; the base is never cast).
+        dtype: dtype of the TT cores (default: from the options' ``adapter_dtype``: float32 on a
+            half-precision or quantized base, else the base weight's; the base is never cast).
         svd_from_weight: see :meth:`add_adapter` (``init="svd"`` only).
         options: a :class:`RepOptions`; or its fields as keywords (``r, alpha, tt_rank, dropout,
             form, init, layout``; defaults follow the LoRETTA code: ``r=8, alpha=16, tt_rank=5,
@@ -86,7 +89,9 @@ class TTReparam(AdapterWrapper):
         """
         opts = options if options is not None else RepOptions.build(fields)
         weight = self._weight()
-        dtype = weight.dtype if dtype is None else dtype
+        if opts.init == "svd":
+            self._check_plain(f"start init='svd' adapter {adapter_name!r} from the weight")
+        dtype = adapter_dtype(opts.adapter_dtype, self.base_layer) if dtype is None else dtype
         update = TTUpdate(
             self.in_features, self.out_features, opts, dtype=dtype, device=weight.device
         )
@@ -150,6 +155,7 @@ class TTReparam(AdapterWrapper):
     def check_merge(self, adapter_name: str | None = None, safe: bool = True) -> None:
         """Raise as :meth:`merge` would (with ``safe``: a non-finite result), changing nothing."""
         name = self._name_or_active(adapter_name)
+        self._check_plain(f"merge adapter {name!r} into the weight")
         if safe and not self._update(name).is_merged:
             self._delta_applied(name, +1, safe=True)
 
@@ -213,6 +219,16 @@ class TTReparam(AdapterWrapper):
     def _weight(self) -> torch.Tensor:
         return cast(torch.Tensor, self.base_layer.weight)
 
+    def _check_plain(self, what: str) -> None:
+        """Refuse ``what`` (a write into the base weight) on a quantized base, in one line."""
+        check_plain(
+            self.base_layer,
+            "base_layer",
+            what,
+            "keep the adapter unmerged (it runs on the quantized base), or load the base in "
+            "float32/bfloat16/float16, load_adapter onto it and merge there (or export_lora)",
+        )
+
     def _update(self, name: str) -> TTUpdate:
         return cast(TTUpdate, self.adapters[name])
 
@@ -246,6 +262,7 @@ class TTReparam(AdapterWrapper):
     def _delta_applied(self, name: str, sign: int, safe: bool) -> torch.Tensor:
         """The base weight with ``sign`` times update ``name`` added, in the compute dtype
         (float32 for half weights); with ``safe`` an error if any value is not finite."""
+        self._check_plain(f"merge adapter {name!r} into the weight")
         weight = self._weight()
         with torch.no_grad():
             compute = torch.float32 if weight.dtype in _HALF else weight.dtype

@@ -21,6 +21,7 @@ from tensortrain_nn._autograd import FactorUpdate, factor_layout, keep_mask
 from tensortrain_nn._options import Options, check_choice
 from tensortrain_nn._paper import LAYOUTS, TTTensorLinear, factor_layer, factor_weight, svd_cores_of
 from tensortrain_nn._wrapper import cast_like
+from tensortrain_nn.bases.dtype import check_adapter_dtype
 from tensortrain_nn.linear import TTLinear
 
 Form = Literal["factors", "full"]
@@ -48,6 +49,9 @@ class RepOptions(Options):
         form: ``"factors"`` (LoRETTA's ``B @ A``) or ``"full"`` (``dW`` one TT-matrix).
         init: ``"zero"``, ``"paper"`` or ``"svd"`` (see :class:`TTUpdate`).
         layout: ``"matrix"`` or ``"paper"`` (needs ``form="factors"``).
+        adapter_dtype: the cores' dtype, one of
+            :data:`~tensortrain_nn.bases.dtype.ADAPTER_DTYPES` (``"auto"``: float32 on a
+            half-precision or quantized base, the base's dtype otherwise; ``"base"``: the base's).
 
     Raises:
         TTValueError: A value out of range, not finite, or not one of its choices (named).
@@ -69,9 +73,11 @@ class RepOptions(Options):
     form: str = "factors"
     init: str = "zero"
     layout: str = "matrix"
+    adapter_dtype: str = "auto"
 
     def __post_init__(self) -> None:
         check_int("r", self.r)
+        check_adapter_dtype(self.adapter_dtype)
         check_int("tt_rank", self.tt_rank)
         object.__setattr__(self, "alpha", float(check_number("alpha", self.alpha)))
         drop = check_number("dropout", self.dropout, minimum=0.0, maximum=1.0, open_max=True)

@@ -9,7 +9,7 @@ Example:
     >>> list(MODES)
     ['rep', 'adp', 'linear']
     >>> get_mode("rep").option_names()
-    ('r', 'alpha', 'tt_rank', 'dropout', 'form', 'init', 'layout')
+    ('r', 'alpha', 'tt_rank', 'dropout', 'form', 'init', 'layout', 'adapter_dtype')
 """
 
 from tensortrain_nn.modes.adp import AdpMode

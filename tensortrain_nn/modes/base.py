@@ -20,6 +20,7 @@ from tensortrain.errors import TTShapeError, TTValueError
 from tensortrain.shapes import choose_modes
 from tensortrain_nn._options import Options
 from tensortrain_nn._wrapper import AdapterWrapper, linear_features
+from tensortrain_nn.bases.quantized import check_plain
 
 #: Every registered mode by name, in registration order (see :func:`register_mode`).
 MODES: dict[str, type[Mode]] = {}
@@ -139,6 +140,12 @@ class Mode:
         The default: a linear-like target, one factor ``(in, out)``, ranks checked.
         """
         in_f, out_f, _ = linear_features(target.base)
+        check_plain(
+            target.base,
+            target.name,
+            f"build mode={self.name!r} from the weight",
+            "load the base in float32/bfloat16/float16 for this mode, or use mode='rep'/'adp'",
+        )
         target.factors = [("weight", in_f, out_f)]
         check_bond_ranks(target, getattr(self.options, self.rank_option, None), self.rank_option)
 

@@ -9,6 +9,7 @@ from torch import nn
 
 from tensortrain.errors import TTShapeError, TTValueError
 from tensortrain_nn._wrapper import AdapterWrapper, linear_features
+from tensortrain_nn.bases.quantized import check_plain
 from tensortrain_nn.modes.base import Mode, Target, check_bond_ranks
 from tensortrain_nn.reparam import TTReparam
 from tensortrain_nn.update import RepOptions, TTUpdate
@@ -38,6 +39,13 @@ class RepMode(Mode):
             target.factors = [("weight", in_f, out_f)]
         if opts.layout != "paper":  # the paper layout does not clip ranks: any rank builds
             check_bond_ranks(target, opts.tt_rank, "tt_rank")
+        if opts.init == "svd":
+            check_plain(
+                target.base,
+                target.name,
+                "start init='svd' from the weight",
+                "use init='zero' or 'paper' on a quantized base",
+            )
         weight = cast(torch.Tensor, target.base.weight)
         if opts.init == "svd" and not weight.is_meta and not bool(torch.isfinite(weight).all()):
             raise TTValueError(

@@ -244,8 +244,8 @@ def save_adapter(
 ) -> Path:
     """Write one adapter's tensors and config into ``folder`` (created if missing).
 
-    Files: ``adapter_model.safetensors`` (the adapter's TT cores and every other trainable
-    tensor: head, norms, biases, anything you unfroze) and ``adapter_config.json`` (the
+    Files: ``tt_adapter_model.safetensors`` (the adapter's TT cores and every other trainable
+    tensor: head, norms, biases, anything you unfroze) and ``tt_adapter_config.json`` (the
     :class:`PatchConfig` plus the adapter name, model type and patched module names). Each file
     is written whole or not at all; a tensor holding NaN or inf is an error and nothing is
     written. ``get_state(model).save_pretrained(folder, **trainer_kwargs)`` does this for the
@@ -267,7 +267,7 @@ def save_adapter(
         >>> model = patch(nn.Sequential(nn.Linear(16, 16)), target_modules=["0"], r=2, tt_rank=2)
         >>> folder = save_adapter(model, tempfile.mkdtemp())
         >>> sorted(p.name for p in folder.iterdir())
-        ['adapter_config.json', 'adapter_model.safetensors']
+        ['tt_adapter_config.json', 'tt_adapter_model.safetensors']
     """
     return get_state(model).save(folder, adapter_name)
 

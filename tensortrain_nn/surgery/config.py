@@ -20,7 +20,12 @@ COMMON_FIELDS = (
 #: Fields added after format version 1, with their defaults: written to ``adapter_config.json``
 #: only when they differ, so a default config's file is byte-for-byte what the first release
 #: wrote (and older readers, which refuse unknown keys, still read it).
-LATER_FIELDS: dict[str, object] = {"layout": "matrix", "placement": "after", "mode_options": {}}
+LATER_FIELDS: dict[str, object] = {
+    "layout": "matrix",
+    "placement": "after",
+    "adapter_dtype": "auto",
+    "mode_options": {},
+}
 
 
 @dataclass
@@ -53,6 +58,11 @@ class PatchConfig:
             its input), or ``"paper"``: as the official code, before targets named in
             :data:`~tensortrain_nn.modes.adp.BEFORE_NAMES` (LLaMA's ``gate_proj`` and
             ``up_proj``...), after the others.
+        adapter_dtype: rep and adp: the dtype of the adapter's own tensors, one of
+            :data:`~tensortrain_nn.bases.dtype.ADAPTER_DTYPES`: ``"auto"`` (float32 on a
+            float16/bfloat16 or 4-/8-bit base, cast at the boundary as peft's
+            ``autocast_adapter_dtype``; the base's dtype on a float32/float64 one), ``"base"``
+            (the base's compute dtype, half precision included) or a dtype's name.
         max_rank, eps: linear only: TT-SVD truncation (see ``TTLinear.from_linear``).
         mode_options: options of a registered mode that are none of the fields above (a mode
             added after this class; see :mod:`tensortrain_nn.modes`).
@@ -93,6 +103,7 @@ class PatchConfig:
     bottleneck: int = 64
     activation: str = "relu"
     scale: float = 1.0
+    adapter_dtype: str = "auto"
     max_rank: int | None = None
     eps: float | None = None
     trainable_norms: bool = False

@@ -1,15 +1,20 @@
-"""The adapter folder format: ``adapter_config.json`` + ``adapter_model.safetensors``.
+"""The adapter folder format: ``tt_adapter_config.json`` + ``tt_adapter_model.safetensors``.
 
 This module knows files only (it touches no model); the owner of a model's surgery
 (:class:`~tensortrain_nn.surgery.state.SurgeryState`) decides what goes in and where it comes back.
 
-Format version 1, unchanged since the first release:
+Format version 1 (file contents unchanged since the first release):
 
-* ``adapter_config.json``: the :class:`PatchConfig` fields plus ``format_version`` (1),
+* ``tt_adapter_config.json``: the :class:`PatchConfig` fields plus ``format_version`` (1),
   ``adapter_name``, ``model_type`` (or null) and ``target_names`` (the patched module names).
-* ``adapter_model.safetensors``: the adapter's parameters and every other trainable tensor, keyed
-  by their names in the patched model with the adapter's name dropped
+* ``tt_adapter_model.safetensors``: the adapter's parameters and every other trainable tensor,
+  keyed by their names in the patched model with the adapter's name dropped
   (``....query.adapters.A.cores.0``, ``classifier.weight``, ``bert.pooler.dense.bias``).
+
+The names are not peft's: a LoRETTA folder handed to peft or transformers stops at their own
+"no adapter_config.json" error instead of being misread as a peft adapter (``KeyError:
+'peft_type'``). Folders written before with peft's names (:data:`LEGACY_NAMES`) still load, and
+saving into one replaces its old-named LoRETTA files (a peft LoRA's files there are left alone).
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ from tensortrain.errors import TTError, TTValueError
 from tensortrain_nn._files import atomic_write, read_json_object, read_safetensors
 from tensortrain_nn.surgery.config import PatchConfig
 
-WEIGHTS_NAME = "adapter_model.safetensors"
-CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "tt_adapter_model.safetensors"
+CONFIG_NAME = "tt_adapter_config.json"
+#: ``(config, weights)`` names of folders written before: peft's, read still.
+LEGACY_NAMES = ("adapter_config.json", "adapter_model.safetensors")
 FORMAT_VERSION = 1
 META_KEYS = ("format_version", "adapter_name", "model_type", "target_names")
 
@@ -81,21 +88,43 @@ def write_adapter(
     path.mkdir(parents=True, exist_ok=True)
     atomic_write(path / WEIGHTS_NAME, weights)
     atomic_write(path / CONFIG_NAME, text)
+    if _legacy_is_ours(path):  # the old-named copy would be read by peft (and misread)
+        for fname in LEGACY_NAMES:
+            (path / fname).unlink(missing_ok=True)
     return path
 
 
-def _read_config(path: Path) -> tuple[PatchConfig, dict[str, Any]]:
-    data = read_json_object(path / CONFIG_NAME)
+def _legacy_is_ours(path: Path) -> bool:
+    """Whether ``path`` holds a LoRETTA config under peft's name (not a peft one)."""
+    legacy = path / LEGACY_NAMES[0]
+    if not legacy.is_file():
+        return False
+    try:
+        data = read_json_object(legacy)
+    except TTValueError:
+        return False
+    return "format_version" in data and "peft_type" not in data
+
+
+def _names(path: Path) -> tuple[str, str]:
+    """The ``(config, weights)`` file names of folder ``path``: ours, or the legacy ones."""
+    if not (path / CONFIG_NAME).is_file() and _legacy_is_ours(path):
+        return LEGACY_NAMES
+    return CONFIG_NAME, WEIGHTS_NAME
+
+
+def _read_config(file: Path) -> tuple[PatchConfig, dict[str, Any]]:
+    data = read_json_object(file)
     meta = {k: data.pop(k, None) for k in META_KEYS}
     if meta["format_version"] != FORMAT_VERSION:
         raise TTValueError(
-            f"{path / CONFIG_NAME} has format_version {meta['format_version']!r}; this version "
+            f"{file} has format_version {meta['format_version']!r}; this version "
             f"reads {FORMAT_VERSION}"
         )
     try:
         return PatchConfig.from_dict(data), meta
     except TTError as exc:  # name the file; keep the type (TTValueError / TTTypeError)
-        raise type(exc)(f"{path / CONFIG_NAME}: {exc}") from exc
+        raise type(exc)(f"{file}: {exc}") from exc
 
 
 def read_adapter(
@@ -104,7 +133,8 @@ def read_adapter(
     """Read and check an adapter folder: ``(config, metadata, tensors)``; touches no model.
 
     Args:
-        folder: a folder written by :func:`~tensortrain_nn.save_adapter`.
+        folder: a folder written by :func:`~tensortrain_nn.save_adapter` (or by an earlier
+            version, under peft's file names).
 
     Returns:
         The :class:`PatchConfig`, the metadata (``format_version``, ``adapter_name``,
@@ -116,9 +146,12 @@ def read_adapter(
         TTTypeError: A config field of the wrong type (the message names the file).
     """
     path = Path(folder)
-    for fname in (CONFIG_NAME, WEIGHTS_NAME):
+    names = _names(path)
+    for fname in names:
         if not (path / fname).is_file():
-            raise TTValueError(f"adapter folder {str(path)!r} has no {fname}")
-    config, meta = _read_config(path)
-    tensors = read_safetensors(path / WEIGHTS_NAME)
+            peft = (path / LEGACY_NAMES[0]).is_file() and not _legacy_is_ours(path)
+            hint = " (it holds a peft adapter: use tensortrain_nn.from_lora)" if peft else ""
+            raise TTValueError(f"adapter folder {str(path)!r} has no {fname}{hint}")
+    config, meta = _read_config(path / names[0])
+    tensors = read_safetensors(path / names[1])
     return config, meta, tensors

@@ -14,6 +14,7 @@ from torch import nn
 
 from tensortrain.errors import TTValueError
 from tensortrain_nn._wrapper import AdapterWrapper
+from tensortrain_nn.bases.offload import check_in_memory
 from tensortrain_nn.linear import TTLinear
 from tensortrain_nn.modes import Mode, Target
 from tensortrain_nn.surgery.config import PatchConfig
@@ -37,11 +38,17 @@ def _check_stackable(mode: Mode, target: Target, adapter_name: str) -> None:
     mode.check_stack(target, adapter_name)
 
 
-def plan_targets(model: nn.Module, config: PatchConfig, adapter_name: str) -> list[Target]:
+def plan_targets(
+    model: nn.Module, config: PatchConfig, adapter_name: str, verb: str = "patch"
+) -> list[Target]:
     """Resolve and check every target of ``config``; raises before anything is modified.
 
+    ``verb`` names the caller in errors; ``"load_adapter"`` also refuses targets whose weights
+    are on the meta device (saved tensors cannot be loaded there).
+
     Raises:
-        TTValueError: No target matches, a target cannot take this mode or name.
+        TTValueError: No target matches, a target cannot take this mode or name, or is
+            offloaded by accelerate (all such targets named).
         TTTypeError: A rep / linear target that is not linear-like.
         TTShapeError: A rank the target's shapes cannot hold.
     """
@@ -53,6 +60,8 @@ def plan_targets(model: nn.Module, config: PatchConfig, adapter_name: str) -> li
             _check_stackable(mode, target, adapter_name)
         mode.plan(model, target)
         targets.append(target)
+    meta_counts = verb != "patch"
+    check_in_memory(model, [t.name for t in targets], verb, meta_counts=meta_counts)
     for target in {t.shape_key: t for t in targets}.values():  # one dry build per shape
         mode.dry_build(target)
     return targets

@@ -33,6 +33,7 @@ from torch import nn
 
 from tensortrain.errors import TTValueError
 from tensortrain_nn._wrapper import AdapterWrapper, check_adapter_name
+from tensortrain_nn.bases.offload import check_in_memory
 from tensortrain_nn.linear import TTLinear
 from tensortrain_nn.surgery.config import PatchConfig
 from tensortrain_nn.surgery.flags import adapter_of, config_trainable
@@ -267,6 +268,7 @@ class SurgeryState:
                 ``safe_merge`` a merge that would write non-finite values; nothing changed.
         """
         running = self._running()
+        check_in_memory(self.model, [p for p, _ in running], "merge", meta_counts=True)
         for path, w in running:  # every layer checked before the first weight is written
             try:
                 w.check_merge(safe=safe_merge)
@@ -386,7 +388,7 @@ class SurgeryState:
         name = adapter_name or meta["adapter_name"] or "default"
         state = cls.for_model(model)
         state._check_new_name(name)
-        plans = plan_targets(model, config, name)
+        plans = plan_targets(model, config, name, verb="load_adapter")
         with state._transaction() as undo:
             state._install(config, name, plans, undo, svd_from_weight=False)
             match_ranks(model, tensors, name)  # a rank budget: the ranks come from the file

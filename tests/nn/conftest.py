@@ -13,3 +13,12 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny LLaMA checkpoint folder (see ``_llm_bases``), written once per session."""
+    pytest.importorskip("transformers")
+    from _llm_bases import save_tiny_llama
+
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny_llama"))

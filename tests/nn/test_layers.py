@@ -224,7 +224,7 @@ def test_reparam_safe_merge_refuses_non_finite():
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_reparam_half_precision_keeps_dtype_and_merges_in_float32(dtype):
-    base, layer = reparam_pair(64, 64, dtype=dtype, dropout=0.0)
+    base, layer = reparam_pair(64, 64, dtype=dtype, dropout=0.0, adapter_dtype="base")
     assert all(p.dtype == dtype for p in layer.parameters())
     for p in layer.adapters["default"].parameters():
         p.data.normal_(std=0.3)

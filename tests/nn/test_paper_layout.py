@@ -194,7 +194,7 @@ def test_patch_paper_layout_saves_and_loads(tmp_path):
     ttnn.patch(model, mode="rep", r=4, tt_rank=3, init="paper", layout="paper")
     y = logits(model, x)
     ttnn.save_adapter(model, tmp_path)
-    saved = json.loads((tmp_path / "adapter_config.json").read_text())
+    saved = json.loads((tmp_path / "tt_adapter_config.json").read_text())
     assert saved["layout"] == "paper"
     ttnn.load_adapter(fresh, tmp_path)
     assert get_state(fresh).configs["default"].layout == "paper"

@@ -207,7 +207,7 @@ def _saved(tmp_path: Path, arch: str = "bert") -> Path:
         (lambda p: (p / WEIGHTS_NAME).write_bytes(b"\x00" * 7), "corrupted or truncated"),
         (lambda p: (p / WEIGHTS_NAME).write_bytes(b"\xff" * 64), "corrupted or truncated"),
         (lambda p: (p / CONFIG_NAME).write_text("{not json"), "not valid JSON"),
-        (lambda p: (p / WEIGHTS_NAME).unlink(), "has no adapter_model.safetensors"),
+        (lambda p: (p / WEIGHTS_NAME).unlink(), f"has no {WEIGHTS_NAME}"),
         (
             lambda p: (p / CONFIG_NAME).write_text('{"format_version": 1, "r": 0}'),
             "r must be an int >= 1",

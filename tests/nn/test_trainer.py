@@ -116,8 +116,11 @@ def test_patched_model_trains_under_trainer(tmp_path: Path) -> None:
     moved = [n for n, value in trained.items() if not torch.equal(after[n], value)]
     assert any(".cores." in n for n in moved) and any("classifier" in n for n in moved)
     for step in (2, 4):
-        for sub in ("tt_adapter", "lora_adapter"):
-            assert (tmp_path / f"checkpoint-{step}" / sub / "adapter_config.json").is_file()
+        for sub, config in (
+            ("tt_adapter", "tt_adapter_config.json"),
+            ("lora_adapter", "adapter_config.json"),
+        ):
+            assert (tmp_path / f"checkpoint-{step}" / sub / config).is_file()
     assert len(callback.written) == 4
 
     reloaded = ttnn.load_adapter(copy.deepcopy(fresh), tmp_path / "checkpoint-4" / "tt_adapter")
