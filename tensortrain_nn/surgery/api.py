@@ -227,13 +227,14 @@ def merge_and_unload(model: nn.Module, safe_merge: bool = True) -> nn.Module:
 
     Example:
         >>> import torch
+        >>> _ = torch.manual_seed(0)
         >>> model = nn.Sequential(nn.Linear(16, 16)).eval()
         >>> _ = patch(model, target_modules=["0"], r=2, tt_rank=2, init="paper")
         >>> x = torch.ones(1, 16)
         >>> y = model(x)
         >>> merge_and_unload(model)[0]
         Linear(in_features=16, out_features=16, bias=True)
-        >>> torch.allclose(model(x), y, atol=1e-6)
+        >>> torch.allclose(model(x), y, atol=1e-5)
         True
     """
     return get_state(model).merge_and_unload(safe_merge)
