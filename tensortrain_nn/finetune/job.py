@@ -146,6 +146,7 @@ def run(
 
 def _run(config: FinetuneConfig, on_step: Callable[[int, nn.Module], None] | None) -> Result:
     check_device(config.device)
+    runs.check_output_dir(config)
     method = get_method(config.method)
     spec = resolve_model(config.model)
     model, _, task, labels = build_task(config, spec)
@@ -155,6 +156,9 @@ def _run(config: FinetuneConfig, on_step: Callable[[int, nn.Module], None] | Non
         _checkpoint_activations(model)
     # One folder for all processes (a timestamped default could differ by a second between them).
     out = Path(_broadcast(str(config.resolved_output_dir())))
+    if PartialState().is_main_process:
+        runs.clear_previous_run(config, out)
+    PartialState().wait_for_everyone()
     use_checkpoints = config.checkpoint_every > 0 or config.resume
     stats = (_zero_shot if config.method == "none" else train)(
         model,

@@ -12,6 +12,7 @@ from torch import nn
 from tensortrain import TTMatrix, tt_matrix_svd
 from tensortrain.errors import TTShapeError, TTTypeError, TTValueError
 from tensortrain.shapes import choose_modes
+from tensortrain_nn._files import check_output_folder
 from tensortrain_nn.modes.base import max_bond
 from tensortrain_nn.peft_io._format import LoraFile, read_lora
 from tensortrain_nn.peft_io._report import LoraImportReport, ModuleCompression
@@ -330,6 +331,7 @@ def compress_lora(
     eps: float | None = None,
     tt_rank: int | None = None,
     tt_dir: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
 ) -> LoraImportReport:
     """Compress a peft LoRA through TT and write it back out as a LoRA (and as a TT adapter).
 
@@ -337,8 +339,9 @@ def compress_lora(
     ``out_dir`` (a peft LoRA folder, same ``r``, ``lora_alpha``, ``task_type`` and
     ``base_model_name_or_path`` as the input; keep serving it with peft) and
     :func:`tensortrain_nn.save_adapter` into ``tt_dir`` (default ``out_dir/tt_adapter``: the
-    small file, :func:`tensortrain_nn.load_adapter` reads it). ``base_model`` is left exactly as
-    it was (modules, values, ``requires_grad``), also on error.
+    small file, :func:`tensortrain_nn.load_adapter` reads it). The LoRA factors and the
+    ``modules_to_save`` are written in the input LoRA's dtype (a float16 LoRA stays float16).
+    ``base_model`` is left exactly as it was (modules, values, ``requires_grad``), also on error.
 
     Args:
         peft_dir: the peft LoRA folder to compress.
@@ -346,6 +349,8 @@ def compress_lora(
         base_model: an unpatched model of the architecture the LoRA was trained on.
         eps, tt_rank: as in :func:`from_lora`.
         tt_dir: where the LoRETTA_rep adapter goes (default ``out_dir/tt_adapter``).
+        overwrite: write into a non-empty ``out_dir`` / ``tt_dir`` (refused otherwise, before
+            anything is read or written).
 
     Returns:
         The :class:`LoraImportReport`.
@@ -358,6 +363,9 @@ def compress_lora(
     from tensortrain_nn.surgery import save_adapter, unpatch
 
     _check_unpatched(base_model)
+    check_output_folder(Path(out_dir), overwrite=overwrite)
+    if tt_dir is not None:
+        check_output_folder(Path(tt_dir), overwrite=overwrite, name="tt_dir")
     lora = read_lora(peft_dir)
     params = dict(base_model.named_parameters())
     saved_before = {n: params[n].detach().clone() for n in lora.saved if n in params}
@@ -371,6 +379,8 @@ def compress_lora(
             None,
             base_model_name_or_path=cfg.get("base_model_name_or_path"),
             task=cfg.get("task_type"),
+            overwrite=overwrite,
+            dtype=next(iter(lora.pairs.values()))[0].dtype,
         )
         save_adapter(
             base_model, Path(tt_dir) if tt_dir is not None else Path(out_dir) / "tt_adapter"
