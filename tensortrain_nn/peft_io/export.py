@@ -149,6 +149,20 @@ def _factors(update: TTUpdate, rank: int | None, path: str) -> tuple[torch.Tenso
     return (root[:, None] * vh[:k]).to(dtype), (u[:, :k] * root).to(dtype), error
 
 
+def _all_factors(
+    found: list[tuple[str, TTReparam, TTUpdate]], rank: int | None, dtype: torch.dtype | None
+) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], dict[str, float]]:
+    """``({path: (A, B)}, {path: relative error})`` of every update (see :func:`_factors`),
+    cast to ``dtype`` when given."""
+    pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    errors: dict[str, float] = {}
+    with torch.no_grad():
+        for path, _, update in found:
+            a, b, err = _factors(update, rank, path)
+            pairs[path], errors[path] = (a.to(dtype or a.dtype), b.to(dtype or b.dtype)), float(err)
+    return pairs, errors
+
+
 def _names(chosen: set[str], pool: list[str], match: Any) -> list[str]:
     """Leaf names when they match exactly ``chosen`` among ``pool`` under ``match``, else paths."""
     leaves = sorted({c.rsplit(".", 1)[-1] for c in chosen})
@@ -196,12 +210,7 @@ def _export(
         rank = 2 * r  # the net change of an init="svd" adapter: see _factors
     inside = [p for p, _ in wrappers]
     saved = _trained_outside(model, wrappers)
-    pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    errors: dict[str, float] = {}
-    with torch.no_grad():
-        for path, _, update in found:
-            a, b, err = _factors(update, rank, path)
-            pairs[path], errors[path] = (a.to(dtype or a.dtype), b.to(dtype or b.dtype)), float(err)
+    pairs, errors = _all_factors(found, rank, dtype)
     worst = max(errors, key=errors.__getitem__)
     if max_error is not None and errors[worst] > max_error:
         raise LossyExportError(errors[worst], worst, rank or r, form, max_error)

@@ -16,7 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 HF = "accelerate,transformers,peft,safetensors,gguf,tqdm,matplotlib,tokenizers,huggingface_hub"
-BLOCKER = '''
+BLOCKER = """
 import importlib.abc, importlib.machinery, os, sys
 
 _BLOCK = set(filter(None, os.environ.get("TT_BLOCK_MODULES", "").split(",")))
@@ -36,7 +36,7 @@ class _Blocker(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 
 sys.meta_path.insert(0, _Blocker())
-'''
+"""
 HINT = 'pip install "tensortrain[hf]"'
 
 

@@ -226,7 +226,7 @@ def test_export_of_a_merged_model_says_there_is_no_adapter(root: Path, tmp_path:
 
     model, _, _ = load_run(root / "rep")
     merged = tensortrain_nn.merge_and_unload(model)
-    with pytest.raises(TTValueError, match="no LoRETTA adapter .*merged and unloaded"):
+    with pytest.raises(TTValueError, match=r"no LoRETTA adapter .*merged and unloaded"):
         tensortrain_nn.export_lora(merged, tmp_path / "x")
 
 
