@@ -156,9 +156,7 @@ def _run(config: FinetuneConfig, on_step: Callable[[int, nn.Module], None] | Non
         _checkpoint_activations(model)
     # One folder for all processes (a timestamped default could differ by a second between them).
     out = Path(_broadcast(str(config.resolved_output_dir())))
-    if PartialState().is_main_process:
-        runs.clear_previous_run(config, out)
-    PartialState().wait_for_everyone()
+    runs.clear_previous_run(config, out)
     use_checkpoints = config.checkpoint_every > 0 or config.resume
     stats = (_zero_shot if config.method == "none" else train)(
         model,
@@ -299,6 +297,8 @@ def compare(
         for name in methods
         for seed in (seeds[:1] if name == "none" else seeds)  # zero-shot: no seed to vary
     ]
+    for one in configs:  # every run's folder is checked before the first run starts
+        runs.check_output_dir(one)
     return _run_all(configs, jobs, Path(base), command, config.progress)
 
 

@@ -241,10 +241,19 @@ def check_output_dir(config: FinetuneConfig) -> None:
 def clear_previous_run(config: FinetuneConfig, out: Path) -> None:
     """With ``overwrite``, delete the files of the run in ``out`` (:data:`RUN_FILES` only).
 
-    Call after :func:`check_output_dir` and the run's other checks, on the main process.
+    Call after :func:`check_output_dir` and the run's other checks, on every process: the main
+    process deletes, the others wait for it.
     """
     if not config.overwrite or config.resume:
         return
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        _delete_run_files(out)
+    PartialState().wait_for_everyone()
+
+
+def _delete_run_files(out: Path) -> None:
     ours, other = _previous_run(out)
     if other:  # the folder changed since the check: delete nothing
         raise FinetuneError(f"--overwrite: {out} now holds {other[0]}, which a run does not write")

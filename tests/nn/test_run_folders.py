@@ -272,3 +272,13 @@ def test_resume_refuses_a_changed_data_file(
     with data.open("a") as handle:
         handle.write("good great film plot,pos\n")
     fails_in_one_line(capsys, [*argv, "--resume"], "--data " + str(data) + " changed since")
+
+
+def test_compare_checks_every_runs_folder_before_the_first_run(
+    root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = tmp_path / "cmp"
+    shutil.copytree(root / "lora", base / "lora-seed0")
+    argv = [*_argv(root, base), "--compare", "head,lora"]
+    fails_in_one_line(capsys, argv, "already holds a run")
+    assert sorted(p.name for p in base.iterdir()) == ["lora-seed0"]  # head-seed0 never started
