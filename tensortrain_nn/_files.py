@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -85,10 +86,78 @@ def read_safetensors(path: Path) -> dict[str, Any]:
     Raises:
         TTValueError: The file is corrupted or truncated (safetensors' own error type is not
             exported stably, so any failure to parse counts).
+        MissingDependencyError: safetensors is not installed (the ``hf`` extra).
     """
-    from safetensors.torch import load
+    from tensortrain_nn._optional import require
 
+    load = require("safetensors.torch", f"reading {path.name}").load
     try:
         return load(path.read_bytes())
     except Exception as exc:
         raise TTValueError(f"{path} is corrupted or truncated and cannot be read: {exc}") from exc
+
+
+def check_output_folder(path: Path, *, overwrite: bool, name: str = "out_dir") -> None:
+    """Refuse to write into ``path`` when it is a file, or a non-empty folder without ``overwrite``.
+
+    Args:
+        path: The output folder (need not exist).
+        overwrite: Allow a non-empty folder (files of the same names are replaced).
+        name: How the caller names the argument (``out_dir``, ``OUT``) and, in the hint, the flag.
+
+    Raises:
+        TTValueError: ``path`` is a file, or a non-empty folder and ``overwrite`` is False.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> folder = pathlib.Path(tempfile.mkdtemp())
+        >>> check_output_folder(folder, overwrite=False)          # empty: fine
+        >>> (folder / "notes.txt").write_text("mine")
+        4
+        >>> check_output_folder(folder, overwrite=False)
+        Traceback (most recent call last):
+        ...
+        tensortrain.errors.TTValueError: out_dir ... is not empty (it holds notes.txt): ...
+    """
+    if path.exists() and not path.is_dir():
+        raise TTValueError(f"{name} {str(path)!r} is a file; give a folder")
+    held = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+    if held and not overwrite:
+        flag = "--overwrite" if name.isupper() else "overwrite=True"
+        shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
+        raise TTValueError(
+            f"{name} {str(path)!r} is not empty (it holds {shown}): choose a new or empty "
+            f"folder, or pass {flag} to replace files of the same names"
+        )
+
+
+#: Bytes hashed from each end of a large file by :func:`file_fingerprint`.
+_EDGE = 1 << 20
+
+
+def file_fingerprint(path: Path) -> dict[str, Any]:
+    """Size and sha256 of a data file (a large one: its first and last MiB), or of a folder's files.
+
+    Cheap enough for every resume, and it sees any append, truncation or edit of a small file;
+    an edit inside a large file that keeps its size and both ends is not seen.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "d.csv"
+        >>> _ = path.write_text("text,label\\n")
+        >>> file_fingerprint(path)["size"]
+        11
+    """
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    size = 0
+    for file in files:
+        n = file.stat().st_size
+        size += n
+        digest.update(f"{file.relative_to(path) if path.is_dir() else ''}:{n}\n".encode())
+        with file.open("rb") as handle:
+            digest.update(handle.read(_EDGE))
+            if n > 2 * _EDGE:
+                handle.seek(n - _EDGE)
+            digest.update(handle.read())
+    return {"size": size, "sha256": digest.hexdigest()}

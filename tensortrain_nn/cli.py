@@ -71,6 +71,16 @@ def _test_size(text: str) -> int | float:
         raise argparse.ArgumentTypeError(f"expected a count or a fraction, got {text!r}") from None
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def _finite(text: str) -> float:
     try:
         value = float(text)
@@ -162,13 +172,18 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("out", help="the peft LoRA folder to write")
     exp.add_argument("--rank", type=int, help="rank of a form='full' update's truncated SVD")
     exp.add_argument("--model", help="base model to use instead of the one the run names")
+    exp.add_argument("--allow-lossy", action="store_true", help="write a lossy (form='full') LoRA")
     com = sub.add_parser("compress-lora", help="compress a peft LoRA into TT (and back to LoRA)")
     com.add_argument("adapter", help="a peft LoRA folder, or a lora run folder")
     com.add_argument("out", help="folder for the compressed LoRA (TT adapter in OUT/tt_adapter)")
     com.add_argument("--eps", type=_finite, help="relative error per factor (TT-SVD bound)")
     com.add_argument("--tt-rank", type=int, help="largest TT rank")
     com.add_argument("--model", help="base model (default: the run's; needed for a bare folder)")
-    com.add_argument("--num-labels", type=int, help="classes of the base's head (bare folder)")
+    com.add_argument(
+        "--num-labels", type=_positive, help="classes of the base's head (bare folder)"
+    )
+    for cmd in (exp, com):
+        cmd.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT")
     pred = sub.choices["predict"]
     pred.add_argument("--input", help="text file, one text a line, or CSV/JSONL (default stdin)")
     ev = sub.choices["evaluate"]
@@ -270,34 +285,6 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export_lora(args: argparse.Namespace) -> int:
-    import tensortrain_nn
-    from tensortrain_nn.finetune import load_run
-
-    model, _, _ = load_run(args.adapter, model=args.model)
-    out = tensortrain_nn.export_lora(model, args.out, rank=args.rank)
-    print(f"peft LoRA adapter written to {out} (load it with PeftModel.from_pretrained)")
-    return 0
-
-
-def _compress_lora(args: argparse.Namespace) -> int:
-    import tensortrain_nn
-    from tensortrain_nn.finetune import ADAPTER_DIR, load_base
-    from tensortrain_nn.models import load_model, resolve_model
-
-    folder = Path(args.adapter)
-    if args.model is not None:  # a bare peft folder: the base model is named here
-        base, _ = load_model(resolve_model(args.model), args.num_labels)
-    else:  # a lora run (its folder or its adapter/ sub-folder) names its base model
-        root, base, _, _ = load_base(folder)
-        folder = root / ADAPTER_DIR
-    report = tensortrain_nn.compress_lora(
-        folder, args.out, base, eps=args.eps, tt_rank=args.tt_rank
-    )
-    print(report)
-    return 0
-
-
 def _evaluate(args: argparse.Namespace) -> int:
     from tensortrain_nn.finetune import evaluate
 
@@ -317,6 +304,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fail(exc: BaseException) -> int:
+    """Print ``exc`` as one line on stderr; returns the exit status 2."""
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    print(f"tensortrain: error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tensortrain`` console script; returns the exit status.
 
@@ -334,15 +328,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _evaluate(args)
         if args.command == "generate":
             return _generate(args)
-        if args.command == "export-lora":
-            return _export_lora(args)
-        if args.command == "compress-lora":
-            return _compress_lora(args)
+        if args.command in ("export-lora", "compress-lora"):
+            from tensortrain_nn import cli_lora
+
+            return cli_lora.COMMANDS[args.command](args)
         return _finetune(args, args_list)
+    except ModuleNotFoundError as exc:  # an optional dependency: name the extra
+        from tensortrain_nn._optional import missing
+
+        return _fail(missing(exc, f"tensortrain {args_list[0]}"))
     except (TTError, OSError, ValueError, ImportError) as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"tensortrain: error: {message}", file=sys.stderr)
-        return 2
+        return _fail(exc)
     except KeyboardInterrupt:
         print("tensortrain: interrupted", file=sys.stderr)
         return 130

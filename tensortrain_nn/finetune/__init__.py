@@ -2,7 +2,8 @@
 :mod:`tensortrain_nn.tasks` (classification or causal LM).
 
 The Python API under the ``tensortrain`` command line, and its public surface: the command line
-uses only the names below. transformers, peft, tqdm and matplotlib are imported where they are used.
+uses only the names below. accelerate, transformers, peft, tqdm and matplotlib (the ``hf`` extra)
+are imported where they are used.
 
 Example (trains for a minute on the packaged MiniLM)::
 
@@ -12,19 +13,41 @@ Example (trains for a minute on the packaged MiniLM)::
     predict("runs/lora", ["a triumph", "a mess"])         # ['fresh', 'rotten']
 """
 
+from typing import TYPE_CHECKING, Any
+
 from tensortrain_nn.finetune.config import FinetuneConfig, Result
-from tensortrain_nn.finetune.job import (
-    build_split,
-    compare,
-    evaluate,
-    generate_text,
-    predict,
-    run,
-)
 from tensortrain_nn.finetune.methods import DEFAULT_LR, METHODS, Method
 from tensortrain_nn.finetune.report import format_report
 from tensortrain_nn.finetune.runs import ADAPTER_DIR, load_base, load_run, read_run
 from tensortrain_nn.tasks.errors import AdapterError, DataError, FinetuneError, ModelError
+
+if TYPE_CHECKING:
+    from tensortrain_nn.finetune.job import (
+        build_split,
+        compare,
+        evaluate,
+        generate_text,
+        predict,
+        run,
+    )
+
+#: The job's names, imported on first use: the job needs accelerate (the ``hf`` extra), and
+#: ``tensortrain --help`` reads only the config.
+_JOB = ("build_split", "compare", "evaluate", "generate_text", "predict", "run")
+
+
+def __getattr__(name: str) -> Any:
+    """The job's functions, imported when first asked for (a missing extra is named)."""
+    if name not in _JOB:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from tensortrain_nn._optional import missing
+
+    try:
+        from tensortrain_nn.finetune import job
+    except ModuleNotFoundError as exc:
+        raise missing(exc, "the fine-tuning job") from exc
+    return getattr(job, name)
+
 
 __all__ = [
     "ADAPTER_DIR",

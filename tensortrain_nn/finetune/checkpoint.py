@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tensortrain_nn._files import atomic_write, fsync_dir
+from tensortrain_nn._files import atomic_write, file_fingerprint, fsync_dir
 from tensortrain_nn.tasks import FinetuneError
 
 MANIFEST = "MANIFEST.json"
@@ -38,7 +38,28 @@ POSITION = "position.json"
 KEEP = 2
 _NAME = re.compile(r"^step-(\d{8})$")
 #: Config fields that may change between a run and its resumption.
-RESUMABLE_CHANGES = ("progress", "resume", "checkpoint_every", "device", "output_dir", "save")
+RESUMABLE_CHANGES = (
+    "progress",
+    "resume",
+    "checkpoint_every",
+    "device",
+    "output_dir",
+    "save",
+    "overwrite",
+)
+#: The key of :func:`config_digest` that holds the data files' fingerprints.
+DATA_KEY = "data_fingerprint"
+
+
+def data_fingerprints(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Size and sha256 (:func:`~tensortrain_nn._files.file_fingerprint`) of ``data`` and
+    ``test_data`` when they name files or folders (the built-in data has none)."""
+    paths = {key: config.get(key) for key in ("data", "test_data")}
+    return {
+        key: file_fingerprint(Path(value))
+        for key, value in paths.items()
+        if isinstance(value, str) and Path(value).exists()
+    }
 
 
 class CheckpointError(FinetuneError):
@@ -46,8 +67,10 @@ class CheckpointError(FinetuneError):
 
 
 def config_digest(config: dict[str, Any]) -> dict[str, Any]:
-    """The part of a config that a resumed run must share with the run that wrote the checkpoint."""
-    return {k: v for k, v in config.items() if k not in RESUMABLE_CHANGES}
+    """The part of a config that a resumed run must share with the run that wrote the checkpoint:
+    its fields, and the fingerprints of its data files (under :data:`DATA_KEY`)."""
+    kept = {k: v for k, v in config.items() if k not in RESUMABLE_CHANGES}
+    return {**kept, DATA_KEY: data_fingerprints(config)}
 
 
 def list_checkpoints(folder: Path) -> list[Path]:
@@ -103,8 +126,12 @@ def latest(folder: Path) -> tuple[Path, dict[str, Any]] | None:
 
 
 def check_config(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
-    """Raise :class:`FinetuneError` when a checkpoint was written by a run with another config."""
+    """Raise :class:`FinetuneError` when a checkpoint was written by a run with another config
+    or on other data (a checkpoint written before data was fingerprinted skips that check)."""
     now = config_digest(current)
+    _check_data(saved.get(DATA_KEY), now.get(DATA_KEY, {}), current, path)
+    saved = {k: v for k, v in saved.items() if k != DATA_KEY}
+    now = {k: v for k, v in now.items() if k != DATA_KEY}
     diffs = [
         f"{k}: {saved.get(k)!r} -> {now.get(k)!r}"
         for k in sorted(set(saved) | set(now))
@@ -114,6 +141,28 @@ def check_config(saved: dict[str, Any], current: dict[str, Any], path: Path) -> 
         raise FinetuneError(
             f"cannot resume from {path}: it was written with another config ({'; '.join(diffs)})"
         )
+
+
+def _check_data(
+    saved: dict[str, Any] | None, now: dict[str, Any], config: dict[str, Any], path: Path
+) -> None:
+    """Refuse a resume whose data files changed since ``path`` was written."""
+    if saved is None:
+        return
+    for key in sorted(set(saved) | set(now)):
+        if saved.get(key) != now.get(key):
+            raise FinetuneError(
+                f"cannot resume from {path}: --{key.replace('_', '-')} {config.get(key)} changed "
+                f"since the checkpoint was written (size/sha256 {_short(saved.get(key))} -> "
+                f"{_short(now.get(key))}); resume needs the same data: restore the file, or "
+                "start a new run (--overwrite or another --output-dir)"
+            )
+
+
+def _short(fingerprint: dict[str, Any] | None) -> str:
+    if not fingerprint:
+        return "none"
+    return f"{fingerprint['size']} bytes, {str(fingerprint['sha256'])[:12]}"
 
 
 def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -181,7 +230,8 @@ class Checkpoints:
         if found:
             raise FinetuneError(
                 f"{self.folder} already holds checkpoints of another run ({found[-1].name}): "
-                "pass --resume to continue that run, or choose another --output-dir"
+                "pass --resume to continue that run, --overwrite to replace it, or choose another "
+                "--output-dir"
             )
 
     def save(self, step: int, position: dict[str, Any]) -> None:

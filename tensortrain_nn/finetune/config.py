@@ -83,6 +83,7 @@ class FinetuneConfig:
     save: bool = _f(True, "save the adapter and report into output_dir")
     checkpoint_every: int = _f(0, "write a resumable checkpoint every K steps (0: none)")
     resume: bool = _f(False, "continue from the newest valid checkpoint in output_dir")
+    overwrite: bool = _f(False, "replace the run in output_dir (deletes only what a run writes)")
 
     def __post_init__(self) -> None:
         try:
@@ -120,6 +121,8 @@ class FinetuneConfig:
             check_int("test_size", size)
         if not _DEVICE.fullmatch(self.device):
             raise FinetuneError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.resume and self.overwrite:
+            raise FinetuneError("resume and overwrite contradict: continue the run, or replace it")
         if self.resume and self.output_dir is None:
             raise FinetuneError("resume needs output_dir: the run folder whose checkpoints to use")
         if not isinstance(self.method_options, dict):

@@ -146,6 +146,7 @@ def run(
 
 def _run(config: FinetuneConfig, on_step: Callable[[int, nn.Module], None] | None) -> Result:
     check_device(config.device)
+    runs.check_output_dir(config)
     method = get_method(config.method)
     spec = resolve_model(config.model)
     model, _, task, labels = build_task(config, spec)
@@ -155,6 +156,7 @@ def _run(config: FinetuneConfig, on_step: Callable[[int, nn.Module], None] | Non
         _checkpoint_activations(model)
     # One folder for all processes (a timestamped default could differ by a second between them).
     out = Path(_broadcast(str(config.resolved_output_dir())))
+    runs.clear_previous_run(config, out)
     use_checkpoints = config.checkpoint_every > 0 or config.resume
     stats = (_zero_shot if config.method == "none" else train)(
         model,
@@ -295,6 +297,8 @@ def compare(
         for name in methods
         for seed in (seeds[:1] if name == "none" else seeds)  # zero-shot: no seed to vary
     ]
+    for one in configs:  # every run's folder is checked before the first run starts
+        runs.check_output_dir(one)
     return _run_all(configs, jobs, Path(base), command, config.progress)
 
 

@@ -20,6 +20,7 @@ import torch
 
 from tensortrain.errors import TTShapeError, TTValueError
 from tensortrain_nn._files import atomic_write, read_json_object, read_safetensors
+from tensortrain_nn._optional import require
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -180,8 +181,7 @@ def write_lora(
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write a LoRA folder atomically file by file; ``extra`` goes to ``tt_export.json``."""
-    from safetensors.torch import save as st_save
-
+    st_save = require("safetensors.torch", "writing a peft LoRA folder").save
     tensors: dict[str, torch.Tensor] = {}
     for name, (a, b) in pairs.items():
         tensors[PREFIX + name + A_SUFFIX] = a.detach().cpu().contiguous()

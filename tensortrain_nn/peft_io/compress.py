@@ -12,6 +12,7 @@ from torch import nn
 from tensortrain import TTMatrix, tt_matrix_svd
 from tensortrain.errors import TTShapeError, TTTypeError, TTValueError
 from tensortrain.shapes import choose_modes
+from tensortrain_nn._files import check_output_folder
 from tensortrain_nn.modes.base import max_bond
 from tensortrain_nn.peft_io._format import LoraFile, read_lora
 from tensortrain_nn.peft_io._report import LoraImportReport, ModuleCompression
@@ -322,6 +323,22 @@ def _install(
         raise
 
 
+def _restore(params: dict[str, nn.Parameter], before: dict[str, torch.Tensor]) -> None:
+    """Copy the saved values ``before`` back into ``params`` (by name)."""
+    with torch.no_grad():
+        for name, value in before.items():
+            params[name].copy_(value)
+
+
+def _check_outputs(
+    out_dir: str | os.PathLike[str], tt_dir: str | os.PathLike[str] | None, overwrite: bool
+) -> None:
+    """Both output folders are new or empty, or ``overwrite`` (see ``check_output_folder``)."""
+    for name, folder in (("out_dir", out_dir), ("tt_dir", tt_dir)):
+        if folder is not None:
+            check_output_folder(Path(folder), overwrite=overwrite, name=name)
+
+
 def compress_lora(
     peft_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -330,15 +347,15 @@ def compress_lora(
     eps: float | None = None,
     tt_rank: int | None = None,
     tt_dir: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
 ) -> LoraImportReport:
     """Compress a peft LoRA through TT and write it back out as a LoRA (and as a TT adapter).
 
     :func:`from_lora` on ``base_model``, then :func:`~tensortrain_nn.peft_io.export_lora` into
-    ``out_dir`` (a peft LoRA folder, same ``r``, ``lora_alpha``, ``task_type`` and
-    ``base_model_name_or_path`` as the input; keep serving it with peft) and
-    :func:`tensortrain_nn.save_adapter` into ``tt_dir`` (default ``out_dir/tt_adapter``: the
-    small file, :func:`tensortrain_nn.load_adapter` reads it). ``base_model`` is left exactly as
-    it was (modules, values, ``requires_grad``), also on error.
+    ``out_dir`` (a peft LoRA folder: the input's ``r``, ``lora_alpha``, ``task_type``,
+    ``base_model_name_or_path`` and dtype; serve it with peft) and :func:`~tensortrain_nn.
+    save_adapter` into ``tt_dir`` (default ``out_dir/tt_adapter``, for ``load_adapter``).
+    ``base_model`` is left exactly as it was (modules, values, ``requires_grad``), also on error.
 
     Args:
         peft_dir: the peft LoRA folder to compress.
@@ -346,6 +363,7 @@ def compress_lora(
         base_model: an unpatched model of the architecture the LoRA was trained on.
         eps, tt_rank: as in :func:`from_lora`.
         tt_dir: where the LoRETTA_rep adapter goes (default ``out_dir/tt_adapter``).
+        overwrite: write into a non-empty ``out_dir`` / ``tt_dir`` (else refused up front).
 
     Returns:
         The :class:`LoraImportReport`.
@@ -358,26 +376,26 @@ def compress_lora(
     from tensortrain_nn.surgery import save_adapter, unpatch
 
     _check_unpatched(base_model)
+    _check_outputs(out_dir, tt_dir, overwrite)
     lora = read_lora(peft_dir)
     params = dict(base_model.named_parameters())
     saved_before = {n: params[n].detach().clone() for n in lora.saved if n in params}
     report = from_lora(base_model, peft_dir, eps=eps, tt_rank=tt_rank)
     try:
-        cfg = lora.config
         _export(
             base_model,
             out_dir,
             None,
             None,
-            base_model_name_or_path=cfg.get("base_model_name_or_path"),
-            task=cfg.get("task_type"),
+            base_model_name_or_path=lora.config.get("base_model_name_or_path"),
+            task=lora.config.get("task_type"),
+            overwrite=overwrite,
+            dtype=next(iter(lora.pairs.values()))[0].dtype,
         )
         save_adapter(
-            base_model, Path(tt_dir) if tt_dir is not None else Path(out_dir) / "tt_adapter"
+            base_model, Path(tt_dir if tt_dir is not None else Path(out_dir) / "tt_adapter")
         )
     finally:
         unpatch(base_model)
-        with torch.no_grad():
-            for name, value in saved_before.items():
-                params[name].copy_(value)
+        _restore(params, saved_before)
     return report

@@ -11,6 +11,7 @@ from torch import nn
 
 from tensortrain._checks import check_int
 from tensortrain.errors import TTTypeError, TTValueError
+from tensortrain_nn._files import check_output_folder
 from tensortrain_nn._wrapper import check_adapter_name
 from tensortrain_nn.adapter import TTAdapter
 from tensortrain_nn.linear import TTLinear
@@ -28,6 +29,26 @@ TASK_TYPES = (
     ("ForConditionalGeneration", "SEQ_2_SEQ_LM"),
 )
 _KEEP = object()
+#: The largest relative update error (Frobenius, per module) the ``export-lora`` command writes
+#: without ``--allow-lossy`` or an explicit ``--rank``: ``form="full"`` updates go through a
+#: truncated SVD, every other export is exact (to round-off).
+LOSSY_EXPORT_THRESHOLD = 0.01
+
+
+class LossyExportError(TTValueError):
+    """An export whose update error exceeds ``max_error``; nothing was written.
+
+    Attributes:
+        error: the largest relative update error. path: the module it occurs on.
+        rank: the LoRA rank that was tried. form: the adapter's form.
+    """
+
+    def __init__(self, error: float, path: str, rank: int, form: str, max_error: float) -> None:
+        self.error, self.path, self.rank, self.form = error, path, rank, form
+        super().__init__(
+            f"the LoRA would be lossy: form={form!r} updates at rank {rank} have relative error "
+            f"up to {error:.3g} (on {path!r}), above max_error={max_error:g}; nothing was written"
+        )
 
 
 def task_type(model: nn.Module) -> str | None:
@@ -69,6 +90,11 @@ def rep_updates(
             "the base model a LoRA applies to is gone"
         )
     wrappers = [(n, m) for n, m in found_all if isinstance(m, TTReparam | TTAdapter)]
+    if not wrappers:
+        raise TTValueError(
+            "model carries no LoRETTA adapter (never patched, or merged and unloaded): there is "
+            "no rep update to export"
+        )
     if adapter_name is None:
         active = {m.active_adapter for _, m in wrappers if m.active_adapter is not None}
         if len(active) != 1:
@@ -123,6 +149,20 @@ def _factors(update: TTUpdate, rank: int | None, path: str) -> tuple[torch.Tenso
     return (root[:, None] * vh[:k]).to(dtype), (u[:, :k] * root).to(dtype), error
 
 
+def _all_factors(
+    found: list[tuple[str, TTReparam, TTUpdate]], rank: int | None, dtype: torch.dtype | None
+) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], dict[str, float]]:
+    """``({path: (A, B)}, {path: relative error})`` of every update (see :func:`_factors`),
+    cast to ``dtype`` when given."""
+    pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    errors: dict[str, float] = {}
+    with torch.no_grad():
+        for path, _, update in found:
+            a, b, err = _factors(update, rank, path)
+            pairs[path], errors[path] = (a.to(dtype or a.dtype), b.to(dtype or b.dtype)), float(err)
+    return pairs, errors
+
+
 def _names(chosen: set[str], pool: list[str], match: Any) -> list[str]:
     """Leaf names when they match exactly ``chosen`` among ``pool`` under ``match``, else paths."""
     leaves = sorted({c.rsplit(".", 1)[-1] for c in chosen})
@@ -153,7 +193,12 @@ def _export(
     rank: int | None,
     base_model_name_or_path: Any = _KEEP,
     task: Any = _KEEP,
+    *,
+    overwrite: bool = False,
+    max_error: float | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Path:
+    check_output_folder(Path(folder), overwrite=overwrite)
     if rank is not None:
         check_int("rank", rank)
     name, found, wrappers = rep_updates(model, adapter_name)
@@ -165,12 +210,12 @@ def _export(
         rank = 2 * r  # the net change of an init="svd" adapter: see _factors
     inside = [p for p, _ in wrappers]
     saved = _trained_outside(model, wrappers)
-    pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    errors: dict[str, float] = {}
-    with torch.no_grad():
-        for path, _, update in found:
-            a, b, err = _factors(update, rank, path)
-            pairs[path], errors[path] = (a, b), float(err)
+    pairs, errors = _all_factors(found, rank, dtype)
+    worst = max(errors, key=errors.__getitem__)
+    if max_error is not None and errors[worst] > max_error:
+        raise LossyExportError(errors[worst], worst, rank or r, form, max_error)
+    if dtype is not None:
+        saved = {k: v.to(dtype) if v.is_floating_point() else v for k, v in saved.items()}
     base_names = [
         n for n, _ in model.named_modules() if not any(n.startswith(p + ".") for p in inside)
     ]
@@ -208,6 +253,8 @@ def export_lora(
     adapter_name: str | None = None,
     *,
     rank: int | None = None,
+    overwrite: bool = False,
+    max_error: float | None = None,
 ) -> Path:
     """Write a LoRETTA_rep adapter of ``model`` as a standard peft LoRA folder.
 
@@ -228,9 +275,14 @@ def export_lora(
     Args:
         model: a model patched with ``mode="rep"`` (the adapter unmerged).
         folder: output folder (created); ``adapter_config.json`` and
-            ``adapter_model.safetensors`` are written atomically.
+            ``adapter_model.safetensors`` are written atomically. A non-empty folder is refused
+            unless ``overwrite``.
         adapter_name: which adapter (default: the active one).
         rank: LoRA rank of a truncated-SVD export (None: exact factors; ``r`` for ``"full"``).
+        overwrite: write into a non-empty folder (files of the same names are replaced).
+        max_error: refuse (:class:`LossyExportError`, nothing written) when a module's relative
+            update error exceeds it (None: no limit; the command line uses
+            :data:`LOSSY_EXPORT_THRESHOLD`).
 
     Returns:
         ``folder`` as a ``Path``; ``PeftModel.from_pretrained(base, folder)`` then gives the
@@ -238,7 +290,8 @@ def export_lora(
 
     Raises:
         TTValueError: An adp adapter (nonlinear: not a LoRA), ``mode="linear"`` layers, a merged
-            update, trainable biases inside TT layers, an unknown adapter, a bad ``rank``.
+            update, trainable biases inside TT layers, an unknown adapter, a bad ``rank``, a
+            non-empty ``folder`` without ``overwrite``, an error above ``max_error``.
 
     Example:
         >>> import tempfile, tensortrain_nn as ttnn
@@ -248,7 +301,7 @@ def export_lora(
         >>> sorted(p.name for p in out.iterdir())
         ['adapter_config.json', 'adapter_model.safetensors', 'tt_export.json']
     """
-    return _export(model, folder, adapter_name, rank)
+    return _export(model, folder, adapter_name, rank, overwrite=overwrite, max_error=max_error)
 
 
 def _check_unpatched(base_model: nn.Module) -> None:
@@ -268,6 +321,8 @@ def export_lora_folder(
     base_model: nn.Module,
     *,
     rank: int | None = None,
+    overwrite: bool = False,
+    max_error: float | None = None,
 ) -> Path:
     """Turn a saved LoRETTA_rep adapter folder into a peft LoRA folder.
 
@@ -280,7 +335,7 @@ def export_lora_folder(
         adapter_dir: a folder written by :func:`tensortrain_nn.save_adapter` (``mode="rep"``).
         out_dir: the peft LoRA folder to write.
         base_model: an unpatched model of the architecture the adapter was trained on.
-        rank: as in :func:`export_lora`.
+        rank, overwrite, max_error: as in :func:`export_lora`.
 
     Returns:
         ``out_dir`` as a ``Path``.
@@ -297,6 +352,7 @@ def export_lora_folder(
     from tensortrain_nn.surgery import load_adapter, read_adapter, unpatch
 
     _check_unpatched(base_model)
+    check_output_folder(Path(out_dir), overwrite=overwrite)
     config, _, tensors = read_adapter(adapter_dir)
     if config.mode != "rep":
         raise TTValueError(
@@ -307,7 +363,7 @@ def export_lora_folder(
     before = {n: params[n].detach().clone() for n in tensors if n in params}
     load_adapter(base_model, adapter_dir)
     try:
-        return _export(base_model, out_dir, None, rank)
+        return _export(base_model, out_dir, None, rank, overwrite=overwrite, max_error=max_error)
     finally:
         unpatch(base_model)
         with torch.no_grad():

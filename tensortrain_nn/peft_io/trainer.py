@@ -54,5 +54,7 @@ class AdapterCheckpointCallback(_Base):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         self.written.append(save_adapter(model, folder / TT_SUBDIR, self.adapter_name))
         if self.export_lora:
-            self.written.append(export_lora(model, folder / LORA_SUBDIR, self.adapter_name))
+            # The callback owns this sub-folder: a second save of the same step replaces it.
+            lora = export_lora(model, folder / LORA_SUBDIR, self.adapter_name, overwrite=True)
+            self.written.append(lora)
         return control

@@ -28,6 +28,7 @@ import torch
 
 from tensortrain.errors import TTError, TTValueError
 from tensortrain_nn._files import atomic_write, read_json_object, read_safetensors
+from tensortrain_nn._optional import require
 from tensortrain_nn.surgery.config import PatchConfig
 
 WEIGHTS_NAME = "tt_adapter_model.safetensors"
@@ -64,6 +65,7 @@ def write_adapter(
     Raises:
         TTValueError: A tensor holds NaN or infinity (the message names the first such tensor);
             nothing is written.
+        MissingDependencyError: safetensors is not installed (the ``hf`` extra).
 
     Example:
         >>> import tempfile
@@ -71,8 +73,7 @@ def write_adapter(
         >>> read_adapter(folder)[2]
         {'w': tensor([1., 1.])}
     """
-    from safetensors.torch import save as st_save
-
+    st_save = require("safetensors.torch", "save_adapter").save
     bad = _first_non_finite(tensors)
     if bad is not None:
         raise TTValueError(
