@@ -69,7 +69,7 @@ def test_a_peft_folder_given_to_load_adapter_points_to_from_lora(tiny_llama, sav
 
 def test_saving_next_to_a_peft_lora_leaves_its_files(saved):
     model, folder = saved
-    ttnn.export_lora(model, folder)  # a peft LoRA in the same folder
+    ttnn.export_lora(model, folder, overwrite=True)  # a peft LoRA beside our files
     ttnn.save_adapter(model, folder)
     assert {*LEGACY_NAMES, CONFIG_NAME, WEIGHTS_NAME} <= {p.name for p in folder.iterdir()}
 
