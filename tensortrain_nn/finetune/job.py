@@ -50,7 +50,7 @@ from tensortrain_nn.tasks import (
 from tensortrain_nn.tasks.data import encode_labels
 
 #: Metrics of the last evaluation that go to ``Result.metrics``.
-_LM_METRICS = ("loss", "perplexity", "tokens", "truncated")
+_LM_METRICS = ("loss", "perplexity", "tokens", "truncated", "exact_match", "contains")
 
 
 def build_split(config: FinetuneConfig) -> Split:
