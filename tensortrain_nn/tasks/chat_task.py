@@ -24,6 +24,7 @@ from torch import nn
 
 from tensortrain._checks import check_int
 from tensortrain_nn.tasks.batching import IGNORE_INDEX, model_device, pad_id, target_logprobs
+from tensortrain_nn.tasks.base import is_chat_template
 from tensortrain_nn.tasks.chat import Messages, chat_template, encode_conversation, render
 from tensortrain_nn.tasks.errors import FinetuneError
 from tensortrain_nn.tasks.generation import generate_ids
@@ -195,3 +196,50 @@ class ChatTask:
             }
             for c, r, g in zip(contexts, self.answer_references, new, strict=True)
         ]
+
+
+def chat_replies(
+    model: nn.Module,
+    tokenizer: Any,
+    turns: Sequence[str],
+    *,
+    template: str | None = None,
+    system: str | None = None,
+    **options: Any,
+) -> list[str]:
+    """One conversation: each of ``turns`` is a user message, answered before the next.
+
+    Each answer is generated from the whole conversation so far, rendered with the chat template
+    and its generation prompt, and joins the conversation as the assistant's turn.
+
+    Args:
+        model: A causal LM.
+        tokenizer: Its tokenizer.
+        turns: The user's messages, in order.
+        template: A chat template replacing the tokenizer's (a ``{text}`` prompt template, as
+            a labelled run saves, is not one and is ignored).
+        system: A system message opening the conversation.
+        **options: ``max_new_tokens``, ``temperature``, ``top_p``, ``seed`` of
+            :func:`~tensortrain_nn.tasks.generation.generate_ids` (``batch_size`` is ignored:
+            one turn at a time)
+
+    Returns:
+        One answer per turn (special tokens dropped).
+
+    Raises:
+        DataError: No chat template (the message names ``--template``).
+    """
+    jinja = chat_template(tokenizer, template if is_chat_template(template) else None)
+    options.pop("batch_size", None)
+    messages: Messages = [{"role": "system", "content": system}] if system else []
+    replies = []
+    for turn in turns:
+        messages.append({"role": "user", "content": turn})
+        text = render(tokenizer, jinja, messages, prompt=True)
+        ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        new = generate_ids(
+            model, [ids], pad_id=pad_id(tokenizer), eos_id=tokenizer.eos_token_id, **options
+        )[0]
+        replies.append(tokenizer.decode(new, skip_special_tokens=True).strip())
+        messages.append({"role": "assistant", "content": replies[-1]})
+    return replies
