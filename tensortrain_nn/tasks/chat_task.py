@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from tensortrain._checks import check_int
-from tensortrain_nn.tasks.batching import IGNORE_INDEX, model_device, pad_id, target_logprobs
 from tensortrain_nn.tasks.base import is_chat_template
+from tensortrain_nn.tasks.batching import IGNORE_INDEX, model_device, pad_id, target_logprobs
 from tensortrain_nn.tasks.chat import Messages, chat_template, encode_conversation, render
 from tensortrain_nn.tasks.errors import FinetuneError
 from tensortrain_nn.tasks.generation import generate_ids
