@@ -81,8 +81,18 @@ def find_messages_column(
         return given
     if text_column in columns:
         return None
-    found = [c for c in columns if is_messages(next((r[c] for r in rows if c in r), None))]
+    found = [c for c in columns if _holds_messages(rows, c)]
     return "messages" if "messages" in found else (found[0] if found else None)
+
+
+def _holds_messages(rows: list[dict[str, Any]], column: str) -> bool:
+    """The column's first non-empty list is a conversation; or it is ``messages`` and holds
+    lists (all empty: refused later, row by row)."""
+    for row in rows:
+        value = row.get(column)
+        if isinstance(value, list) and value:
+            return is_messages(value)
+    return column == "messages" and any(isinstance(r.get(column), list) for r in rows)
 
 
 def is_instruction_data(columns: list[str], text_column: str) -> bool:

@@ -27,11 +27,11 @@ from tensortrain_nn.tasks.data import builtin_path
 
 #: The system prompt of every conversation: the answer's form, so zero-shot can meet it too.
 SYSTEM = "You answer with one word: Democratic or Republican."
-QUESTION = 'Who said this in a 2016 US debate, a Democratic or a Republican candidate?\n"{text}"'
+QUESTION = 'Who said this in a 2016 US debate?\n"{text}"'
 PARTIES = ("Democratic", "Republican")
 
 
-def debate_conversations(min_words: int = 12, max_words: int = 40) -> list[dict[str, Any]]:
+def debate_conversations(min_words: int = 12, max_words: int = 24) -> list[dict[str, Any]]:
     """One ``{"messages": [...]}`` row per candidate statement, in transcript order."""
     path = builtin_path().parent / "presidential_debates_2016.csv.gz"
     with gzip.open(path, "rt", encoding="utf-8") as handle:

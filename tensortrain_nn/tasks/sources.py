@@ -256,9 +256,11 @@ def as_text(value: Any, *, flag: str, column: str, where: str, number: int) -> s
 
 
 def is_messages(value: Any) -> bool:
-    """Whether ``value`` looks like a conversation: a non-empty list of dicts with a role."""
+    """Whether ``value`` looks like a conversation: a non-empty list of dicts, one with a role
+    (a malformed conversation is still one, to be refused with its own message)."""
     return (
         isinstance(value, list)
         and bool(value)
-        and all(isinstance(m, dict) and "role" in m and "content" in m for m in value)
+        and all(isinstance(m, dict) for m in value)
+        and any("role" in m for m in value)
     )

@@ -30,10 +30,9 @@ def _write(folder: Path, kind: str) -> Any:
         data.to_csv(folder / "d.csv", index=False)
         return folder / "d.csv"
     if kind == "csv.gz":
-        text = (folder / "plain.csv").write_text("") or None
         data.to_csv(folder / "plain.csv", index=False)
         (folder / "d.csv.gz").write_bytes(gzip.compress((folder / "plain.csv").read_bytes()))
-        return text or folder / "d.csv.gz"
+        return folder / "d.csv.gz"
     if kind == "jsonl.bz2":
         lines = "".join(json.dumps(r) + "\n" for r in ROWS).encode()
         (folder / "d.jsonl.bz2").write_bytes(bz2.compress(lines))
@@ -135,7 +134,9 @@ def test_list_column_as_text_is_refused(tmp_path: Path) -> None:
     rows = [{"text": chat, "label": "a"}, {"text": "fine", "label": "b"}]
     with pytest.raises(DataError, match=r"row 1 holds a list, not text.*--messages-column text"):
         load_table(rows)
-    with pytest.raises(DataError, match="--prompt-column 'q': a list of 1 dicts row 1 holds a dict"):
+    with pytest.raises(
+        DataError, match="--prompt-column 'q': a list of 1 dicts row 1 holds a dict"
+    ):
         load_lm_examples([{"q": {"a": 1}, "c": "x"}], prompt_column="q", completion_column="c")
     assert as_text(2.5, flag="--text-column", column="t", where="d", number=1) == "2.5"
 
