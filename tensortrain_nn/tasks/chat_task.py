@@ -194,7 +194,7 @@ class ChatTask:
                 "reference": r,
                 "generated": decode(g, skip_special_tokens=True),
             }
-            for c, r, g in zip(contexts, self.answer_references, new, strict=True)
+            for c, r, g in zip(contexts, self.answer_references[:n], new, strict=True)
         ]
 
 

@@ -276,3 +276,38 @@ def test_collate_matches_the_mask(tokenizer: Any) -> None:
         batch["attention_mask"].sum(1),
         torch.tensor([len(task.train_encoded[i][0]) for i in range(3)]),
     )
+
+
+def test_chat_samples_without_a_metric(tokenizer: Any) -> None:
+    from _helpers import tiny_llama
+
+    task = _chat_task(tokenizer, chat_rows(6))
+    task.num_samples = 1
+    out = task.evaluate(tiny_llama(tokenizer), batch_size=2)
+    assert out["examples"] == 2 and out["tokens"] == 12  # 2 conversations x 2 turns x 3 tokens
+    assert len(out["samples"]) == 1 and out["samples"][0]["reference"] in ("yes", "no")
+
+
+@pytest.mark.slow
+def test_python_api_takes_a_dataset(tmp_path: Path, models: dict[str, str]) -> None:
+    import datasets
+
+    from tensortrain_nn.finetune import FinetuneConfig, run
+
+    data = datasets.Dataset.from_list(chat_rows(12))
+    config = FinetuneConfig(
+        model=models["chat"],
+        data=data,
+        test_size=4,
+        epochs=1,
+        batch_size=4,
+        max_length=128,
+        progress=False,
+        device="cpu",
+        output_dir=str(tmp_path / "run"),
+        metric="contains",
+    )
+    result = run(config)
+    assert result.num_train == 8 and "contains" in result.metrics
+    saved = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert saved["config"]["data"] == "an in-memory Dataset"
