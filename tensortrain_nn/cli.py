@@ -167,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-p", type=_finite, default=1.0)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--no-merge", action="store_true", help="keep the adapter unmerged")
+    gen.add_argument("--chat", action="store_true", help="prompts are user turns of one chat")
+    gen.add_argument("--system", help="with --chat: a system message opening the chat")
     exp = sub.add_parser("export-lora", help="write a LoRETTA_rep run's adapter as a peft LoRA")
     exp.add_argument("adapter", help="a rep run folder (or its adapter/ sub-folder)")
     exp.add_argument("out", help="the peft LoRA folder to write")
@@ -277,8 +279,11 @@ def _generate(args: argparse.Namespace) -> int:
     if not prompts:
         raise ValueError("no prompt (give prompts as arguments or lines on stdin)")
     options = {k: getattr(args, k) for k in ("max_new_tokens", "temperature", "top_p", "seed")}
+    if args.system is not None and not args.chat:
+        raise ValueError("--system needs --chat")
+    chat = {"chat": True, "system": args.system} if args.chat else {}
     texts = generate_text(
-        args.adapter, prompts, model=args.model, merge=not args.no_merge, **options
+        args.adapter, prompts, model=args.model, merge=not args.no_merge, **options, **chat
     )
     for text in texts:
         print(one_line(text))

@@ -28,6 +28,7 @@ from tensortrain_nn.budget import RankBudget
 from tensortrain_nn.finetune import rounding
 from tensortrain_nn.finetune.methods import DEFAULT_LR, get_method
 from tensortrain_nn.tasks import FinetuneError, TaskOptions
+from tensortrain_nn.tasks.answers import check_task_options
 
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 
@@ -48,7 +49,7 @@ class FinetuneConfig:
     method: str = _f("rep", "rep, adp, lora, head, full, or none (lm: zero-shot)")
     task: str = _f("auto", "classify, lm, or auto (lm for decoder-only models)")
     model: str = _f("minilm", "minilm, smollm2, a model folder or a .gguf file")
-    data: str | None = _f(None, "CSV or JSONL file (default: built-in Rotten Tomatoes)")
+    data: str | None = _f(None, "CSV, JSON(L), parquet or datasets folder (default: built-in)")
     text_column: str = _f("text", "text column of --data")
     label_column: str = _f("label", "label column of --data")
     test_data: str | None = _f(None, "held-out file (default: hold out part of --data)")
@@ -74,6 +75,10 @@ class FinetuneConfig:
     prompt_column: str | None = _f(None, "lm: prompt column (with --completion-column)")
     completion_column: str | None = _f(None, "lm: completion column (loss on it only)")
     length_normalise: bool = _f(False, "lm: score answer options by mean token log-likelihood")
+    split: str | None = _f(None, "split of a datasets folder (DatasetDict) given as --data")
+    messages_column: str | None = _f(None, "lm: chat column (default: found by its messages)")
+    chat_loss: str = _f("assistant", "lm chat data: loss on assistant turns, or all")
+    metric: str | None = _f(None, "lm: accuracy (answer options), exact_match or contains")
     bf16: bool = _f(False, "bfloat16 autocast (CPU or CUDA)")
     gradient_checkpointing: bool = _f(False, "recompute activations in backward (less memory)")
     output_dir: str | None = _f(None, "default runs/<method>-<timestamp>")
@@ -129,6 +134,7 @@ class FinetuneConfig:
             raise FinetuneError(f"method_options must be a dict, got {self.method_options!r}")
         _check_finite_options(self.method_options)
         rounding.check_options(self.method, self.method_options, self.checkpoint_every, self.resume)
+        check_task_options(self.task_options())
 
     @property
     def rank_budget(self) -> RankBudget | None:

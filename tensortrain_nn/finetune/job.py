@@ -47,10 +47,11 @@ from tensortrain_nn.tasks import (
     read_data,
     read_split,
 )
+from tensortrain_nn.tasks.chat_task import chat_replies
 from tensortrain_nn.tasks.data import encode_labels
 
 #: Metrics of the last evaluation that go to ``Result.metrics``.
-_LM_METRICS = ("loss", "perplexity", "tokens", "truncated")
+_LM_METRICS = ("loss", "perplexity", "tokens", "truncated", "exact_match", "contains")
 
 
 def build_split(config: FinetuneConfig) -> Split:
@@ -393,6 +394,8 @@ def generate_text(
     *,
     model: str | None = None,
     merge: bool = True,
+    chat: bool = False,
+    system: str | None = None,
     **options: Any,
 ) -> list[str]:
     """Continue ``prompts`` with a saved lm run's model and adapter (greedy by default).
@@ -405,6 +408,9 @@ def generate_text(
         prompts: Texts to continue.
         model: Another base model of the same architecture.
         merge: Fold the adapter into the weights (rep and LoRA; adp runs unmerged).
+        chat: The prompts are the user turns of one conversation, rendered by the chat template
+            (the run's ``--template`` when it was a chat template, else the tokenizer's).
+        system: With ``chat``: a system message opening the conversation.
         **options: ``max_new_tokens``, ``temperature``, ``top_p``, ``seed``, ``batch_size`` of
             :func:`tensortrain_nn.tasks.generate`.
 
@@ -421,6 +427,9 @@ def generate_text(
         )
     if merge:
         loaded = _merged(loaded, info["config"]["method"])
+    if chat:
+        template = info["config"].get("template")
+        return chat_replies(loaded, tokenizer, prompts, template=template, system=system, **options)
     return generate(loaded, tokenizer, list(prompts), **options)
 
 

@@ -34,6 +34,11 @@ def report_rows(result: Result) -> list[tuple[str, str]]:
             ("accuracy", f"{100 * result.accuracy:.2f} %  ({result.num_test} held-out examples)"),
             ("macro-F1", f"{100 * result.macro_f1:.2f} %"),
         ]
+    rows += [
+        (name.replace("_", " "), f"{100 * result.metrics[name]:.2f} %  (generated answers)")
+        for name in ANSWER_METRICS
+        if name in result.metrics
+    ]
     if "perplexity" in result.metrics:
         rows += [
             ("held-out loss", f"{result.metrics['loss']:.4f} per token"),
@@ -97,7 +102,7 @@ def write_report(result: Result, folder: Path) -> None:
     )
     samples = "".join(
         f"- prompt: `{s['prompt']!r}`\n  reference: `{s['reference']!r}`\n  "
-        f"generated: `{s['generated']!r}`\n"
+        f"generated: `{s['generated']!r}`\n" + (f"  match: {s['match']}\n" if "match" in s else "")
         for s in result.samples
     )
     text = f"# Run report\n\n{body}\n## Per epoch\n\n{epochs}"
@@ -108,6 +113,18 @@ def _spread(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+#: Generated-answer metrics (``--metric``), shown in place of accuracy when a run has one.
+ANSWER_METRICS = ("exact_match", "contains")
+
+
+def _score(runs: Sequence[Result]) -> tuple[str, list[float]]:
+    """The metric a comparison shows: accuracy, or the runs' generated-answer metric."""
+    for name in ANSWER_METRICS:
+        if all(name in r.metrics for r in runs):
+            return name, [float(r.metrics[name]) for r in runs]
+    return "accuracy", [r.accuracy for r in runs]
+
+
 def summarize(results: Sequence[Result]) -> list[dict[str, Any]]:
     """One row per method (in first-seen order): mean and standard deviation over seeds."""
     by_method: dict[str, list[Result]] = {}
@@ -115,12 +132,13 @@ def summarize(results: Sequence[Result]) -> list[dict[str, Any]]:
         by_method.setdefault(result.method, []).append(result)
     rows = []
     for method, runs in by_method.items():
-        acc = [r.accuracy for r in runs]
+        score, acc = _score(runs)
         f1 = [r.macro_f1 for r in runs]
         rows.append(
             {
                 "method": method,
                 "seeds": [r.seed for r in runs],
+                "score": score,
                 "accuracy_mean": statistics.fmean(acc),
                 "accuracy_std": _spread(acc),
                 "accuracy_min": min(acc),
@@ -145,7 +163,7 @@ def comparison_markdown(rows: Sequence[dict[str, Any]]) -> str:
     header = [
         "method",
         "seeds",
-        "accuracy % (mean ± sd)",
+        f"{rows[0].get('score', 'accuracy') if rows else 'accuracy'} % (mean ± sd)",
         "macro-F1 %",
         "trainable (adapter)",
         "+ head",

@@ -34,6 +34,7 @@ from tensortrain_nn.tasks import (
     TaskOptions,
     decide_kind,
 )
+from tensortrain_nn.tasks.sources import describe_source
 
 RUN_FILE = "run.json"
 ADAPTER_DIR = "adapter"
@@ -64,13 +65,13 @@ def write_run(
         out: The run folder (created).
         method: The run's method (it saves the adapter).
         trained: The trained model.
-        config: The run's config (data paths are saved absolute).
+        config: The run's config (data paths are saved absolute, in-memory data described).
         **info: ``model`` (the spec as a dict), ``base_fingerprint``, ``labels`` and ``task``.
     """
     out.mkdir(parents=True, exist_ok=True)
     method.save(trained, out / ADAPTER_DIR)
-    paths = {
-        key: str(Path(value).resolve())
+    paths = {  # in-memory data (a Dataset, a list of dicts) is recorded by its description
+        key: str(Path(value).resolve()) if isinstance(value, str) else describe_source(value)
         for key in ("data", "test_data")
         if (value := getattr(config, key)) is not None and value != BUILTIN
     }

@@ -25,7 +25,7 @@ from tensortrain_nn.tasks.errors import FinetuneError
 #: Name of the built-in data set (``data=None`` or ``data="rotten_tomatoes"``).
 BUILTIN = "rotten_tomatoes"
 #: Options that only the lm task reads (given with ``classify`` they are refused).
-LM_ONLY = ("template", "verbalizer", "prompt_column", "completion_column")
+LM_ONLY = ("template", "verbalizer", "prompt_column", "completion_column", "messages_column")
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,11 @@ class TaskOptions:
         prompt_column: lm: prompt column (with ``completion_column``).
         completion_column: lm: completion column.
         length_normalise: lm: score answers by mean token log-likelihood.
+        split: The split of a ``DatasetDict`` given as ``data``.
+        messages_column: lm: the chat column (None: detected when the text column is absent).
+        chat_loss: lm chat data: ``assistant`` (loss on assistant turns) or ``all``.
+        metric: lm: ``accuracy`` (option scoring), ``exact_match`` or ``contains`` (generated
+            answers); None: accuracy for labelled data, loss and perplexity otherwise.
     """
 
     task: str = "auto"
@@ -65,6 +70,10 @@ class TaskOptions:
     prompt_column: str | None = None
     completion_column: str | None = None
     length_normalise: bool = False
+    split: str | None = None
+    messages_column: str | None = None
+    chat_loss: str = "assistant"
+    metric: str | None = None
 
     @property
     def builtin(self) -> bool:
@@ -121,10 +130,24 @@ def decide_kind(options: TaskOptions, *, decoder_only: bool, model: str) -> Task
                 f"{given[0]} needs --task lm (the model is trained as a classifier)"
             )
         return TaskKind("classify", labelled=True)
-    as_text = options.template is not None or options.verbalizer is not None
-    if as_text and not options.builtin and (options.template is None or options.verbalizer is None):
+    prompt = None if is_chat_template(options.template) else options.template
+    as_text = prompt is not None or options.verbalizer is not None
+    if as_text and not options.builtin and (prompt is None or options.verbalizer is None):
         raise FinetuneError("classification as text needs both --template and --verbalizer")
     return TaskKind("lm", labelled=options.builtin or as_text)
+
+
+def is_chat_template(template: str | None) -> bool:
+    """Whether a ``--template`` is a chat template (Jinja syntax, or a ``.jinja`` file) rather
+    than a prompt with ``{text}``.
+
+    Example:
+        >>> is_chat_template("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+        True
+    """
+    return template is not None and (
+        "{%" in template or "{{" in template or template.endswith(".jinja")
+    )
 
 
 class Task(Protocol):

@@ -13,7 +13,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from tensortrain_nn.tasks.base import Task, TaskKind, TaskOptions
+from tensortrain_nn.tasks.answers import scored
+from tensortrain_nn.tasks.base import Task, TaskKind, TaskOptions, is_chat_template
+from tensortrain_nn.tasks.chat_task import ChatTask
 from tensortrain_nn.tasks.classify import ClassifyTask
 from tensortrain_nn.tasks.data import (
     BUILTIN_TEST_SIZE,
@@ -25,11 +27,12 @@ from tensortrain_nn.tasks.data import (
     make_split,
     split_items,
 )
+from tensortrain_nn.tasks.forms import ChatData, read_chat_or_instruction
 from tensortrain_nn.tasks.lm import LMTask, classification_task
 from tensortrain_nn.tasks.scoring import BUILTIN_TEMPLATE, BUILTIN_VERBALIZER
 
 #: What :func:`read_data` returns: labelled texts, or ``(train, test)`` lm examples.
-TaskData = Split | tuple[list[LMExample], list[LMExample]]
+TaskData = Split | tuple[list[LMExample], list[LMExample]] | ChatData
 
 
 def read_split(options: TaskOptions) -> Split:
@@ -44,7 +47,7 @@ def read_split(options: TaskOptions) -> Split:
         texts, labels = load_builtin()
         default: int | float = BUILTIN_TEST_SIZE
     else:
-        texts, labels = load_table(options.data, **cols)  # type: ignore[arg-type]
+        texts, labels = load_table(options.data, **cols, split=options.split)
         default = 0.2
     size = options.test_size if options.test_size is not None else default
     test = None if options.test_data is None else load_table(options.test_data, **cols)
@@ -59,14 +62,18 @@ def read_split(options: TaskOptions) -> Split:
     )
 
 
-def read_examples(options: TaskOptions) -> tuple[list[LMExample], list[LMExample]]:
-    """``(train, test)`` prompt/completion or plain-text examples, split as :func:`read_split`."""
+def read_examples(options: TaskOptions) -> tuple[list[LMExample], list[LMExample]] | ChatData:
+    """``(train, test)`` prompt/completion or plain-text examples, split as :func:`read_split`;
+    chat or instruction data when the data has that shape (:mod:`~tensortrain_nn.tasks.forms`)."""
+    shaped = read_chat_or_instruction(options)
+    if shaped is not None:
+        return shaped
     columns = {
         "prompt_column": options.prompt_column,
         "completion_column": options.completion_column,
         "text_column": options.text_column,
     }
-    examples = load_lm_examples(options.data, **columns)  # type: ignore[arg-type]
+    examples = load_lm_examples(options.data, **columns, split=options.split)
     test = None if options.test_data is None else load_lm_examples(options.test_data, **columns)
     size = options.test_size if options.test_size is not None else 0.2
     train, held = split_items(examples, test_size=size, seed=options.split_seed, test=test)
@@ -84,11 +91,23 @@ def make_task(kind: TaskKind, tokenizer: Any, data: TaskData, options: TaskOptio
     Raises:
         DataError: A bad template or verbalizer (lm classification as text).
     """
+    if isinstance(data, ChatData):
+        chat = options.template if is_chat_template(options.template) else None
+        task: Any = ChatTask(
+            tokenizer,
+            data.train,
+            data.test,
+            max_length=options.max_length,
+            template=chat,
+            chat_loss=options.chat_loss,
+        )
+        return scored(task, options.metric, labelled=False)
     if not isinstance(data, Split):
-        return LMTask(tokenizer, *data, max_length=options.max_length)
+        task = LMTask(tokenizer, *data, max_length=options.max_length)
+        return scored(task, options.metric, labelled=False)
     if kind.name == "classify":
         return ClassifyTask(tokenizer, data, options.max_length)
-    return classification_task(
+    task = classification_task(
         tokenizer,
         data,
         template=options.template or BUILTIN_TEMPLATE,
@@ -96,3 +115,4 @@ def make_task(kind: TaskKind, tokenizer: Any, data: TaskData, options: TaskOptio
         max_length=options.max_length,
         length_normalise=options.length_normalise,
     )
+    return scored(task, options.metric, labelled=True)

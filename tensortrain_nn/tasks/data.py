@@ -15,21 +15,17 @@ Example:
 
 from __future__ import annotations
 
-import bz2
-import csv
-import gzip
 import importlib.util
-import json
 import random
 import re
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import Any, TypeVar
 
 from tensortrain_nn.tasks.base import BUILTIN
 from tensortrain_nn.tasks.errors import DataError, FinetuneError
+from tensortrain_nn.tasks.sources import as_text, describe_source, read_source
 
 __all__ = ["BUILTIN", "LMExample", "Split", "load_lm_examples", "load_table", "make_split"]
 
@@ -61,71 +57,29 @@ class Split:
 _INTEGER = re.compile(r"-?[0-9]+")
 
 
-def _open_text(path: Path) -> IO[str]:
-    """The file as text; ``utf-8-sig`` drops a byte-order mark at the start."""
-    if path.suffix == ".bz2":
-        return bz2.open(path, "rt", encoding="utf-8-sig")
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8-sig")
-    return path.open(encoding="utf-8-sig", newline="")
-
-
-def read_rows(path: Path) -> tuple[list[dict[str, object]], list[str]]:
-    """Read every row of a CSV or JSONL file; returns the rows and the column names seen.
+def read_rows(
+    source: Any, *, split: str | None = None
+) -> tuple[list[dict[str, object]], list[str]]:
+    """Every row of a data source and the column names seen (see :mod:`.sources`).
 
     Raises:
         FileNotFoundError: The file does not exist.
-        DataError: No rows, not UTF-8 text, or not valid CSV / JSON lines (names the file).
+        DataError: No rows, not UTF-8 text, or a damaged file (names the file).
     """
-    if not path.is_file():
-        raise FileNotFoundError(f"data file not found: {path}")
-    try:
-        rows, columns = _parse_rows(path)
-    except UnicodeDecodeError as exc:
-        raise DataError(
-            f"data file {path} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8"
-        ) from None
-    except (csv.Error, OSError, EOFError) as exc:
-        raise DataError(f"data file {path} cannot be read: {exc}") from None
-    if not rows:
-        raise DataError(f"data file {path} has no rows")
-    return rows, columns
-
-
-def _parse_rows(path: Path) -> tuple[list[dict[str, object]], list[str]]:
-    stem = path.name.removesuffix(".bz2").removesuffix(".gz")
-    rows: list[dict[str, object]] = []
-    with _open_text(path) as handle:
-        if stem.endswith((".jsonl", ".json")):
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}: line {number} is not valid JSON ({exc.msg})") from exc
-                if not isinstance(row, dict):
-                    raise DataError(f"{path}: line {number} is not a JSON object")
-                rows.append(row)
-            columns = list(dict.fromkeys(key for row in rows for key in row))
-        else:
-            csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-            reader = csv.DictReader(handle)
-            rows = [dict(row) for row in reader]
-            columns = list(reader.fieldnames or [])
-    return rows, columns
+    return read_source(source, split=split)
 
 
 def load_table(
-    path: str | Path, *, text_column: str = "text", label_column: str = "label"
+    path: Any, *, text_column: str = "text", label_column: str = "label", split: str | None = None
 ) -> tuple[list[str], list[str]]:
     """Load texts and string labels from a CSV or JSONL file (optionally ``.gz`` / ``.bz2``).
 
     Args:
-        path: The file. ``.jsonl`` / ``.json`` (one object a line) is read as JSON lines, anything
-            else as CSV with a header row.
+        path: Any source of :func:`~tensortrain_nn.tasks.sources.read_source`: a CSV, JSON(L) or
+            parquet file, a ``save_to_disk`` folder, a ``Dataset`` or a list of dicts.
         text_column: Column holding the text.
         label_column: Column holding the label (any value; converted to ``str``).
+        split: The split of a ``DatasetDict``.
 
     Returns:
         ``(texts, labels)``, equally long.
@@ -135,8 +89,8 @@ def load_table(
         DataError: A named column is missing (the message lists the columns that exist), a row has
             no label, or the file has no rows.
     """
-    path = Path(path)
-    rows, columns = read_rows(path)
+    rows, columns = read_rows(path, split=split)
+    path = describe_source(path)
     for column in (text_column, label_column):
         if column not in columns:
             raise DataError(
@@ -149,7 +103,9 @@ def load_table(
         if label is None or str(label).strip() == "":
             raise DataError(f"data file {path}: row {number} has no value in {label_column!r}")
         text = row.get(text_column)
-        texts.append("" if text is None else str(text))
+        texts.append(
+            as_text(text, flag="--text-column", column=text_column, where=path, number=number)
+        )
         labels.append(str(label).strip())
     return texts, labels
 
@@ -304,11 +260,12 @@ class LMExample:
 
 
 def load_lm_examples(
-    path: str | Path,
+    path: Any,
     *,
     prompt_column: str | None = None,
     completion_column: str | None = None,
     text_column: str | None = "text",
+    split: str | None = None,
 ) -> list[LMExample]:
     """Read prompt/completion pairs (both columns given) or plain texts from a CSV / JSONL file.
 
@@ -326,8 +283,8 @@ def load_lm_examples(
         raise FinetuneError(
             "the lm task needs --text-column, or --prompt-column and --completion-column"
         )
-    path = Path(path)
-    rows, columns = read_rows(path)
+    rows, columns = read_rows(path, split=split)
+    path = describe_source(path)
     flags = (
         {"--prompt-column": prompt_column, "--completion-column": completion_column}
         if prompt_column is not None
@@ -340,10 +297,13 @@ def load_lm_examples(
                 f"its columns are: {', '.join(columns)}"
             )
 
-    def cell(row: dict[str, object], column: str | None) -> str:
-        value = row.get(column or "")
-        return "" if value is None else str(value)
+    def cell(row: dict[str, object], flag: str, number: int) -> str:
+        column = flags[flag] or ""
+        return as_text(row.get(column), flag=flag, column=column, where=path, number=number)
 
     if prompt_column is not None:
-        return [LMExample(cell(r, prompt_column), cell(r, completion_column)) for r in rows]
-    return [LMExample("", cell(r, text_column)) for r in rows]
+        return [
+            LMExample(cell(r, "--prompt-column", n), cell(r, "--completion-column", n))
+            for n, r in enumerate(rows, start=1)
+        ]
+    return [LMExample("", cell(r, "--text-column", n)) for n, r in enumerate(rows, start=1)]

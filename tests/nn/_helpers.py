@@ -365,3 +365,38 @@ def tiny_llama(tokenizer: Any, seed: int = 0) -> Any:
         pad_token_id=None,
     )
     return LlamaForCausalLM(config).eval()
+
+
+#: A small chat template: ``<role>content<eos>`` per message, ``<assistant>`` as the prompt.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ '<' + m['role'] + '>' + m['content'] + '<eos>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<assistant>' }}{% endif %}"
+)
+
+
+def tiny_chat_model(folder: Path, *, template: str | None = CHAT_TEMPLATE) -> str:
+    """A tiny LLaMA and the tiny tokenizer (with ``template`` as chat template) in ``folder``."""
+    tokenizer = tiny_tokenizer(bos=True)
+    tokenizer.chat_template = template
+    tiny_llama(tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def chat_rows(n: int) -> list[dict[str, Any]]:
+    """``n`` two-turn conversations with a system prompt: answers ``yes`` / ``no``."""
+    rows = []
+    for k in range(n):
+        word = POSITIVE[k % len(POSITIVE)] if k % 2 else NEGATIVE[k % len(NEGATIVE)]
+        rows.append(
+            {
+                "messages": [
+                    {"role": "system", "content": "Answer yes or no."},
+                    {"role": "user", "content": f"a {word} film?"},
+                    {"role": "assistant", "content": "yes" if k % 2 else "no"},
+                    {"role": "user", "content": "sure?"},
+                    {"role": "assistant", "content": "yes" if k % 2 else "no"},
+                ]
+            }
+        )
+    return rows
