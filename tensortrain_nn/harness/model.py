@@ -19,10 +19,10 @@ from lm_eval.models.huggingface import HFLM
 from torch import nn
 
 from tensortrain.errors import TTError, TTValueError
+from tensortrain_nn.surgery.io import CONFIG_NAME, LEGACY_NAMES
 
 #: The files that mark each kind of adapter folder.
 RUN_FILE = "run.json"
-ADAPTER_CONFIG = "adapter_config.json"
 #: Methods of a run whose adapter folds into the weights (``merge=True``).
 MERGEABLE = ("rep", "lora")
 #: ``HFLM`` options that load a model from a name; here the model comes loaded.
@@ -42,6 +42,12 @@ def _contents(path: Path, limit: int = 6) -> str:
     names = sorted(p.name for p in path.iterdir())
     shown = ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
     return shown or "nothing"
+
+
+def _config_file(folder: Path) -> Path:
+    """The adapter config of ``folder``: ours, else the name folders were written under before."""
+    ours = folder / CONFIG_NAME
+    return ours if ours.is_file() else folder / LEGACY_NAMES[0]
 
 
 def adapter_kind(adapter: str | Path) -> str:
@@ -72,7 +78,7 @@ def adapter_kind(adapter: str | Path) -> str:
         )
     if (path / RUN_FILE).is_file() or (path.parent / RUN_FILE).is_file():
         return "run"
-    config = path / ADAPTER_CONFIG
+    config = _config_file(path)
     if config.is_file():
         try:
             data = json.loads(config.read_text())
@@ -87,7 +93,7 @@ def adapter_kind(adapter: str | Path) -> str:
             return "adapter"
     raise ModelArgsError(
         f"adapter={str(adapter)!r} is not a LoRETTA adapter: expected {RUN_FILE} (a run folder) "
-        f"or a tensortrain {ADAPTER_CONFIG}; it contains: {_contents(path)}"
+        f"or a tensortrain {CONFIG_NAME}; it contains: {_contents(path)}"
     )
 
 
@@ -116,7 +122,7 @@ def _load(adapter: str | Path, pretrained: str | None) -> tuple[nn.Module, Any, 
     import tensortrain_nn
 
     model, tokenizer = _load_base(pretrained)
-    config = json.loads((Path(adapter).expanduser() / ADAPTER_CONFIG).read_text())
+    config = json.loads(_config_file(Path(adapter).expanduser()).read_text())
     tensortrain_nn.load_adapter(model, Path(adapter).expanduser())
     return model, tokenizer, str(config["mode"])
 
