@@ -314,8 +314,9 @@ def load_lm_examples(
 
     Raises:
         FileNotFoundError: No such file.
-        DataError: No rows, or a named column is missing (the message names the flag, the
-            column and the columns that exist).
+        DataError: No rows, a named column is missing (the message names the flag, the
+            column and the columns that exist), or a row has no value for one (a JSON line
+            without the key, or ``null``; the message names the row).
         FinetuneError: Only one of ``prompt_column`` / ``completion_column``, or no column.
     """
     if (prompt_column is None) != (completion_column is None):
@@ -340,10 +341,17 @@ def load_lm_examples(
                 f"its columns are: {', '.join(columns)}"
             )
 
-    def cell(row: dict[str, object], column: str | None) -> str:
-        value = row.get(column or "")
-        return "" if value is None else str(value)
+    def cell(number: int, row: dict[str, object], flag: str) -> str:
+        value = row.get(flags[flag] or "")
+        if value is None:
+            raise DataError(
+                f"data file {path}: row {number} has no value for {flag} {flags[flag]!r}"
+            )
+        return str(value)
 
     if prompt_column is not None:
-        return [LMExample(cell(r, prompt_column), cell(r, completion_column)) for r in rows]
-    return [LMExample("", cell(r, text_column)) for r in rows]
+        return [
+            LMExample(cell(n, r, "--prompt-column"), cell(n, r, "--completion-column"))
+            for n, r in enumerate(rows, start=1)
+        ]
+    return [LMExample("", cell(n, r, "--text-column")) for n, r in enumerate(rows, start=1)]
