@@ -131,24 +131,8 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every subcommand."""
-    parser = _Parser(
-        prog="tensortrain",
-        description="Fine-tune transformers with LoRETTA (tensor-train adapters), LoRA, or a head.",
-    )
-    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
-    ft = sub.add_parser("finetune", help="fine-tune and report (the default command)")
-    ft.add_argument("--compare", help="comma-separated methods to run side by side")
-    ft.add_argument("--seeds", type=_ints, help="comma-separated training seeds (e.g. 0,1,2)")
-    ft.add_argument("--jobs", type=int, default=1, help="runs of --compare/--seeds at a time")
-    _config_flags(ft)
-    for name, text in (("predict", "label new text"), ("evaluate", "score a saved run")):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("--adapter", required=True, help="a run folder written by finetune")
-        p.add_argument("--model", help="base model to use instead of the one the run names")
-        p.add_argument("--text-column", help="text column when the input is CSV / JSONL")
-    gen = sub.add_parser("generate", help="continue prompts with an lm run (adapter merged)")
+def _generate_flags(gen: argparse.ArgumentParser) -> None:
+    """The flags of ``generate``."""
     gen.add_argument(
         "prompts",
         nargs="*",
@@ -173,6 +157,28 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-p", type=_finite, default=1.0)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--no-merge", action="store_true", help="keep the adapter unmerged")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = _Parser(
+        prog="tensortrain",
+        description="Fine-tune transformers with LoRETTA (tensor-train adapters), LoRA, or a head.",
+    )
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    ft = sub.add_parser("finetune", help="fine-tune and report (the default command)")
+    ft.add_argument("--compare", help="comma-separated methods to run side by side")
+    ft.add_argument("--seeds", type=_ints, help="comma-separated training seeds (e.g. 0,1,2)")
+    ft.add_argument("--jobs", type=int, default=1, help="runs of --compare/--seeds at a time")
+    _config_flags(ft)
+    for name, text in (("predict", "label new text"), ("evaluate", "score a saved run")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--adapter", required=True, help="a run folder written by finetune")
+        p.add_argument("--model", help="base model to use instead of the one the run names")
+        p.add_argument("--text-column", help="text column when the input is CSV / JSONL")
+    _generate_flags(
+        sub.add_parser("generate", help="continue prompts with an lm run (adapter merged)")
+    )
     exp = sub.add_parser("export-lora", help="write a LoRETTA_rep run's adapter as a peft LoRA")
     exp.add_argument("adapter", help="a rep run folder (or its adapter/ sub-folder)")
     exp.add_argument("out", help="the peft LoRA folder to write")

@@ -115,7 +115,7 @@ def read_held_out(
             "completion_column": options.completion_column,
             "text_column": text_column or options.text_column,
         }
-        return ([], load_lm_examples(data, **columns))  # type: ignore[arg-type]
+        return ([], load_lm_examples(data, **columns))
     texts, names = load_table(
         data,
         text_column=text_column or options.text_column,

@@ -124,9 +124,8 @@ def generate(
     """Continue each prompt; returns only the new text (special tokens dropped).
 
     Greedy when ``temperature == 0`` (the default), else sampled with ``temperature`` and
-    nucleus ``top_p``, reproducibly for a given ``seed``. Prompts are tokenized with the
-    tokenizer's special tokens and left-padded in batches of ``batch_size``; the model's mode
-    is left as it is (call ``model.eval()`` first to turn dropout off).
+    nucleus ``top_p``, reproducibly for a given ``seed``. Prompts are tokenized with special
+    tokens and left-padded in batches; the model's mode is left as it is (call ``model.eval()``).
 
     Args:
         model: A transformers causal LM (patched or not), on any device.
