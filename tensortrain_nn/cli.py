@@ -141,6 +141,36 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
+def _generate_flags(gen: argparse.ArgumentParser) -> None:
+    """The flags of ``generate``."""
+    gen.add_argument(
+        "prompts",
+        nargs="*",
+        help=r"prompts (default: stdin, one a line); \n, \t, \\ are read as a line break, "
+        "a tab, a backslash",
+    )
+    gen.add_argument(
+        "--prompt-file",
+        metavar="FILE",
+        help="prompts that may span lines, separated by a line holding only --- (- : stdin)",
+    )
+    gen.add_argument("--adapter", required=True, help="a run folder written by finetune --task lm")
+    gen.add_argument("--model", help="base model to use instead of the one the run names")
+    gen.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=32,
+        help="most tokens generated per prompt (default 32; at most 4096, and prompt + new "
+        "tokens within the model's positions)",
+    )
+    gen.add_argument("--temperature", type=_finite, default=0.0, help="0: greedy (default)")
+    gen.add_argument("--top-p", type=_finite, default=1.0)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--no-merge", action="store_true", help="keep the adapter unmerged")
+    gen.add_argument("--chat", action="store_true", help="prompts are user turns of one chat")
+    gen.add_argument("--system", help="with --chat: a system message opening the chat")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = _Parser(
@@ -158,17 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--adapter", required=True, help="a run folder written by finetune")
         p.add_argument("--model", help="base model to use instead of the one the run names")
         p.add_argument("--text-column", help="text column when the input is CSV / JSONL")
-    gen = sub.add_parser("generate", help="continue prompts with an lm run (adapter merged)")
-    gen.add_argument("prompts", nargs="*", help="prompts (default: stdin, one a line)")
-    gen.add_argument("--adapter", required=True, help="a run folder written by finetune --task lm")
-    gen.add_argument("--model", help="base model to use instead of the one the run names")
-    gen.add_argument("--max-new-tokens", type=int, default=32)
-    gen.add_argument("--temperature", type=_finite, default=0.0, help="0: greedy (default)")
-    gen.add_argument("--top-p", type=_finite, default=1.0)
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--no-merge", action="store_true", help="keep the adapter unmerged")
-    gen.add_argument("--chat", action="store_true", help="prompts are user turns of one chat")
-    gen.add_argument("--system", help="with --chat: a system message opening the chat")
+    _generate_flags(
+        sub.add_parser("generate", help="continue prompts with an lm run (adapter merged)")
+    )
     exp = sub.add_parser("export-lora", help="write a LoRETTA_rep run's adapter as a peft LoRA")
     exp.add_argument("adapter", help="a rep run folder (or its adapter/ sub-folder)")
     exp.add_argument("out", help="the peft LoRA folder to write")
@@ -189,7 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     pred = sub.choices["predict"]
     pred.add_argument("--input", help="text file, one text a line, or CSV/JSONL (default stdin)")
     ev = sub.choices["evaluate"]
-    ev.add_argument("--data", help="labelled CSV/JSONL (default: the run's held-out split)")
+    ev.add_argument(
+        "--data",
+        help="CSV/JSONL in the run's form: labelled texts, or prompt/completion or plain text "
+        "in the run's columns (default: the run's held-out split)",
+    )
     ev.add_argument("--label-column")
     return parser
 
@@ -271,13 +297,30 @@ def one_line(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
+def _read_prompts(given: Sequence[str], prompt_file: str | None) -> list[str]:
+    """generate's prompts: arguments, a ``--prompt-file`` (``-``: stdin), or stdin lines; with
+    escape sequences read by :func:`~tensortrain_nn.tasks.text.unescape`."""
+    from tensortrain_nn.tasks.text import split_prompts, unescape
+
+    if prompt_file is not None:
+        if given:
+            raise ValueError("--prompt-file: give prompts as arguments or in the file, not both")
+        if prompt_file != "-" and not Path(prompt_file).is_file():
+            raise FileNotFoundError(f"--prompt-file: file not found: {prompt_file}")
+        text = sys.stdin.read() if prompt_file == "-" else Path(prompt_file).read_text("utf-8")
+        prompts = split_prompts(text)
+    else:
+        prompts = list(given) or [line for line in sys.stdin.read().splitlines() if line.strip()]
+    return [unescape(p) for p in prompts]
+
+
 def _generate(args: argparse.Namespace) -> int:
     from tensortrain_nn.finetune import generate_text, read_run
 
     read_run(Path(args.adapter))  # a bad --adapter fails before stdin is read
-    prompts = args.prompts or [line for line in sys.stdin.read().splitlines() if line.strip()]
+    prompts = _read_prompts(args.prompts, args.prompt_file)
     if not prompts:
-        raise ValueError("no prompt (give prompts as arguments or lines on stdin)")
+        raise ValueError("no prompt (give prompts as arguments, --prompt-file or lines on stdin)")
     options = {k: getattr(args, k) for k in ("max_new_tokens", "temperature", "top_p", "seed")}
     if args.system is not None and not args.chat:
         raise ValueError("--system needs --chat")
@@ -306,6 +349,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     if "perplexity" in scores:
         print(f"loss        {scores['loss']:.4f} per token  ({int(scores['examples'])} examples)")
         print(f"perplexity  {scores['perplexity']:.3f}")
+    if "exact_match" in scores:
+        print(f"exact match {100 * scores['exact_match']:.2f} %  (greedy, whitespace normalised)")
     return 0
 
 

@@ -70,11 +70,21 @@ class FinetuneConfig:
     method_options: dict[str, Any] = field(  # on the command line: --opt KEY=VALUE
         default_factory=dict, metadata={"help": "method options (patch / LoraConfig fields)"}
     )
-    template: str | None = _f(None, 'lm: prompt template with {text}, e.g. "Review: {text}\\n"')
-    verbalizer: str | None = _f(None, 'lm: label=answer pairs, e.g. fresh=" good",rotten=" bad"')
+    template: str | None = _f(
+        None,
+        'lm: prompt template with {text}, e.g. "Review: {text}\\nSentiment:" (\\n, \\t, '
+        "\\\\ read as line break, tab, backslash; also in --verbalizer answers)",
+    )
+    verbalizer: str | None = _f(
+        None,
+        'lm: label=answer pairs, e.g. pos=" good",neg=" bad" (answers may not be token '
+        "prefixes of each other unless --length-normalise)",
+    )
     prompt_column: str | None = _f(None, "lm: prompt column (with --completion-column)")
     completion_column: str | None = _f(None, "lm: completion column (loss on it only)")
-    length_normalise: bool = _f(False, "lm: score answer options by mean token log-likelihood")
+    length_normalise: bool = _f(
+        False, "lm with --verbalizer answers: score them by mean token log-likelihood"
+    )
     split: str | None = _f(None, "split of a datasets folder (DatasetDict) given as --data")
     messages_column: str | None = _f(None, "lm: chat column (default: found by its messages)")
     chat_loss: str = _f("assistant", "lm chat data: loss on assistant turns, or all")
@@ -176,6 +186,32 @@ def _check_finite_options(options: dict[str, Any]) -> None:
             check_number(f"method option {key}", value)
 
 
+def history_row(row: dict[str, Any], *, evaluated: bool = False) -> dict[str, Any]:
+    """One epoch of a run's history with the training and held-out losses apart.
+
+    ``train_loss`` is the mean training loss of the epoch, ``eval_loss`` the held-out loss of
+    its evaluation (when the task reports one). Rows of older runs, which had one ``loss``
+    (the held-out loss when the epoch was evaluated by an lm task, whose metrics include
+    ``perplexity``; else the training loss), are read into the same keys.
+
+    Args:
+        row: A history row, or (``evaluated``) the metrics of an evaluation, whose ``loss``
+            is the held-out loss.
+        evaluated: ``row`` is an evaluation's metrics.
+
+    Example:
+        >>> history_row({"epoch": 1, "loss": 0.5, "accuracy": 0.9})
+        {'epoch': 1, 'accuracy': 0.9, 'train_loss': 0.5}
+        >>> history_row({"loss": 2.0, "perplexity": 7.4}, evaluated=True)
+        {'perplexity': 7.4, 'eval_loss': 2.0}
+    """
+    out = {k: v for k, v in row.items() if k != "loss"}
+    if "loss" in row:
+        held_out = evaluated or "perplexity" in row
+        out.setdefault("eval_loss" if held_out else "train_loss", row["loss"])
+    return out
+
+
 @dataclass
 class Result:
     """What a run measured.
@@ -185,7 +221,8 @@ class Result:
         description: The method's one-line description.
         accuracy: Held-out accuracy after the last epoch (0..1; NaN for lm tasks without labels).
         macro_f1: Held-out macro-F1 after the last epoch (0..1; NaN without labels).
-        history: Per epoch: ``{"epoch", "loss", ...}`` plus the evaluated metrics.
+        history: Per epoch: ``{"epoch", "train_loss", "eval_loss", ...}`` plus the evaluated
+            metrics (see :func:`history_row`).
         trainable_params: Every trainable parameter (adapter, head and other).
         adapter_params: Trainable parameters of the adapter (TT cores, LoRA factors).
         head_params: Trainable parameters of the task head.

@@ -27,7 +27,7 @@ from accelerate import PartialState
 from torch import nn
 
 from tensortrain_nn.finetune import runs
-from tensortrain_nn.finetune.config import FinetuneConfig, Result
+from tensortrain_nn.finetune.config import FinetuneConfig, Result, history_row
 from tensortrain_nn.finetune.engine import check_device, on_cpu, peak_memory_mb, reset_accelerate
 from tensortrain_nn.finetune.methods import get_method
 from tensortrain_nn.finetune.report import write_comparison, write_report
@@ -42,16 +42,15 @@ from tensortrain_nn.tasks import (
     check_max_length,
     decide_kind,
     generate,
-    load_table,
     make_task,
     read_data,
     read_split,
 )
+from tensortrain_nn.tasks.build import read_held_out
 from tensortrain_nn.tasks.chat_task import chat_replies
-from tensortrain_nn.tasks.data import encode_labels
 
 #: Metrics of the last evaluation that go to ``Result.metrics``.
-_LM_METRICS = ("loss", "perplexity", "tokens", "truncated", "exact_match", "contains")
+_LM_METRICS = ("perplexity", "tokens", "truncated", "completions_cut", "exact_match", "contains")
 
 
 def build_split(config: FinetuneConfig) -> Split:
@@ -226,10 +225,18 @@ def _result(
         resumed_from_step=stats.resumed_from,
         task=task.name,
         tokens_per_second=stats.tokens_per_second,
-        metrics={k: v for k, v in final.items() if k in _LM_METRICS},
+        metrics=_metrics(final),
         samples=list(final.get("samples", [])),
         budget=dict(stats.budget),
     )
+
+
+def _metrics(final: dict[str, Any]) -> dict[str, float]:
+    """``Result.metrics`` from the last history row: lm numbers, the held-out loss as ``loss``."""
+    out = {k: v for k, v in final.items() if k in _LM_METRICS}
+    if "perplexity" in out and "eval_loss" in final:
+        out["loss"] = final["eval_loss"]
+    return out
 
 
 def _zero_shot(model: nn.Module, task: Task, config: FinetuneConfig, **loop: Any) -> TrainStats:
@@ -238,7 +245,9 @@ def _zero_shot(model: nn.Module, task: Task, config: FinetuneConfig, **loop: Any
     with torch.no_grad():
         scores = loop["evaluate"](model) if PartialState().is_main_process else {}
     return TrainStats(
-        history=[{"epoch": 0, "loss": math.nan, **_broadcast(scores)}],
+        history=[
+            {"epoch": 0, "train_loss": math.nan, **history_row(_broadcast(scores), evaluated=True)}
+        ],
         device=next(model.parameters()).device,
         world_size=PartialState().num_processes,
     )
@@ -362,27 +371,21 @@ def evaluate(
 ) -> dict[str, Any]:
     """Held-out metrics of a saved run on ``data`` (default: the run's own held-out split).
 
+    ``data`` has the run's form: labelled texts, or for an lm run on prompt/completion or plain
+    text, examples with the run's columns (:func:`tensortrain_nn.tasks.build.read_held_out`).
+
     Returns:
-        Accuracy and macro-F1 (and, for lm runs, loss and perplexity), with ``examples``.
+        Accuracy and macro-F1 (and, for lm runs, loss and perplexity; on prompt/completion
+        data also ``exact_match``), with ``examples``.
 
     Raises:
-        DataError: A label in ``data`` was not seen in training (the message names it).
+        DataError: A label in ``data`` was not seen in training (the message names it), or
+            ``data`` lacks a column the run reads.
     """
     loaded, tokenizer, info = runs.load_run(folder, model=model)
     kind, options = runs.saved_task(info)
-    if not kind.labelled:
-        held: Any = read_data(options, kind)
-    elif data is None:
-        split = read_split(options)
-        held = Split([], [], split.test_texts, split.test_labels, info["labels"])
-    else:
-        texts, names = load_table(
-            data,
-            text_column=text_column or options.text_column,
-            label_column=label_column or options.label_column,
-        )
-        ids = encode_labels(names, info["labels"], where=str(data))
-        held = Split([], [], texts, ids, info["labels"])
+    columns = {"text_column": text_column, "label_column": label_column}
+    held = read_held_out(options, kind, info["labels"], data, **columns)
     with torch.no_grad():
         scores = make_task(kind, tokenizer, held, options).evaluate(loaded.eval(), 64)
     return {k: v for k, v in scores.items() if k != "samples"}

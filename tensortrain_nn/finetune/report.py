@@ -15,7 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tensortrain_nn.finetune.config import Result
+from tensortrain_nn.finetune.config import Result, history_row
+
+nan = math.nan
 
 
 def _size(num_bytes: int) -> str:
@@ -48,6 +50,11 @@ def report_rows(result: Result) -> list[tuple[str, str]]:
                 f"{int(result.metrics.get('truncated', 0))} of {result.num_test}",
             ),
         ]
+        if "completions_cut" in result.metrics:
+            cut = int(result.metrics["completions_cut"])
+            rows.append(("cut completions", f"{cut} of {result.num_test} (at --max-length)"))
+        if "exact_match" in result.metrics:
+            rows.append(("exact match", f"{100 * result.metrics['exact_match']:.2f} %"))
     rows += [
         ("trainable (adapter)", f"{result.adapter_params:,}"),
         ("trainable (head)", f"{result.head_params:,}"),
@@ -89,15 +96,16 @@ def write_report(result: Result, folder: Path) -> None:
     (folder / "report.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     body = _markdown(["field", "value"], report_rows(result))
     epochs = _markdown(
-        ["epoch", "loss", "accuracy", "macro-F1"],
+        ["epoch", "train loss", "eval loss", "accuracy", "macro-F1"],
         [
             (
                 h["epoch"],
-                f"{h['loss']:.4f}",
-                f"{100 * h.get('accuracy', float('nan')):.2f}",
-                f"{100 * h.get('macro_f1', float('nan')):.2f}",
+                f"{h.get('train_loss', nan):.4f}",
+                f"{h.get('eval_loss', nan):.4f}",
+                f"{100 * h.get('accuracy', nan):.2f}",
+                f"{100 * h.get('macro_f1', nan):.2f}",
             )
-            for h in result.history
+            for h in map(history_row, result.history)
         ],
     )
     samples = "".join(

@@ -11,7 +11,10 @@ examples ``r, r + N, ...`` of it and weights its mean loss by its share, so that
 gradient is that of the mean loss over the whole batch; a run on N processes follows the
 trajectory of a one-process run (to round-off). ``config.gradient_accumulation = k`` splits each
 process's part into k micro-batches (gradients synchronised once per step): the same update with
-less memory. Only trainable tensors are synchronised (DDP skips frozen parameters).
+less memory. Micro-batches and processes are weighted by their loss terms (``Task.weight``:
+examples for classification, target tokens for the causal LM), so the update is the gradient of
+the mean over the whole batch's terms also when completions differ in length. Only trainable
+tensors are synchronised (DDP skips frozen parameters).
 
 Example::
 
@@ -35,7 +38,7 @@ import torch
 from torch import nn
 
 from tensortrain_nn.finetune.checkpoint import Checkpoints, config_digest
-from tensortrain_nn.finetune.config import FinetuneConfig
+from tensortrain_nn.finetune.config import FinetuneConfig, history_row
 from tensortrain_nn.finetune.engine import forget_prepared, make_accelerator
 from tensortrain_nn.finetune.rounding import Rounding, check_world
 from tensortrain_nn.tasks import FinetuneError, Task
@@ -73,12 +76,12 @@ def linear_schedule(total_steps: int, warmup_ratio: float) -> Callable[[int], fl
 
 
 def shard(global_idx: Sequence[int], rank: int, world: int) -> tuple[list[int], float]:
-    """This process's part of one global batch, and the factor its mean loss is scaled by.
+    """This process's part of one global batch, and its share of the batch's examples.
 
-    Process ``rank`` takes ``global_idx[rank::world]``; the factor ``n_r * world / n`` makes the
-    processes' averaged gradient that of the mean loss over all ``n`` examples, also for a ragged
-    last batch. A process left without examples reruns the first one at factor 0 (every process
-    must join every all-reduce).
+    Process ``rank`` takes ``global_idx[rank::world]``; the share is ``n_r * world / n`` of the
+    ``n`` examples (the loop weights by ``Task.weight`` instead, which for example-mean losses
+    is this share). A process left without examples reruns the first one at share 0 (every
+    process must join every all-reduce).
 
     Example:
         >>> shard([5, 1, 7, 2, 0], rank=1, world=2)
@@ -133,7 +136,8 @@ class TrainStats:
     """What training measured; :func:`~tensortrain_nn.finetune.job.run` turns it into a Result.
 
     Attributes:
-        history: Per epoch: ``{"epoch", "loss", ...}`` plus the evaluated metrics.
+        history: Per epoch: ``{"epoch", "train_loss", "eval_loss", ...}`` plus the evaluated
+            metrics (:func:`~tensortrain_nn.finetune.config.history_row`).
         device: Where the model trained.
         steps: Optimizer steps of the run.
         train_seconds: Wall time of training (evaluation and checkpoints excluded).
@@ -180,24 +184,27 @@ def epoch_order(num_train: int, seed: int, epoch: int) -> list[int]:
 def _step(
     acc: Any, model: nn.Module, task: Task, idx: Sequence[int], config: FinetuneConfig
 ) -> Any:
-    """Forward and backward of this process's part of one global batch; returns its stats."""
-    mine, weight = shard(idx, acc.process_index, acc.num_processes)
-    parts = [
-        p
-        for p in (
-            mine[k :: config.gradient_accumulation] for k in range(config.gradient_accumulation)
-        )
-        if p
-    ]
+    """Forward and backward of this process's part of one global batch; returns its stats.
+
+    Each micro-batch's mean loss is scaled by its share of the global batch's loss terms
+    (``task.weight``: examples, or target tokens), times the process count that DDP's gradient
+    average divides by: the summed gradients are those of the mean over every term of the
+    global batch, whatever the accumulation and the number of processes.
+    """
+    mine, share = shard(idx, acc.process_index, acc.num_processes)
+    k = config.gradient_accumulation
+    parts = [p for p in (mine[j::k] for j in range(k)) if p]
+    total = task.weight(idx)
     stats = torch.zeros(3, dtype=torch.float64)
-    for k, part in enumerate(parts):
+    for j, part in enumerate(parts):
         batch = {key: value.to(acc.device) for key, value in task.train_batch(part).items()}
-        with acc.no_sync(model) if k < len(parts) - 1 else nullcontext():
+        terms = task.weight(part) if share > 0 else 0
+        with acc.no_sync(model) if j < len(parts) - 1 else nullcontext():
             loss = task.loss(model, batch)
-            acc.backward(loss * (weight * len(part) / len(mine)))
-        if weight > 0:
+            acc.backward(loss * (terms * acc.num_processes / max(1, total)))
+        if terms:
             tokens = batch["attention_mask"].sum().item() if "attention_mask" in batch else 0
-            stats += torch.tensor([loss.item() * len(part), len(part), tokens], dtype=torch.float64)
+            stats += torch.tensor([loss.item() * terms, terms, tokens], dtype=torch.float64)
     return stats
 
 
@@ -275,6 +282,7 @@ class _Loop:
             if found is not None:
                 names = {f for f in Position.__dataclass_fields__}
                 self.pos = Position(**{k: v for k, v in found.items() if k in names})
+                self.pos.history = [history_row(row) for row in self.pos.history]
                 self.resumed_from = self.pos.global_step
         elif self.store is not None:
             self.store.refuse_stale()
@@ -410,12 +418,12 @@ class _Loop:
         from tqdm.auto import tqdm
 
         acc, pos = self.acc, self.pos
-        record: dict[str, Any] = {"epoch": epoch, "loss": pos.loss_sum / max(1.0, pos.seen)}
+        record: dict[str, Any] = {"epoch": epoch, "train_loss": pos.loss_sum / max(1.0, pos.seen)}
         if self.config.eval_every_epoch or epoch == self.config.epochs:
             box = [self._evaluate(evaluate) if acc.is_main_process else None]
             if acc.num_processes > 1:
                 broadcast_object_list(box)
-            record.update(box[0] or {})
+            record.update(history_row(box[0] or {}, evaluated=True))
             if show:
                 tqdm.write(
                     f"epoch {epoch}: "

@@ -109,8 +109,9 @@ def decide_kind(options: TaskOptions, *, decoder_only: bool, model: str) -> Task
         ``verbalizer``), or ``lm`` on completions or plain text.
 
     Raises:
-        FinetuneError: ``lm`` on an encoder, an lm option with ``classify``, or one of
-            ``template`` / ``verbalizer`` without the other (ambiguous).
+        FinetuneError: ``lm`` on an encoder, an lm option (``--length-normalise`` included)
+            with ``classify``, or an lm option that would have no effect (see
+            :func:`_lm_labelled`).
 
     Example:
         >>> decide_kind(TaskOptions(data="a.csv"), decoder_only=False, model="minilm")
@@ -123,18 +124,53 @@ def decide_kind(options: TaskOptions, *, decoder_only: bool, model: str) -> Task
         name = "lm" if decoder_only else "classify"
     if name == "lm" and not decoder_only:
         raise FinetuneError(f"--task lm needs a decoder-only LM; --model {model} is not one")
-    given = [f"--{f.replace('_', '-')}" for f in LM_ONLY if getattr(options, f) is not None]
+    given = [_flag(f) for f in LM_ONLY if getattr(options, f) is not None]
+    if options.length_normalise:
+        given.append("--length-normalise")
     if name == "classify":
         if given:
             raise FinetuneError(
                 f"{given[0]} needs --task lm (the model is trained as a classifier)"
             )
         return TaskKind("classify", labelled=True)
+    return TaskKind("lm", labelled=_lm_labelled(options))
+
+
+def _flag(field: str) -> str:
+    """The command-line flag of a task option (``prompt_column`` -> ``--prompt-column``)."""
+    return "--" + field.replace("_", "-")
+
+
+def _lm_labelled(options: TaskOptions) -> bool:
+    """Whether an lm job classifies as text; refuses lm options that would have no effect.
+
+    Raises:
+        FinetuneError: An empty ``--template`` / ``--verbalizer``; one without the other on a
+            data file; prompt/completion columns with labelled data; ``--length-normalise``
+            without verbalizer answers to score.
+    """
+    wanted = {"template": "a prompt with {text}", "verbalizer": "label=answer pairs"}
+    for field, what in wanted.items():
+        if getattr(options, field) == "":
+            raise FinetuneError(f"{_flag(field)} is empty (''): give {what}")
     prompt = None if is_chat_template(options.template) else options.template
     as_text = prompt is not None or options.verbalizer is not None
     if as_text and not options.builtin and (prompt is None or options.verbalizer is None):
         raise FinetuneError("classification as text needs both --template and --verbalizer")
-    return TaskKind("lm", labelled=options.builtin or as_text)
+    labelled = options.builtin or as_text
+    columns = [c for c in ("prompt_column", "completion_column") if getattr(options, c)]
+    if labelled and columns:
+        reason = "--template and --verbalizer" if as_text else "the built-in data"
+        raise FinetuneError(
+            f"{_flag(columns[0])} {getattr(options, columns[0])!r} has no effect with {reason} "
+            "(classification as text); give either the columns or the template and verbalizer"
+        )
+    if options.length_normalise and not labelled:
+        form = "prompt/completion" if columns else "plain-text"
+        raise FinetuneError(
+            f"--length-normalise has no effect on {form} data: it scores --verbalizer answers"
+        )
+    return labelled
 
 
 def is_chat_template(template: str | None) -> bool:
@@ -163,6 +199,11 @@ class Task(Protocol):
 
     def train_batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
         """The training examples ``indices`` as model inputs (CPU tensors)."""
+        ...
+
+    def weight(self, indices: Sequence[int]) -> int:
+        """How many terms :meth:`loss` averages over for the training examples ``indices``
+        (examples, or target tokens): the loop weights micro-batches and processes by it."""
         ...
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -21,12 +21,14 @@ from tensortrain_nn.tasks.data import (
     BUILTIN_TEST_SIZE,
     LMExample,
     Split,
+    encode_labels,
     load_builtin,
     load_lm_examples,
     load_table,
     make_split,
     split_items,
 )
+from tensortrain_nn.tasks.errors import DataError
 from tensortrain_nn.tasks.forms import ChatData, read_chat_or_instruction
 from tensortrain_nn.tasks.lm import LMTask, classification_task
 from tensortrain_nn.tasks.scoring import BUILTIN_TEMPLATE, BUILTIN_VERBALIZER
@@ -85,6 +87,52 @@ def read_data(options: TaskOptions, kind: TaskKind) -> TaskData:
     return read_split(options) if kind.labelled else read_examples(options)
 
 
+def read_held_out(
+    options: TaskOptions,
+    kind: TaskKind,
+    labels: list[str],
+    data: str | None = None,
+    *,
+    text_column: str | None = None,
+    label_column: str | None = None,
+) -> TaskData:
+    """What a saved run evaluates on: its own held-out part, or all of ``data``.
+
+    Labelled runs read ``data``'s texts and labels (ids from ``labels``, the training labels);
+    prompt/completion and plain-text runs read ``data``'s examples with the run's columns
+    (``text_column`` overrides a plain-text run's).
+
+    Raises:
+        DataError: A label unseen in training, a missing column, or ``label_column`` for a run
+            without labels.
+    """
+    if data is None:
+        if not kind.labelled:
+            held = read_examples(options)
+            return ChatData([], held.test) if isinstance(held, ChatData) else ([], held[1])
+        split = read_split(options)
+        return Split([], [], split.test_texts, split.test_labels, labels)
+    if not kind.labelled:
+        if label_column is not None:
+            raise DataError(
+                f"--label-column {label_column!r}: the run has no labels (it was trained on "
+                "prompt/completion or plain-text data)"
+            )
+        columns = {
+            "prompt_column": options.prompt_column,
+            "completion_column": options.completion_column,
+            "text_column": text_column or options.text_column,
+        }
+        return ([], load_lm_examples(data, **columns))
+    texts, names = load_table(
+        data,
+        text_column=text_column or options.text_column,
+        label_column=label_column or options.label_column,
+    )
+    ids = encode_labels(names, labels, where=str(data))
+    return Split([], [], texts, ids, labels)
+
+
 def make_task(kind: TaskKind, tokenizer: Any, data: TaskData, options: TaskOptions) -> Task:
     """The task of ``kind`` over ``data`` (what :func:`read_data` returned).
 
@@ -103,15 +151,20 @@ def make_task(kind: TaskKind, tokenizer: Any, data: TaskData, options: TaskOptio
         )
         return scored(task, options.metric, labelled=False)
     if not isinstance(data, Split):
-        task = LMTask(tokenizer, *data, max_length=options.max_length)
+        task = LMTask(
+            tokenizer,
+            *data,
+            max_length=options.max_length,
+            exact_match=options.prompt_column is not None and options.metric is None,
+        )
         return scored(task, options.metric, labelled=False)
     if kind.name == "classify":
         return ClassifyTask(tokenizer, data, options.max_length)
     task = classification_task(
         tokenizer,
         data,
-        template=options.template or BUILTIN_TEMPLATE,
-        verbalizer=options.verbalizer or BUILTIN_VERBALIZER,
+        template=BUILTIN_TEMPLATE if options.template is None else options.template,
+        verbalizer=BUILTIN_VERBALIZER if options.verbalizer is None else options.verbalizer,
         max_length=options.max_length,
         length_normalise=options.length_normalise,
     )

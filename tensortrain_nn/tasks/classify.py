@@ -51,27 +51,39 @@ class ClassifyTask:
         batch["labels"] = torch.tensor([self.split.train_labels[i] for i in indices])
         return batch
 
+    def weight(self, indices: Sequence[int]) -> int:
+        """Examples ``indices`` count one each: :meth:`loss` is a mean over examples."""
+        return len(indices)
+
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean cross-entropy of the batch's logits ``(B, num_labels)``: a scalar with a graph."""
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         return nn.functional.cross_entropy(model(**inputs).logits.float(), batch["labels"])
 
     @torch.no_grad()
-    def predict(self, model: nn.Module, texts: Sequence[str], batch_size: int) -> list[int]:
-        """Predicted label ids of ``texts`` (the model is put in eval mode)."""
+    def logits(self, model: nn.Module, texts: Sequence[str], batch_size: int) -> torch.Tensor:
+        """The head's float32 logits of ``texts``: ``(N, num_labels)`` on the CPU (eval mode)."""
         model.eval()
         device = next(model.parameters()).device
-        out: list[int] = []
+        out: list[torch.Tensor] = []
         for start in range(0, len(texts), batch_size):
             batch = self.encode(texts[start : start + batch_size])
-            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
-            out.extend(logits.argmax(dim=-1).tolist())
-        return out
+            out.append(model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu())
+        return torch.cat(out) if out else torch.zeros(0, len(self.split.labels))
+
+    def predict(self, model: nn.Module, texts: Sequence[str], batch_size: int) -> list[int]:
+        """Predicted label ids of ``texts`` (the model is put in eval mode)."""
+        return self.logits(model, texts, batch_size).argmax(dim=-1).tolist()
 
     def evaluate(self, model: nn.Module, batch_size: int) -> dict[str, Any]:
-        """Accuracy and macro-F1 on the held-out texts, with ``examples``."""
-        ids = self.predict(model, self.split.test_texts, batch_size)
+        """Accuracy and macro-F1 on the held-out texts, their mean cross-entropy ``loss``, and
+        ``examples``."""
+        logits = self.logits(model, self.split.test_texts, batch_size)
+        gold = torch.tensor(self.split.test_labels, dtype=torch.long)
+        ids = logits.argmax(dim=-1).tolist()
+        loss = nn.functional.cross_entropy(logits, gold).item() if len(ids) else float("nan")
         return {
             **metrics(ids, self.split.test_labels, len(self.split.labels)),
+            "loss": loss,
             "examples": len(ids),
         }

@@ -271,8 +271,9 @@ def load_lm_examples(
 
     Raises:
         FileNotFoundError: No such file.
-        DataError: No rows, or a named column is missing (the message names the flag, the
-            column and the columns that exist).
+        DataError: No rows, a named column is missing (the message names the flag, the
+            column and the columns that exist), or a row has no value for one (a JSON line
+            without the key, or ``null``; the message names the row).
         FinetuneError: Only one of ``prompt_column`` / ``completion_column``, or no column.
     """
     if (prompt_column is None) != (completion_column is None):
@@ -299,6 +300,8 @@ def load_lm_examples(
 
     def cell(row: dict[str, object], flag: str, number: int) -> str:
         column = flags[flag] or ""
+        if row.get(column) is None:
+            raise DataError(f"data file {path}: row {number} has no value for {flag} {column!r}")
         return as_text(row.get(column), flag=flag, column=column, where=path, number=number)
 
     if prompt_column is not None:

@@ -16,6 +16,41 @@ from torch import nn
 
 from tensortrain._checks import check_int, check_number
 from tensortrain_nn.tasks.batching import collate, model_device, pad_id, prompt_ids
+from tensortrain_nn.tasks.errors import FinetuneError
+
+#: Most new tokens one ``generate`` call may ask for (``--max-new-tokens``), whatever the model.
+MAX_NEW_TOKENS = 4096
+
+
+def position_limit(model: nn.Module) -> int | None:
+    """The model's number of positions (``max_position_embeddings`` or ``n_positions``)."""
+    config = getattr(model, "config", None)
+    for key in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def check_new_tokens(
+    model: nn.Module, contexts: Sequence[Sequence[int]], max_new_tokens: int
+) -> None:
+    """``max_new_tokens`` must be at most :data:`MAX_NEW_TOKENS`, and fit the model's positions
+    after the longest prompt.
+
+    Raises:
+        FinetuneError: One line naming ``--max-new-tokens``, the prompt's tokens and the limit.
+    """
+    if max_new_tokens > MAX_NEW_TOKENS:
+        raise FinetuneError(f"--max-new-tokens must be <= {MAX_NEW_TOKENS}, got {max_new_tokens}")
+    limit = position_limit(model)
+    longest = max((len(c) for c in contexts), default=0)
+    if limit is not None and longest + max_new_tokens > limit:
+        raise FinetuneError(
+            f"--max-new-tokens {max_new_tokens} after a prompt of {longest} tokens exceeds the "
+            f"model's {limit} positions (give --max-new-tokens <= {max(0, limit - longest)} "
+            "or a shorter prompt)"
+        )
 
 
 @torch.no_grad()
@@ -89,15 +124,15 @@ def generate(
     """Continue each prompt; returns only the new text (special tokens dropped).
 
     Greedy when ``temperature == 0`` (the default), else sampled with ``temperature`` and
-    nucleus ``top_p``, reproducibly for a given ``seed``. Prompts are tokenized with the
-    tokenizer's special tokens and left-padded in batches of ``batch_size``; the model's mode
-    is left as it is (call ``model.eval()`` first to turn dropout off).
+    nucleus ``top_p``, reproducibly for a given ``seed``. Prompts are tokenized with special
+    tokens and left-padded in batches; the model's mode is left as it is (call ``model.eval()``).
 
     Args:
         model: A transformers causal LM (patched or not), on any device.
         tokenizer: Its tokenizer.
         prompts: ``B`` prompt texts.
-        max_new_tokens: Most tokens generated per prompt (generation also stops at EOS).
+        max_new_tokens: Most tokens generated per prompt (generation also stops at EOS), at most
+            :data:`MAX_NEW_TOKENS` and the model's positions less the longest prompt's tokens.
         temperature: 0 for greedy decoding, else the sampling temperature.
         top_p: Nucleus mass for sampling, in ``(0, 1]``.
         seed: Seed of the sampling.
@@ -108,6 +143,8 @@ def generate(
 
     Raises:
         TTValueError / TTTypeError: An argument out of range, named in the message.
+        FinetuneError: ``max_new_tokens`` above :data:`MAX_NEW_TOKENS` or past the model's
+            positions (:func:`check_new_tokens`).
 
     Example (a real model)::
 
@@ -119,9 +156,11 @@ def generate(
     check_int("seed", seed, minimum=0)
     check_number("temperature", temperature, minimum=0.0)
     check_number("top_p", top_p, minimum=0.0, maximum=1.0, open_min=True)
+    contexts = prompt_ids(tokenizer, prompts)
+    check_new_tokens(model, contexts, max_new_tokens)
     new = generate_ids(
         model,
-        prompt_ids(tokenizer, prompts),
+        contexts,
         pad_id=pad_id(tokenizer),
         eos_id=tokenizer.eos_token_id,
         max_new_tokens=max_new_tokens,

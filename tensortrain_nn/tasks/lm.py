@@ -46,6 +46,7 @@ from tensortrain_nn.tasks.scoring import (
     score_options,
     verbalizer_answers,
 )
+from tensortrain_nn.tasks.text import same_text, unescape
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,8 @@ class LMTask:
         num_samples: Held-out examples whose generation ``evaluate`` reports.
         sample_tokens: Most tokens generated for each sample.
         template: The prompt around a text (``{text}``), for :meth:`predict`.
+        exact_match: Prompt/completion data: ``evaluate`` also reports the share of held-out
+            prompts whose greedy generation is the completion (whitespace normalised).
 
     Attributes:
         name: ``"lm"``.
@@ -122,20 +125,23 @@ class LMTask:
         num_samples: int = 3,
         sample_tokens: int = 16,
         template: str = "{text}",
+        exact_match: bool = False,
     ) -> None:
         if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
             raise FinetuneError(f"--max-length must be an int >= 2, got {max_length!r}")
         self.num_samples = check_int("num_samples", num_samples, minimum=0)
         self.sample_tokens = check_int("sample_tokens", sample_tokens)
         self.tokenizer, self.max_length, self.template = tokenizer, max_length, template
-        self.length_normalise = bool(length_normalise)
+        self.length_normalise, self.exact_match = bool(length_normalise), bool(exact_match)
         self.pad_id, self.eos_id = pad_id(tokenizer), tokenizer.eos_token_id
         self.train_examples, self.test_examples = list(train), list(test)
         self.num_train = len(self.train_examples)
         self.options: list[list[int]] | None = None
         if answers is not None:
             names = [str(i) for i in range(len(answers))] if label_names is None else label_names
-            self.options = answer_ids(tokenizer, answers, names, max_length)
+            self.options = answer_ids(
+                tokenizer, answers, names, max_length, length_normalise=self.length_normalise
+            )
         self.truncated: dict[str, int] = {}
         self.targets_cut: dict[str, int] = {}
         self.train_encoded = self._encode(self.train_examples, "train")
@@ -181,6 +187,10 @@ class LMTask:
         ``(B, T)`` int64 CPU tensors with ``T <= max_length``."""
         items = [self.train_encoded[i] for i in indices]
         return collate([(item.context, item.target) for item in items], self.pad_id)
+
+    def weight(self, indices: Sequence[int]) -> int:
+        """Target tokens of the training examples ``indices``: what :meth:`loss` averages over."""
+        return sum(len(self.train_encoded[i].target) for i in indices)
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean negative log-likelihood over the batch's target tokens: a scalar with a graph."""
@@ -231,10 +241,11 @@ class LMTask:
 
         Returns:
             ``loss`` (mean NLL per target token) and ``perplexity`` (its exp), ``tokens`` and
-            ``examples`` scored, ``truncated`` (held-out prompts cut), ``samples`` (a list of
-            ``{"prompt", "reference", "generated"}`` dicts, greedy), and for classification
-            ``accuracy`` and ``macro_f1`` of the most likely answer; the loss is then the gold
-            answer's.
+            ``examples`` scored, ``truncated`` (held-out prompts cut), ``completions_cut``
+            (held-out completions or texts cut at the end), ``samples`` (a list of
+            ``{"prompt", "reference", "generated"}`` dicts, greedy), for classification
+            ``accuracy`` and ``macro_f1`` of the most likely answer (the loss is then the gold
+            answer's), and with ``exact_match`` the share of :meth:`exact_matches`.
         """
         check_int("batch_size", batch_size)
         out: dict[str, Any] = {}
@@ -254,9 +265,31 @@ class LMTask:
             tokens=tokens,
             examples=len(self.test_encoded),
             truncated=self.truncated["test"],
+            completions_cut=self.targets_cut["test"],
             samples=self.samples(model),
         )
+        if self.exact_match:
+            out["exact_match"] = self.exact_matches(model, batch_size)
         return out
+
+    def exact_matches(self, model: nn.Module, batch_size: int) -> float:
+        """Share of held-out prompts whose greedy generation is the completion, compared after
+        stripping and collapsing whitespace (:func:`~tensortrain_nn.tasks.text.same_text`);
+        each generation is as long as the completion's tokens and its EOS."""
+        items, hits = self.test_encoded, 0
+        for chunk in length_chunks([item.context for item in items], batch_size):
+            new = generate_ids(
+                model,
+                [items[i].context for i in chunk],
+                pad_id=self.pad_id,
+                eos_id=self.eos_id,
+                max_new_tokens=max(len(items[i].target) for i in chunk),
+                batch_size=len(chunk),
+            )
+            for i, ids in zip(chunk, new, strict=True):
+                text = self.tokenizer.decode(ids, skip_special_tokens=True)
+                hits += same_text(text, self.test_examples[i].reference)
+        return hits / max(1, len(items))
 
     def samples(self, model: nn.Module) -> list[dict[str, str]]:
         """Greedy generations for the first ``num_samples`` held-out examples.
@@ -312,7 +345,8 @@ def classification_task(
         tokenizer: The model's tokenizer.
         split: Texts and label ids (:func:`~tensortrain_nn.tasks.data.make_split`).
         template: Prompt text with a ``{text}`` placeholder (replaced literally; other braces
-            stay), e.g. :data:`~tensortrain_nn.tasks.scoring.BUILTIN_TEMPLATE`.
+            stay), e.g. :data:`~tensortrain_nn.tasks.scoring.BUILTIN_TEMPLATE`; escape
+            sequences (``\\n``...) are read by :func:`~tensortrain_nn.tasks.text.unescape`.
         verbalizer: ``label=answer`` pairs (``parse_verbalizer``) or a ``{label: answer}``
             mapping naming every label of ``split`` and no other.
         max_length: Most tokens per prompt + answer.
@@ -325,6 +359,7 @@ def classification_task(
             label of the data or names one that is not there; answers that tokenize to nothing
             or to the same tokens.
     """
+    template = unescape(template)
     if "{text}" not in template:
         raise DataError(f"--template {template!r} has no {{text}} placeholder for the text")
     answers = verbalizer_answers(verbalizer, split.labels)

@@ -11,7 +11,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -21,6 +20,7 @@ from torch import nn
 
 from tensortrain_nn.tasks.batching import collate, model_device, sequence_logprobs
 from tensortrain_nn.tasks.errors import DataError, FinetuneError
+from tensortrain_nn.tasks.text import unescape
 
 #: Template and verbalizer of the built-in Rotten Tomatoes task (labels ``fresh`` / ``rotten``).
 BUILTIN_TEMPLATE = "Review: {text}\nSentiment:"
@@ -32,8 +32,10 @@ _PAIR = re.compile(r'\s*([^=,"\s][^=,"]*?)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,"]*?
 def parse_verbalizer(text: str) -> dict[str, str]:
     """Parse ``label=answer`` pairs separated by commas into ``{label: answer}``.
 
-    Quote an answer (JSON string escapes) to keep its spaces or commas; an unquoted one is
-    stripped. Answers usually start with a space (``" good"``), as they follow the prompt.
+    Quote an answer to keep its spaces or commas; an unquoted one is stripped. Escape sequences
+    in answers follow the one rule of :func:`~tensortrain_nn.tasks.text.unescape` (``\\n``,
+    ``\\t``, ``\\\\``, and ``\\"`` inside quotes). Answers usually start with a space
+    (``" good"``), as they follow the prompt.
 
     Raises:
         DataError: An empty string, a malformed pair, or a label given twice.
@@ -44,6 +46,8 @@ def parse_verbalizer(text: str) -> dict[str, str]:
         >>> parse_verbalizer("pos=great,neg=awful")
         {'pos': 'great', 'neg': 'awful'}
     """
+    if not text.strip():
+        raise DataError(f"--verbalizer {text!r} is empty: give a label=answer pair per label")
     answers: dict[str, str] = {}
     pos = 0
     while pos < len(text):
@@ -53,10 +57,7 @@ def parse_verbalizer(text: str) -> dict[str, str]:
         label, quoted, bare = match.groups()
         if label in answers:
             raise DataError(f"--verbalizer {text!r} gives label {label!r} twice")
-        try:
-            answers[label] = json.loads(f'"{quoted}"') if quoted is not None else bare
-        except json.JSONDecodeError:
-            break
+        answers[label] = unescape(quoted if quoted is not None else bare)
         pos = match.end()
     if pos < len(text) or not answers:
         raise DataError(
@@ -90,12 +91,22 @@ def verbalizer_answers(
 
 
 def answer_ids(
-    tokenizer: Any, answers: Sequence[str], names: Sequence[str], max_length: int
+    tokenizer: Any,
+    answers: Sequence[str],
+    names: Sequence[str],
+    max_length: int,
+    *,
+    length_normalise: bool = False,
 ) -> list[list[int]]:
     """Token ids of each answer (no special tokens), checked to be distinct and to fit.
 
+    With summed log-likelihoods, an answer whose tokens extend another's can never score higher
+    than it (each extra token adds a negative term); such answers are refused unless
+    ``length_normalise``.
+
     Raises:
-        DataError: An answer that tokenizes to nothing, or two with the same tokens.
+        DataError: An answer that tokenizes to nothing, two with the same tokens, or (summed
+            scores) one whose tokens are a prefix of another's.
         FinetuneError: The longest answer leaves no room for a prompt in ``max_length``.
     """
     ids = [list(i) for i in tokenizer(list(answers), add_special_tokens=False)["input_ids"]]
@@ -112,6 +123,8 @@ def answer_ids(
                 f"({names[k]!r}) tokenize to the same tokens {tokens}"
             )
         seen[tuple(tokens)] = k
+    if not length_normalise:
+        _refuse_prefixes(ids, answers, names)
     longest = max(len(t) for t in ids)
     if longest >= max_length:
         raise FinetuneError(
@@ -119,6 +132,20 @@ def answer_ids(
             f"--verbalizer answer takes {longest} tokens"
         )
     return ids
+
+
+def _refuse_prefixes(
+    ids: Sequence[Sequence[int]], answers: Sequence[str], names: Sequence[str]
+) -> None:
+    """Refuse an answer whose tokens are a proper prefix of another's (summed scores)."""
+    for j, short in enumerate(ids):
+        for k, long in enumerate(ids):
+            if len(short) < len(long) and list(long[: len(short)]) == list(short):
+                raise DataError(
+                    f"--verbalizer answer {answers[j]!r} ({names[j]!r}) is a token prefix of "
+                    f"{answers[k]!r} ({names[k]!r}): by summed log-likelihood {names[k]!r} "
+                    "could never be predicted; change an answer or give --length-normalise"
+                )
 
 
 def length_chunks(contexts: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:

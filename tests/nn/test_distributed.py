@@ -123,8 +123,8 @@ def test_two_processes_match_one(assets: dict[str, str], tmp_path: Path, one_thr
     assert final.keys() == ranks[0]["tensors"].keys()
     for name, tensor in final.items():
         torch.testing.assert_close(ranks[0]["tensors"][name], tensor, rtol=1e-5, atol=1e-6)
-    losses = [h["loss"] for h in single.history]
-    assert [h["loss"] for h in report["history"]] == pytest.approx(losses, rel=1e-5)
+    losses = [h["train_loss"] for h in single.history]
+    assert [h["train_loss"] for h in report["history"]] == pytest.approx(losses, rel=1e-5)
 
     # Two named adapters, both left trainable: the inactive one is frozen while training (with
     # a warning), so DDP neither fails on step 2 nor skips averaging; flags come back after.
@@ -141,7 +141,7 @@ def test_two_processes_match_one(assets: dict[str, str], tmp_path: Path, one_thr
 def _final_tensors(config: FinetuneConfig) -> tuple[dict[str, torch.Tensor], list[float]]:
     final: dict[str, torch.Tensor] = {}
     result = run(config, on_step=lambda step, model: final.update(trainable(model)))
-    return final, [h["loss"] for h in result.history]
+    return final, [h["train_loss"] for h in result.history]
 
 
 def test_accumulation_and_activation_checkpointing_give_the_same_update(

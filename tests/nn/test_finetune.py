@@ -130,8 +130,8 @@ def test_compare_in_parallel_processes_matches_one_at_a_time(
     parallel, _ = compare(two, ["rep", "head"], seeds=[0], jobs=2)
     assert [r.method for r in parallel] == ["rep", "head"]
     for a, b in zip(serial, parallel):
-        assert a.accuracy == b.accuracy and a.history[-1]["loss"] == pytest.approx(
-            b.history[-1]["loss"]
+        assert a.accuracy == b.accuracy and a.history[-1]["train_loss"] == pytest.approx(
+            b.history[-1]["train_loss"]
         )
     with pytest.raises(FinetuneError, match="jobs must be >= 1, got 0"):
         compare(one, ["head"], jobs=0)

@@ -72,13 +72,13 @@ texts_st = st.lists(st.sampled_from(WORDS), min_size=0, max_size=12).map(" ".joi
 
 
 def test_verbalizer_quoted_answers_keep_spaces_commas_and_escapes() -> None:
-    parsed = parse_verbalizer('a=" x, y" , b="say \\"hi\\"\\n",c = plain words ')
-    assert parsed == {"a": " x, y", "b": 'say "hi"\n', "c": "plain words"}
+    parsed = parse_verbalizer('a=" x, y" , b="say \\"hi\\"\\n",c = plain words ,d="\\q"')
+    assert parsed == {"a": " x, y", "b": 'say "hi"\n', "c": "plain words", "d": "\\q"}
 
 
 @pytest.mark.parametrize(
     "text",
-    ["", "fresh", 'fresh=" good', '=" good"', 'a=" x",,b=" y"', 'a=" x"y', 'a="\\q"', "a=x,a=y"],
+    ["", "fresh", 'fresh=" good', '=" good"', 'a=" x",,b=" y"', 'a=" x"y', "a=x,a=y"],
 )
 def test_malformed_verbalizer_is_one_line_naming_flag_and_value(text: str) -> None:
     with pytest.raises(DataError) as caught:
