@@ -143,6 +143,11 @@ class ChatTask:
         """The training conversations ``indices``, left-padded, labels on trained tokens."""
         return collate_labelled([self.train_encoded[i] for i in indices], self.pad_id)
 
+    def weight(self, indices: Sequence[int]) -> int:
+        """Trained tokens of the conversations ``indices`` (the first token has no prediction):
+        what :meth:`loss` averages over."""
+        return sum(sum(self.train_encoded[i][1][1:]) for i in indices)
+
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean negative log-likelihood of the trained tokens: a scalar with a graph."""
         return -target_logprobs(model, batch).mean()
