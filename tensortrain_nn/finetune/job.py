@@ -26,7 +26,9 @@ import torch
 from accelerate import PartialState
 from torch import nn
 
+from tensortrain_nn.bases.load import base_memory_bytes, describe_base, is_quantized
 from tensortrain_nn.finetune import runs
+from tensortrain_nn.finetune.base_options import cast_adapters, setup_options
 from tensortrain_nn.finetune.config import FinetuneConfig, Result
 from tensortrain_nn.finetune.engine import check_device, on_cpu, peak_memory_mb, reset_accelerate
 from tensortrain_nn.finetune.methods import get_method
@@ -75,9 +77,8 @@ def build_task(config: FinetuneConfig, spec: ModelSpec) -> tuple[nn.Module, Any,
     data = read_data(options, kind)
     torch.manual_seed(config.seed)
     labels = data.labels if isinstance(data, Split) else []
-    model, tokenizer = load_model(
-        spec, len(labels) if kind.name == "classify" else None, labels=labels
-    )
+    num_labels = len(labels) if kind.name == "classify" else None
+    model, tokenizer = load_model(spec, num_labels, labels=labels, form=config.base_form())
     check_max_length(config.max_length, model, tokenizer)
     return model, tokenizer, make_task(kind, tokenizer, data, options), labels
 
@@ -150,7 +151,10 @@ def _run(config: FinetuneConfig, on_step: Callable[[int, nn.Module], None] | Non
     spec = resolve_model(config.model)
     model, _, task, labels = build_task(config, spec)
     base_fingerprint = fingerprint(model)
-    model, description = method.setup(model, dict(config.method_options), task.name)
+    base = {"base": describe_base(model), "base_memory_bytes": base_memory_bytes(model)}
+    options = setup_options(config.method, config.method_options, config.adapter_dtype)
+    model, description = method.setup(model, options, task.name)
+    cast_adapters(model, config.adapter_dtype)
     if config.gradient_checkpointing:
         _checkpoint_activations(model)
     # One folder for all processes (a timestamped default could differ by a second between them).
@@ -178,7 +182,7 @@ def _run(config: FinetuneConfig, on_step: Callable[[int, nn.Module], None] | Non
             labels=labels,
             task=task.name,
         )
-    result = _result(config, description, stats, counts, task, labels)
+    result = dataclasses.replace(_result(config, description, stats, counts, task, labels), **base)
     result.adapter_bytes = _broadcast(adapter_bytes)
     result.output_dir = str(out) if config.save else None
     if config.save and main:
@@ -332,14 +336,20 @@ def _stamp() -> str:
 
 
 def predict(
-    folder: str | Path, texts: Sequence[str], *, model: str | None = None, batch_size: int = 64
+    folder: str | Path,
+    texts: Sequence[str],
+    *,
+    model: str | None = None,
+    batch_size: int = 64,
+    base: dict[str, str | None] | None = None,
 ) -> list[str]:
-    """Label ``texts`` with a saved run; returns label names.
+    """Label ``texts`` with a saved run; returns label names (``base``: see
+    :func:`~tensortrain_nn.finetune.runs.load_run`).
 
     Raises:
         AdapterError: The run has no labels (an lm run on prompts or text: use :func:`generate`).
     """
-    loaded, tokenizer, info = runs.load_run(folder, model=model)
+    loaded, tokenizer, info = runs.load_run(folder, model=model, base=base)
     kind, options = runs.saved_task(info)
     if not kind.labelled or not info["labels"]:
         raise AdapterError(f"{folder} is an lm run without labels: use tensortrain generate")
@@ -354,8 +364,10 @@ def evaluate(
     text_column: str | None = None,
     label_column: str | None = None,
     model: str | None = None,
+    base: dict[str, str | None] | None = None,
 ) -> dict[str, Any]:
-    """Held-out metrics of a saved run on ``data`` (default: the run's own held-out split).
+    """Held-out metrics of a saved run on ``data`` (default: the run's own held-out split), on
+    the run's base form unless ``base`` overrides it (see :func:`runs.load_run`).
 
     Returns:
         Accuracy and macro-F1 (and, for lm runs, loss and perplexity), with ``examples``.
@@ -363,7 +375,7 @@ def evaluate(
     Raises:
         DataError: A label in ``data`` was not seen in training (the message names it).
     """
-    loaded, tokenizer, info = runs.load_run(folder, model=model)
+    loaded, tokenizer, info = runs.load_run(folder, model=model, base=base)
     kind, options = runs.saved_task(info)
     if not kind.labelled:
         held: Any = read_data(options, kind)
@@ -389,18 +401,22 @@ def generate_text(
     *,
     model: str | None = None,
     merge: bool = True,
+    base: dict[str, str | None] | None = None,
     **options: Any,
 ) -> list[str]:
     """Continue ``prompts`` with a saved lm run's model and adapter (greedy by default).
 
     The adapter is merged into the base weights first when it can be (rep, LoRA): generation then
-    costs what the base model costs, with the same greedy output as the unmerged model.
+    costs what the base model costs, with the same greedy output as the unmerged model. On a
+    quantized base (``--quantize``) it stays unmerged: packed weights cannot take it exactly.
 
     Args:
         folder: A run written by ``finetune --task lm``.
         prompts: Texts to continue.
         model: Another base model of the same architecture.
-        merge: Fold the adapter into the weights (rep and LoRA; adp runs unmerged).
+        merge: Fold the adapter into the weights (rep and LoRA on an unquantized base).
+        base: ``dtype`` / ``quantize`` / ``quant_type`` / ``adapter_dtype`` overrides of the
+            run's (see :func:`runs.load_run`).
         **options: ``max_new_tokens``, ``temperature``, ``top_p``, ``seed``, ``batch_size`` of
             :func:`tensortrain_nn.tasks.generate`.
 
@@ -410,12 +426,12 @@ def generate_text(
     Raises:
         AdapterError: Not an lm run, or an adapter made for another base model.
     """
-    loaded, tokenizer, info = runs.load_run(folder, model=model)
+    loaded, tokenizer, info = runs.load_run(folder, model=model, base=base)
     if info.get("task") != "lm":
         raise AdapterError(
             f"{folder} is a {info.get('task', 'classify')} run; generate needs an lm run"
         )
-    if merge:
+    if merge and not is_quantized(loaded):
         loaded = _merged(loaded, info["config"]["method"])
     return generate(loaded, tokenizer, list(prompts), **options)
 
