@@ -11,6 +11,7 @@ Example::
 from __future__ import annotations
 
 import importlib.util
+import json
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -172,9 +173,26 @@ def _from_pretrained(auto: Any, spec: ModelSpec, kwargs: dict[str, Any], form: B
     plain = auto.from_pretrained(spec.folder, **kwargs, dtype=torch.float32)
     kwargs = {k: v for k, v in kwargs.items() if k != "gguf_file"}
     with tempfile.TemporaryDirectory(prefix="tensortrain-gguf-") as folder:
-        plain.save_pretrained(folder)
+        save_dequantized(plain, Path(folder))
         del plain
         return auto.from_pretrained(folder, **kwargs, **form.pretrained_kwargs())
+
+
+def save_dequantized(model: nn.Module, folder: Path) -> Path:
+    """Save a model loaded from a GGUF file (dequantized) as a transformers folder.
+
+    transformers refuses ``save_pretrained`` on such a model; its config and weights (shared
+    tensors once) are written directly, and load back with ``from_pretrained(folder)``.
+    """
+    from safetensors.torch import save_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(folder)  # type: ignore[operator]
+    config = json.loads((folder / "config.json").read_text())
+    config.pop("quantization_config", None)  # the GGUF marker: the weights here are plain
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    save_model(model, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder
 
 
 def is_decoder_only(model: ModelSpec | Any) -> bool:

@@ -145,11 +145,14 @@ def test_bad_base_flags_on_a_saved_run_fail_in_one_line(
     out = tmp_path / "run"
     assert cli.main(_argv(root, out, "--method", "full", "--epochs", "1")) == 0
     capsys.readouterr()
-    before = sorted(p.name for p in out.iterdir())
+    before, csv = sorted(p.name for p in out.iterdir()), root / "labelled.csv"
     for argv, message in [
         (["evaluate", "--adapter", str(out), "--quantize", "4bit"], "--method full cannot"),
         (["generate", "--adapter", str(out), "--dtype", "half", "x"], "--dtype must be one of"),
-        (["predict", "--adapter", str(out), "--adapter-dtype", "base"], "--adapter-dtype applies"),
+        (
+            ["predict", "--adapter", str(out), "--adapter-dtype", "base", "--input", str(csv)],
+            "--adapter-dtype applies",
+        ),
     ]:
         fails_in_one_line(capsys, argv, message)
     assert sorted(p.name for p in out.iterdir()) == before
