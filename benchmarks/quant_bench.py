@@ -6,14 +6,15 @@ docs/benchmarks.md and docs/results/quant_bench.json.
 The packaged SmolLM2-135M (a GGUF file) is dequantized once into a float32 folder; every case then
 runs in a fresh process that loads that folder as the fine-tuning job does
 (:func:`tensortrain_nn.models.load_model` with a :class:`~tensortrain_nn.bases.BaseForm`: the
-4-bit base is nf4 with double quant and bfloat16 compute, prepared by ``prepare_kbit_training``),
+4-bit base is nf4 with double quant and float32 compute, prepared by ``prepare_kbit_training``;
+bfloat16 compute is emulated, and very slow, on a CPU without AVX512-BF16),
 puts the method on it (the methods of ``benchmarks/llm_bench.py``: the job's defaults,
 ``init="paper"``; LoRA r=8 on q_proj/v_proj; adapters in float32, the ``auto`` adapter dtype),
 takes one warm-up step, then ``--steps`` timed steps (forward, backward, AdamW on causal-LM loss,
 batch 8 x 64 random tokens). Memory: the base's parameter and buffer bytes as loaded, and the
 peak resident memory of the process during the timed steps (``VmHWM`` reset after the warm-up).
 
-    python benchmarks/quant_bench.py [--threads 2] [--steps 3] [--quick]
+    python benchmarks/quant_bench.py [--threads 2] [--steps 3] [--forms float32,bfloat16,4-bit nf4]
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ RESULTS = DOC.parent / "results" / "quant_bench.json"
 FORMS = {
     "float32": {"dtype": "float32"},
     "bfloat16": {"dtype": "bfloat16"},
-    "4-bit nf4": {"dtype": "bfloat16", "quantize": "4bit"},
+    "4-bit nf4": {"dtype": "float32", "quantize": "4bit"},
 }
 METHODS = ("LoRETTA_rep", "LoRETTA_adp", "LoRA (peft)")
 
@@ -98,7 +99,7 @@ def section(res: dict[str, dict[str, dict[str, Any]]], note: str, args: Any) -> 
     rows = []
     for form, by_method in res.items():
         for method, r in by_method.items():
-            ref = res["float32"][method]
+            ref = res.get("float32", by_method)[method]
             rows.append(
                 f"| {form} | {method} | {r['base_mib']:.0f} | "
                 f"{r['base_mib'] / ref['base_mib']:.2f}x | {r['peak_rss_mib']:.0f} | "
@@ -112,14 +113,15 @@ def section(res: dict[str, dict[str, dict[str, Any]]], note: str, args: Any) -> 
             f"Produced by `benchmarks/quant_bench.py`: one run on a shared 2-core x86_64 CPU, "
             f"torch {torch.__version__}, {args.threads} thread(s); {note}. SmolLM2-135M loaded "
             "as the fine-tuning job loads it (`--dtype`, `--quantize`): the 4-bit base is "
-            "bitsandbytes nf4 with double quant and bfloat16 compute (`--quantize 4bit --dtype "
-            "bfloat16`; its embeddings and norms are float32 after `prepare_kbit_training`). "
+            "bitsandbytes nf4 with double quant and float32 compute (`--quantize 4bit`; bfloat16 "
+            "compute is emulated on a CPU without AVX512-BF16). "
             "Each case in a fresh process: one warm-up step, then "
             f"{args.steps} timed steps (forward, backward, AdamW; batch {BATCH} x {SEQ} random "
             "tokens), median s/step. Adapters in float32 (`--adapter-dtype auto`). LoRA on the "
             "4-bit base is QLoRA. Base memory: the loaded base's parameter and buffer bytes; "
             "peak RSS: the process's peak resident memory during the timed steps (Python and "
-            "torch included). Ratios are against the same method on the float32 base.",
+            "torch included). Ratios are against the same method on the float32 base."
+            + (f" {args.note}" if args.note else ""),
             "",
             "| base | method | base memory (MiB) | vs float32 | peak RSS (MiB) | vs float32 "
             "| s / step | vs float32 |",
@@ -135,6 +137,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per case")
     parser.add_argument("--quick", action="store_true", help="1 step each, print only")
+    parser.add_argument("--forms", default=",".join(FORMS), help="comma-separated FORMS keys")
+    parser.add_argument("--note", default="", help="a sentence added to the caption")
     parser.add_argument("--child", nargs=3, metavar=("FOLDER", "FORM", "METHOD"))
     args = parser.parse_args()
     if args.child:
@@ -146,7 +150,7 @@ def main() -> None:
     res: dict[str, dict[str, dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="quant-bench-") as tmp, other_load(load):
         folder = dequantized_folder(Path(tmp))
-        for form in FORMS:
+        for form in args.forms.split(","):
             for method in METHODS:
                 res.setdefault(form, {})[method] = in_child(
                     folder, form, method, args.steps, args.threads

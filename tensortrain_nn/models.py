@@ -187,7 +187,7 @@ def save_dequantized(model: nn.Module, folder: Path) -> Path:
     from safetensors.torch import save_model
 
     folder.mkdir(parents=True, exist_ok=True)
-    model.config.save_pretrained(folder)  # type: ignore[operator]
+    model.config.save_pretrained(folder)  # type: ignore[operator,union-attr]
     config = json.loads((folder / "config.json").read_text())
     config.pop("quantization_config", None)  # the GGUF marker: the weights here are plain
     (folder / "config.json").write_text(json.dumps(config, indent=2))

@@ -151,7 +151,8 @@ def _run(config: FinetuneConfig, on_step: Callable[[int, nn.Module], None] | Non
     spec = resolve_model(config.model)
     model, _, task, labels = build_task(config, spec)
     base_fingerprint = fingerprint(model)
-    base = {"base": describe_base(model), "base_memory_bytes": base_memory_bytes(model)}
+    base: dict[str, Any] = {"base": describe_base(model)}
+    base["base_memory_bytes"] = base_memory_bytes(model)
     options = setup_options(config.method, config.method_options, config.adapter_dtype)
     model, description = method.setup(model, options, task.name)
     cast_adapters(model, config.adapter_dtype)

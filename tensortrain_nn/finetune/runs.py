@@ -115,11 +115,11 @@ def load_base(
         if not Path(spec.folder).exists():
             raise FileNotFoundError(f"the run's base model folder no longer exists: {spec.folder}")
     lm_run = info.get("task") == "lm"
-    base, tokenizer = load_model(
+    frozen, tokenizer = load_model(
         spec, None if lm_run else len(info["labels"]), labels=info["labels"], form=form
     )
-    check_fingerprint(info["base_fingerprint"], base, saved_name=saved["name"], name=spec.name)
-    return root, base, tokenizer, info
+    check_fingerprint(info["base_fingerprint"], frozen, saved_name=saved["name"], name=spec.name)
+    return root, frozen, tokenizer, info
 
 
 def load_run(
