@@ -120,7 +120,8 @@ def section(res: dict[str, dict[str, dict[str, Any]]], note: str, args: Any) -> 
             "tokens), median s/step. Adapters in float32 (`--adapter-dtype auto`). LoRA on the "
             "4-bit base is QLoRA. Base memory: the loaded base's parameter and buffer bytes; "
             "peak RSS: the process's peak resident memory during the timed steps (Python and "
-            "torch included). Ratios are against the same method on the float32 base."
+            "torch included). Ratios are against the same method on the float32 base. Cases run "
+            "one after another: a change in the machine's load between cases shows in s / step."
             + (f" {args.note}" if args.note else ""),
             "",
             "| base | method | base memory (MiB) | vs float32 | peak RSS (MiB) | vs float32 "
