@@ -166,7 +166,9 @@ def _generate_flags(gen: argparse.ArgumentParser) -> None:
     gen.add_argument("--temperature", type=_finite, default=0.0, help="0: greedy (default)")
     gen.add_argument("--top-p", type=_finite, default=1.0)
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--no-merge", action="store_true", help="keep the adapter unmerged")
+    gen.add_argument(
+        "--no-merge", action="store_true", help="keep the adapter unmerged (always: on --quantize)"
+    )
     gen.add_argument("--chat", action="store_true", help="prompts are user turns of one chat")
     gen.add_argument("--system", help="with --chat: a system message opening the chat")
 
@@ -217,7 +219,27 @@ def build_parser() -> argparse.ArgumentParser:
         "in the run's columns (default: the run's held-out split)",
     )
     ev.add_argument("--label-column")
+    for name in ("predict", "evaluate", "generate"):
+        _base_flags(sub.choices[name])
     return parser
+
+
+#: The base-form flags of predict / evaluate / generate (FinetuneConfig fields of finetune).
+_BASE_FLAGS = ("dtype", "quantize", "quant_type", "adapter_dtype")
+
+
+def _base_flags(parser: argparse.ArgumentParser) -> None:
+    """``--dtype``, ``--quantize``, ``--quant-type``, ``--adapter-dtype``: the run's by default."""
+    from tensortrain_nn.finetune.config import FinetuneConfig
+
+    fields = {f.name: f for f in dataclasses.fields(FinetuneConfig)}
+    for name in _BASE_FLAGS:
+        text = fields[name].metadata["help"]
+        parser.add_argument("--" + name.replace("_", "-"), help=f"{text} (default: the run's)")
+
+
+def _base(args: argparse.Namespace) -> dict[str, str | None]:
+    return {name: getattr(args, name) for name in _BASE_FLAGS}
 
 
 def _quiet_transformers() -> None:
@@ -282,7 +304,7 @@ def _predict(args: argparse.Namespace) -> int:
     texts = _read_inputs(args.input, args.text_column)
     if not texts:
         raise ValueError("no input text (give --input FILE or lines on stdin)")
-    for label in predict(args.adapter, texts, model=args.model):
+    for label in predict(args.adapter, texts, model=args.model, base=_base(args)):
         print(one_line(label))
     return 0
 
@@ -326,7 +348,13 @@ def _generate(args: argparse.Namespace) -> int:
         raise ValueError("--system needs --chat")
     chat = {"chat": True, "system": args.system} if args.chat else {}
     texts = generate_text(
-        args.adapter, prompts, model=args.model, merge=not args.no_merge, **options, **chat
+        args.adapter,
+        prompts,
+        model=args.model,
+        merge=not args.no_merge,
+        base=_base(args),
+        **options,
+        **chat,
     )
     for text in texts:
         print(one_line(text))
@@ -342,6 +370,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         text_column=args.text_column,
         label_column=args.label_column,
         model=args.model,
+        base=_base(args),
     )
     if "accuracy" in scores:
         print(f"accuracy    {100 * scores['accuracy']:.2f} %  ({int(scores['examples'])} examples)")

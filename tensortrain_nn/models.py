@@ -11,6 +11,8 @@ Example::
 from __future__ import annotations
 
 import importlib.util
+import json
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tensortrain_nn.bases.load import BaseForm
 from tensortrain_nn.tasks.errors import AdapterError, ModelError
 
 #: Packaged model names: name -> (python package, sub-folder, GGUF file pattern or None).
@@ -109,7 +112,11 @@ def _load_kwargs(spec: ModelSpec) -> dict[str, Any]:
 
 
 def load_model(
-    spec: ModelSpec, num_labels: int | None = None, *, labels: list[str] | None = None
+    spec: ModelSpec,
+    num_labels: int | None = None,
+    *,
+    labels: list[str] | None = None,
+    form: BaseForm | None = None,
 ) -> tuple[nn.Module, Any]:
     """Load a model and its tokenizer: with a fresh classification head, or as a causal LM.
 
@@ -120,9 +127,13 @@ def load_model(
         spec: Where the model is.
         num_labels: Classes of a new sequence-classification head; None loads the causal LM.
         labels: Optional label names, stored in the model config as ``id2label``.
+        form: The base's dtype and quantization (default float32, unquantized). A quantized
+            base is prepared for training (:func:`~tensortrain_nn.bases.prepare_kbit_training`:
+            its unquantized half-precision layers become float32); a quantized GGUF file is
+            first dequantized into a temporary folder (transformers cannot quantize GGUF).
 
     Returns:
-        ``(model, tokenizer)``; the model is in float32 on the CPU.
+        ``(model, tokenizer)``; the model is on the CPU.
 
     Raises:
         ModelError: transformers cannot read the folder or file as such a model (one line).
@@ -131,11 +142,6 @@ def load_model(
     from tensortrain_nn._optional import require
 
     hf = require("transformers", "loading a model")
-    AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer = (
-        hf.AutoModelForCausalLM,
-        hf.AutoModelForSequenceClassification,
-        hf.AutoTokenizer,
-    )
     kwargs = _load_kwargs(spec)
     extra: dict[str, Any] = {}
     if num_labels is not None:
@@ -143,12 +149,13 @@ def load_model(
     if labels is not None:
         extra["id2label"] = dict(enumerate(labels))
         extra["label2id"] = {name: i for i, name in enumerate(labels)}
-    auto = AutoModelForCausalLM if num_labels is None else AutoModelForSequenceClassification
+    auto = hf.AutoModelForCausalLM if num_labels is None else hf.AutoModelForSequenceClassification
     source = spec.folder if spec.gguf_file is None else f"{spec.folder}/{spec.gguf_file}"
+    form = form or BaseForm()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(spec.folder, **kwargs)
-        # float32 at load time: GGUF models count as quantized, and refuse a later .float().
-        model = auto.from_pretrained(spec.folder, **kwargs, **extra, dtype=torch.float32)
+        tokenizer = hf.AutoTokenizer.from_pretrained(spec.folder, **kwargs)
+        # The dtype at load time: GGUF models count as quantized, and refuse a later .float().
+        model = _from_pretrained(auto, spec, {**kwargs, **extra}, form)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         kind = "a causal LM" if num_labels is None else "a model"
         raise ModelError(f"cannot load {kind} from {source}: {_first_line(exc)}") from exc
@@ -156,7 +163,40 @@ def load_model(
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    if form.quantized:
+        from tensortrain_nn.bases.prepare import prepare_kbit_training
+
+        prepare_kbit_training(model)
     return model, tokenizer
+
+
+def _from_pretrained(auto: Any, spec: ModelSpec, kwargs: dict[str, Any], form: BaseForm) -> Any:
+    """``auto.from_pretrained`` in ``form``; a GGUF file to quantize goes through a folder."""
+    if spec.gguf_file is None or not form.quantized:
+        return auto.from_pretrained(spec.folder, **kwargs, **form.pretrained_kwargs())
+    plain = auto.from_pretrained(spec.folder, **kwargs, dtype=torch.float32)
+    kwargs = {k: v for k, v in kwargs.items() if k != "gguf_file"}
+    with tempfile.TemporaryDirectory(prefix="tensortrain-gguf-") as folder:
+        save_dequantized(plain, Path(folder))
+        del plain
+        return auto.from_pretrained(folder, **kwargs, **form.pretrained_kwargs())
+
+
+def save_dequantized(model: nn.Module, folder: Path) -> Path:
+    """Save a model loaded from a GGUF file (dequantized) as a transformers folder.
+
+    transformers refuses ``save_pretrained`` on such a model; its config and weights (shared
+    tensors once) are written directly, and load back with ``from_pretrained(folder)``.
+    """
+    from safetensors.torch import save_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(folder)  # type: ignore[operator,union-attr]
+    config = json.loads((folder / "config.json").read_text())
+    config.pop("quantization_config", None)  # the GGUF marker: the weights here are plain
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    save_model(model, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder
 
 
 def is_decoder_only(model: ModelSpec | Any) -> bool:
@@ -202,8 +242,14 @@ def fingerprint(model: nn.Module) -> dict[str, Any]:
     config = getattr(model, "config", None)
     keys = ("model_type", "hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size")
     info: dict[str, Any] = {key: getattr(config, key, None) for key in keys}
-    info["num_parameters"] = sum(p.numel() for p in model.parameters())
+    info["num_parameters"] = sum(_numel(p) for p in model.parameters())
     return info
+
+
+def _numel(param: torch.Tensor) -> int:
+    """Elements of a parameter as the model uses it (a packed 4-bit weight: its unpacked shape)."""
+    shape = getattr(getattr(param, "quant_state", None), "shape", None)
+    return int(torch.Size(shape).numel()) if shape is not None else param.numel()
 
 
 def check_fingerprint(

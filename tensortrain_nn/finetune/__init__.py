@@ -13,6 +13,7 @@ Example (trains for a minute on the packaged MiniLM)::
     predict("runs/lora", ["a triumph", "a mess"])         # ['fresh', 'rotten']
 """
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from tensortrain_nn.finetune.config import FinetuneConfig, Result
@@ -22,18 +23,13 @@ from tensortrain_nn.finetune.runs import ADAPTER_DIR, load_base, load_run, read_
 from tensortrain_nn.tasks.errors import AdapterError, DataError, FinetuneError, ModelError
 
 if TYPE_CHECKING:
-    from tensortrain_nn.finetune.job import (
-        build_split,
-        compare,
-        evaluate,
-        generate_text,
-        predict,
-        run,
-    )
+    from tensortrain_nn.finetune.job import build_split, compare, run
+    from tensortrain_nn.finetune.saved import evaluate, generate_text, predict
 
-#: The job's names, imported on first use: the job needs accelerate (the ``hf`` extra), and
-#: ``tensortrain --help`` reads only the config.
-_JOB = ("build_split", "compare", "evaluate", "generate_text", "predict", "run")
+#: The job's names and their modules, imported on first use: the job needs accelerate (the
+#: ``hf`` extra), and ``tensortrain --help`` reads only the config.
+_JOB = {"build_split": "job", "compare": "job", "run": "job"}
+_JOB.update(dict.fromkeys(("evaluate", "generate_text", "predict"), "saved"))
 
 
 def __getattr__(name: str) -> Any:
@@ -43,10 +39,10 @@ def __getattr__(name: str) -> Any:
     from tensortrain_nn._optional import missing
 
     try:
-        from tensortrain_nn.finetune import job
+        module = importlib.import_module(f"tensortrain_nn.finetune.{_JOB[name]}")
     except ModuleNotFoundError as exc:
         raise missing(exc, "the fine-tuning job") from exc
-    return getattr(job, name)
+    return getattr(module, name)
 
 
 __all__ = [

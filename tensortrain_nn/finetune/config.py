@@ -24,8 +24,10 @@ from typing import Any
 
 from tensortrain._checks import check_int, check_number
 from tensortrain.errors import TTError
+from tensortrain_nn.bases.load import BaseForm
 from tensortrain_nn.budget import RankBudget
 from tensortrain_nn.finetune import rounding
+from tensortrain_nn.finetune.base_options import check_base
 from tensortrain_nn.finetune.methods import DEFAULT_LR, get_method
 from tensortrain_nn.tasks import FinetuneError, TaskOptions
 from tensortrain_nn.tasks.answers import check_task_options
@@ -90,6 +92,10 @@ class FinetuneConfig:
     chat_loss: str = _f("assistant", "lm chat data: loss on assistant turns, or all")
     metric: str | None = _f(None, "lm: accuracy (answer options), exact_match or contains")
     bf16: bool = _f(False, "bfloat16 autocast (CPU or CUDA)")
+    dtype: str = _f("float32", "the base's dtype: float32, bfloat16 or float16")
+    quantize: str = _f("none", "load the base in bitsandbytes 4bit or 8bit (QLoRA-style), or none")
+    quant_type: str = _f("nf4", "4bit data type: nf4 or fp4 (double quant)")
+    adapter_dtype: str = _f("auto", "adapter tensors: auto (float32 on half/quantized), base, ...")
     gradient_checkpointing: bool = _f(False, "recompute activations in backward (less memory)")
     output_dir: str | None = _f(None, "default runs/<method>-<timestamp>")
     device: str = _f("auto", "auto, cpu, cuda or cuda:N")
@@ -145,6 +151,11 @@ class FinetuneConfig:
         _check_finite_options(self.method_options)
         rounding.check_options(self.method, self.method_options, self.checkpoint_every, self.resume)
         check_task_options(self.task_options())
+        check_base(self.method, self.base_form(), self.adapter_dtype, self.method_options)
+
+    def base_form(self) -> BaseForm:
+        """The base model's dtype and quantization."""
+        return BaseForm(self.dtype, self.quantize, self.quant_type)
 
     @property
     def rank_budget(self) -> RankBudget | None:
@@ -251,6 +262,9 @@ class Result:
             the TT ranks were rounded), ``adapter_params_before`` and ``adapter_params_after``
             the rounding, and ``ranks`` (per TT layer); empty otherwise. ``adapter_params``
             counts the final adapter.
+        base: The base model as loaded: dtype, quantized layers
+            (:func:`~tensortrain_nn.bases.describe_base`).
+        base_memory_bytes: Bytes of the loaded base's parameters and buffers.
     """
 
     method: str
@@ -281,6 +295,8 @@ class Result:
     metrics: dict[str, float] = field(default_factory=dict)
     samples: list[dict[str, str]] = field(default_factory=list)
     budget: dict[str, Any] = field(default_factory=dict)
+    base: str = ""
+    base_memory_bytes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """The result as a JSON-ready dict."""

@@ -26,7 +26,9 @@ import torch
 from accelerate import PartialState
 from torch import nn
 
+from tensortrain_nn.bases.load import base_memory_bytes, describe_base
 from tensortrain_nn.finetune import runs
+from tensortrain_nn.finetune.base_options import cast_adapters, setup_options
 from tensortrain_nn.finetune.config import FinetuneConfig, Result, history_row
 from tensortrain_nn.finetune.engine import check_device, on_cpu, peak_memory_mb, reset_accelerate
 from tensortrain_nn.finetune.methods import get_method
@@ -35,19 +37,15 @@ from tensortrain_nn.finetune.train import TrainStats, train
 from tensortrain_nn.models import ModelSpec, fingerprint, is_decoder_only, load_model, resolve_model
 from tensortrain_nn.surgery.targets import is_head_parameter
 from tensortrain_nn.tasks import (
-    AdapterError,
     FinetuneError,
     Split,
     Task,
     check_max_length,
     decide_kind,
-    generate,
     make_task,
     read_data,
     read_split,
 )
-from tensortrain_nn.tasks.build import read_held_out
-from tensortrain_nn.tasks.chat_task import chat_replies
 
 #: Metrics of the last evaluation that go to ``Result.metrics``.
 _LM_METRICS = ("perplexity", "tokens", "truncated", "completions_cut", "exact_match", "contains")
@@ -75,9 +73,8 @@ def build_task(config: FinetuneConfig, spec: ModelSpec) -> tuple[nn.Module, Any,
     data = read_data(options, kind)
     torch.manual_seed(config.seed)
     labels = data.labels if isinstance(data, Split) else []
-    model, tokenizer = load_model(
-        spec, len(labels) if kind.name == "classify" else None, labels=labels
-    )
+    num_labels = len(labels) if kind.name == "classify" else None
+    model, tokenizer = load_model(spec, num_labels, labels=labels, form=config.base_form())
     check_max_length(config.max_length, model, tokenizer)
     return model, tokenizer, make_task(kind, tokenizer, data, options), labels
 
@@ -151,7 +148,11 @@ def _run(config: FinetuneConfig, on_step: Callable[[int, nn.Module], None] | Non
     spec = resolve_model(config.model)
     model, _, task, labels = build_task(config, spec)
     base_fingerprint = fingerprint(model)
-    model, description = method.setup(model, dict(config.method_options), task.name)
+    base: dict[str, Any] = {"base": describe_base(model)}
+    base["base_memory_bytes"] = base_memory_bytes(model)
+    options = setup_options(config.method, config.method_options, config.adapter_dtype)
+    model, description = method.setup(model, options, task.name)
+    cast_adapters(model, config.adapter_dtype)
     if config.gradient_checkpointing:
         _checkpoint_activations(model)
     # One folder for all processes (a timestamped default could differ by a second between them).
@@ -180,7 +181,7 @@ def _run(config: FinetuneConfig, on_step: Callable[[int, nn.Module], None] | Non
             labels=labels,
             task=task.name,
         )
-    result = _result(config, description, stats, counts, task, labels)
+    result = dataclasses.replace(_result(config, description, stats, counts, task, labels), **base)
     result.adapter_bytes = _broadcast(adapter_bytes)
     result.output_dir = str(out) if config.save else None
     if config.save and main:
@@ -343,105 +344,3 @@ def _run_with_threads(config: FinetuneConfig, threads: int) -> Result:
 
 def _stamp() -> str:
     return time.strftime("%Y%m%d-%H%M%S")
-
-
-def predict(
-    folder: str | Path, texts: Sequence[str], *, model: str | None = None, batch_size: int = 64
-) -> list[str]:
-    """Label ``texts`` with a saved run; returns label names.
-
-    Raises:
-        AdapterError: The run has no labels (an lm run on prompts or text: use :func:`generate`).
-    """
-    loaded, tokenizer, info = runs.load_run(folder, model=model)
-    kind, options = runs.saved_task(info)
-    if not kind.labelled or not info["labels"]:
-        raise AdapterError(f"{folder} is an lm run without labels: use tensortrain generate")
-    task = make_task(kind, tokenizer, Split([], [], [], [], info["labels"]), options)
-    return [info["labels"][i] for i in task.predict(loaded, list(texts), batch_size)]
-
-
-def evaluate(
-    folder: str | Path,
-    data: str | None = None,
-    *,
-    text_column: str | None = None,
-    label_column: str | None = None,
-    model: str | None = None,
-) -> dict[str, Any]:
-    """Held-out metrics of a saved run on ``data`` (default: the run's own held-out split).
-
-    ``data`` has the run's form: labelled texts, or for an lm run on prompt/completion or plain
-    text, examples with the run's columns (:func:`tensortrain_nn.tasks.build.read_held_out`).
-
-    Returns:
-        Accuracy and macro-F1 (and, for lm runs, loss and perplexity; on prompt/completion
-        data also ``exact_match``), with ``examples``.
-
-    Raises:
-        DataError: A label in ``data`` was not seen in training (the message names it), or
-            ``data`` lacks a column the run reads.
-    """
-    loaded, tokenizer, info = runs.load_run(folder, model=model)
-    kind, options = runs.saved_task(info)
-    columns = {"text_column": text_column, "label_column": label_column}
-    held = read_held_out(options, kind, info["labels"], data, **columns)
-    with torch.no_grad():
-        scores = make_task(kind, tokenizer, held, options).evaluate(loaded.eval(), 64)
-    return {k: v for k, v in scores.items() if k != "samples"}
-
-
-def generate_text(
-    folder: str | Path,
-    prompts: Sequence[str],
-    *,
-    model: str | None = None,
-    merge: bool = True,
-    chat: bool = False,
-    system: str | None = None,
-    **options: Any,
-) -> list[str]:
-    """Continue ``prompts`` with a saved lm run's model and adapter (greedy by default).
-
-    The adapter is merged into the base weights first when it can be (rep, LoRA): generation then
-    costs what the base model costs, with the same greedy output as the unmerged model.
-
-    Args:
-        folder: A run written by ``finetune --task lm``.
-        prompts: Texts to continue.
-        model: Another base model of the same architecture.
-        merge: Fold the adapter into the weights (rep and LoRA; adp runs unmerged).
-        chat: The prompts are the user turns of one conversation, rendered by the chat template
-            (the run's ``--template`` when it was a chat template, else the tokenizer's).
-        system: With ``chat``: a system message opening the conversation.
-        **options: ``max_new_tokens``, ``temperature``, ``top_p``, ``seed``, ``batch_size`` of
-            :func:`tensortrain_nn.tasks.generate`.
-
-    Returns:
-        The new text of each prompt.
-
-    Raises:
-        AdapterError: Not an lm run, or an adapter made for another base model.
-    """
-    loaded, tokenizer, info = runs.load_run(folder, model=model)
-    if info.get("task") != "lm":
-        raise AdapterError(
-            f"{folder} is a {info.get('task', 'classify')} run; generate needs an lm run"
-        )
-    if merge:
-        loaded = _merged(loaded, info["config"]["method"])
-    if chat:
-        template = info["config"].get("template")
-        return chat_replies(loaded, tokenizer, prompts, template=template, system=system, **options)
-    return generate(loaded, tokenizer, list(prompts), **options)
-
-
-def _merged(model: nn.Module, method: str) -> nn.Module:
-    """The model with its adapter folded into the weights, where the method allows it."""
-    if method == "lora":
-        return model.merge_and_unload()  # type: ignore[operator]
-    if method == "rep":
-        import tensortrain_nn
-
-        return tensortrain_nn.merge_and_unload(model)
-    return model

@@ -69,6 +69,8 @@ def report_rows(result: Result) -> list[tuple[str, str]]:
         ("training time", f"{result.train_seconds:.1f} s ({result.num_train} examples)"),
         ("peak memory", f"{result.peak_memory_mb:.0f} MiB"),
     ]
+    if result.base:
+        rows.append(("base model", f"{result.base}, {_size(result.base_memory_bytes)}"))
     if result.world_size > 1:
         sync = f"{result.world_size} ({_size(result.allreduce_bytes_per_step)} all-reduced / step)"
         rows.append(("processes", sync))

@@ -22,6 +22,8 @@ from torch import nn
 
 from tensortrain.errors import TTError
 from tensortrain_nn._files import atomic_write
+from tensortrain_nn.bases.load import BaseForm
+from tensortrain_nn.finetune.base_options import cast_adapters, check_base
 from tensortrain_nn.finetune.checkpoint import data_fingerprints
 from tensortrain_nn.finetune.config import FinetuneConfig
 from tensortrain_nn.finetune.methods import Method, get_method
@@ -157,8 +159,11 @@ def saved_task(info: dict[str, Any]) -> tuple[TaskKind, TaskOptions]:
     return decide_kind(options, decoder_only=name == "lm", model=info["model"]["name"]), options
 
 
-def load_base(folder: str | Path, *, model: str | None = None) -> tuple[Path, nn.Module, Any, dict]:
-    """A saved run's base model without its adapter: ``(run folder, model, tokenizer, run_info)``.
+def load_base(
+    folder: str | Path, *, model: str | None = None, base: dict[str, str | None] | None = None
+) -> tuple[Path, nn.Module, Any, dict]:
+    """A saved run's base model without its adapter: ``(run folder, model, tokenizer, run_info)``,
+    in the run's dtype and quantization (a run without them: float32) unless ``base`` overrides.
 
     Raises:
         FileNotFoundError: The folder or the base model does not exist.
@@ -166,6 +171,9 @@ def load_base(folder: str | Path, *, model: str | None = None) -> tuple[Path, nn
     """
     root, info = read_run(Path(folder))
     saved = info["model"]
+    form = BaseForm.from_values(info["config"], **(base or {}))
+    given = (base or {}).get("adapter_dtype") or "auto"
+    check_base(info["config"]["method"], form, given, {})
     if model is not None:
         spec = resolve_model(model)
     elif saved["name"] in ("minilm", "smollm2"):
@@ -175,19 +183,23 @@ def load_base(folder: str | Path, *, model: str | None = None) -> tuple[Path, nn
         if not Path(spec.folder).exists():
             raise FileNotFoundError(f"the run's base model folder no longer exists: {spec.folder}")
     lm_run = info.get("task") == "lm"
-    base, tokenizer = load_model(
-        spec, None if lm_run else len(info["labels"]), labels=info["labels"]
+    frozen, tokenizer = load_model(
+        spec, None if lm_run else len(info["labels"]), labels=info["labels"], form=form
     )
-    check_fingerprint(info["base_fingerprint"], base, saved_name=saved["name"], name=spec.name)
-    return root, base, tokenizer, info
+    check_fingerprint(info["base_fingerprint"], frozen, saved_name=saved["name"], name=spec.name)
+    return root, frozen, tokenizer, info
 
 
-def load_run(folder: str | Path, *, model: str | None = None) -> tuple[nn.Module, Any, dict]:
+def load_run(
+    folder: str | Path, *, model: str | None = None, base: dict[str, str | None] | None = None
+) -> tuple[nn.Module, Any, dict]:
     """Load a saved run: the base model it names (or ``model``) with its adapter on top.
 
     Args:
         folder: The run folder (or its ``adapter/`` sub-folder).
         model: Another base model to put the adapter on; it must have the same architecture.
+        base: ``dtype``, ``quantize``, ``quant_type`` and ``adapter_dtype`` to use instead of
+            the run's (None values keep the run's).
 
     Returns:
         ``(model, tokenizer, run_info)`` with the model in eval mode on the CPU.
@@ -196,9 +208,12 @@ def load_run(folder: str | Path, *, model: str | None = None) -> tuple[nn.Module
         FileNotFoundError: The folder or the base model does not exist.
         AdapterError: Not a run folder, or the adapter was saved for another base model.
     """
-    root, base, tokenizer, info = load_base(folder, model=model)
+    root, frozen, tokenizer, info = load_base(folder, model=model, base=base)
     # A rank-budget run's TT ranks come from the file.
-    loaded = get_method(info["config"]["method"]).load(base, root / ADAPTER_DIR)
+    loaded = get_method(info["config"]["method"]).load(frozen, root / ADAPTER_DIR)
+    cast_adapters(
+        loaded, (base or {}).get("adapter_dtype") or info["config"].get("adapter_dtype", "auto")
+    )
     loaded.eval()
     return loaded, tokenizer, info
 
