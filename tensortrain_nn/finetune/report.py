@@ -120,6 +120,14 @@ def write_report(result: Result, folder: Path) -> None:
 
 
 def _spread(values: list[float]) -> float:
+    """Sample standard deviation; NaN when a value is NaN (statistics.stdev raises on NaN).
+
+    Example:
+        >>> _spread([1.0, 3.0]), _spread([float("nan"), 0.5])
+        (1.414..., nan)
+    """
+    if any(math.isnan(v) for v in values):
+        return math.nan
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
