@@ -29,7 +29,7 @@ demo-chat: $(VENV)/.installed
 	$(BIN)/python -m tensortrain_nn.tasks.debates runs/demo-chat/debates.jsonl
 	$(BIN)/tensortrain finetune --model smollm2 --data runs/demo-chat/debates.jsonl \
 		--metric exact_match --compare none,rep --seeds 0,1,2 --max-train 160 --test-size 60 \
-		--batch-size 8 --epochs 1 --max-length 96 --output-dir runs/demo-chat/compare
+		--batch-size 8 --epochs 1 --max-length 96 --output-dir runs/demo-chat/compare --overwrite
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest
