@@ -379,7 +379,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"loss        {scores['loss']:.4f} per token  ({int(scores['examples'])} examples)")
         print(f"perplexity  {scores['perplexity']:.3f}")
     if "exact_match" in scores:
-        print(f"exact match {100 * scores['exact_match']:.2f} %  (greedy, whitespace normalised)")
+        print(f"exact match {100 * scores['exact_match']:.2f} %  (greedy, as --metric exact_match)")
     return 0
 
 

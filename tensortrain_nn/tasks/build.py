@@ -151,13 +151,10 @@ def make_task(kind: TaskKind, tokenizer: Any, data: TaskData, options: TaskOptio
         )
         return scored(task, options.metric, labelled=False)
     if not isinstance(data, Split):
-        task = LMTask(
-            tokenizer,
-            *data,
-            max_length=options.max_length,
-            exact_match=options.prompt_column is not None and options.metric is None,
-        )
-        return scored(task, options.metric, labelled=False)
+        # Prompt/completion data is scored by exact match unless another metric is asked for.
+        default = "exact_match" if options.prompt_column is not None else None
+        task = LMTask(tokenizer, *data, max_length=options.max_length)
+        return scored(task, options.metric or default, labelled=False)
     if kind.name == "classify":
         return ClassifyTask(tokenizer, data, options.max_length)
     task = classification_task(

@@ -46,7 +46,7 @@ from tensortrain_nn.tasks.scoring import (
     score_options,
     verbalizer_answers,
 )
-from tensortrain_nn.tasks.text import same_text, unescape
+from tensortrain_nn.tasks.text import unescape
 
 
 @dataclass(frozen=True)
@@ -93,8 +93,6 @@ class LMTask:
         num_samples: Held-out examples whose generation ``evaluate`` reports.
         sample_tokens: Most tokens generated for each sample.
         template: The prompt around a text (``{text}``), for :meth:`predict`.
-        exact_match: Prompt/completion data: ``evaluate`` also reports the share of held-out
-            prompts whose greedy generation is the completion (whitespace normalised).
 
     Attributes:
         name: ``"lm"``.
@@ -125,14 +123,13 @@ class LMTask:
         num_samples: int = 3,
         sample_tokens: int = 16,
         template: str = "{text}",
-        exact_match: bool = False,
     ) -> None:
         if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
             raise FinetuneError(f"--max-length must be an int >= 2, got {max_length!r}")
         self.num_samples = check_int("num_samples", num_samples, minimum=0)
         self.sample_tokens = check_int("sample_tokens", sample_tokens)
         self.tokenizer, self.max_length, self.template = tokenizer, max_length, template
-        self.length_normalise, self.exact_match = bool(length_normalise), bool(exact_match)
+        self.length_normalise = bool(length_normalise)
         self.pad_id, self.eos_id = pad_id(tokenizer), tokenizer.eos_token_id
         self.train_examples, self.test_examples = list(train), list(test)
         self.num_train = len(self.train_examples)
@@ -245,7 +242,7 @@ class LMTask:
             (held-out completions or texts cut at the end), ``samples`` (a list of
             ``{"prompt", "reference", "generated"}`` dicts, greedy), for classification
             ``accuracy`` and ``macro_f1`` of the most likely answer (the loss is then the gold
-            answer's), and with ``exact_match`` the share of :meth:`exact_matches`.
+            answer's).
         """
         check_int("batch_size", batch_size)
         out: dict[str, Any] = {}
@@ -268,28 +265,7 @@ class LMTask:
             completions_cut=self.targets_cut["test"],
             samples=self.samples(model),
         )
-        if self.exact_match:
-            out["exact_match"] = self.exact_matches(model, batch_size)
         return out
-
-    def exact_matches(self, model: nn.Module, batch_size: int) -> float:
-        """Share of held-out prompts whose greedy generation is the completion, compared after
-        stripping and collapsing whitespace (:func:`~tensortrain_nn.tasks.text.same_text`);
-        each generation is as long as the completion's tokens and its EOS."""
-        items, hits = self.test_encoded, 0
-        for chunk in length_chunks([item.context for item in items], batch_size):
-            new = generate_ids(
-                model,
-                [items[i].context for i in chunk],
-                pad_id=self.pad_id,
-                eos_id=self.eos_id,
-                max_new_tokens=max(len(items[i].target) for i in chunk),
-                batch_size=len(chunk),
-            )
-            for i, ids in zip(chunk, new, strict=True):
-                text = self.tokenizer.decode(ids, skip_special_tokens=True)
-                hits += same_text(text, self.test_examples[i].reference)
-        return hits / max(1, len(items))
 
     def samples(self, model: nn.Module) -> list[dict[str, str]]:
         """Greedy generations for the first ``num_samples`` held-out examples.

@@ -1,4 +1,4 @@
-r"""Text as the command line gives it: the one rule for escape sequences, and text comparison.
+r"""Text as the command line gives it: the one rule for escape sequences, and prompt files.
 
 A shell passes ``"Review: {text}\nSentiment:"`` with a literal backslash and ``n``; what a user
 means is a line break. :func:`unescape` is the one place that reads escape sequences, for
@@ -11,8 +11,6 @@ Example:
     'Review: {text}\nSentiment:'
     >>> unescape(r"C:\\temp \d")
     'C:\\temp \\d'
-    >>> same_text(" a  good\nfilm ", "a good film")
-    True
 """
 
 from __future__ import annotations
@@ -31,11 +29,6 @@ def unescape(text: str) -> str:
     a trailing ``\``) are kept.
     """
     return _ESCAPE.sub(lambda m: ESCAPES.get(m.group(1), m.group(0)), text)
-
-
-def same_text(generated: str, reference: str) -> bool:
-    """Whether two texts are equal after stripping and collapsing whitespace (exact match)."""
-    return " ".join(generated.split()) == " ".join(reference.split())
 
 
 #: The line that separates prompts in a ``generate --prompt-file``.

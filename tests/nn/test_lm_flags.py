@@ -25,7 +25,6 @@ from tensortrain_nn.tasks import (
     DataError,
     FinetuneError,
     LMExample,
-    LMTask,
     Split,
     TaskOptions,
     decide_kind,
@@ -35,7 +34,7 @@ from tensortrain_nn.tasks.data import load_lm_examples
 from tensortrain_nn.tasks.generation import MAX_NEW_TOKENS
 from tensortrain_nn.tasks.lm import classification_task
 from tensortrain_nn.tasks.scoring import BUILTIN_TEMPLATE, parse_verbalizer
-from tensortrain_nn.tasks.text import same_text, split_prompts, unescape
+from tensortrain_nn.tasks.text import split_prompts, unescape
 
 WORDS = ["good", "warm", "superb", "great", "bad", "dull", "cold", "boring"]
 
@@ -285,25 +284,28 @@ def test_evaluate_a_prompt_completion_run_on_new_data(root: Path, tmp_path: Path
         evaluate(root / "zero", str(new), label_column="label")
 
 
-def test_exact_match_compares_greedy_generation_with_whitespace_normalised(
+def test_prompt_completion_data_is_scored_by_exact_match_by_default(
     tok: Any, monkeypatch: Any
 ) -> None:
-    import tensortrain_nn.tasks.lm as lm
+    import tensortrain_nn.tasks.answers as answers
+    from tensortrain_nn.tasks import TaskKind, TaskOptions, make_task
 
     test = [LMExample("Q: a", " good  film"), LMExample("Q: b", " bad"), LMExample("Q: c", "x")]
-    task = LMTask(tok, [LMExample("Q", " a")], test, max_length=24, exact_match=True)
-    asked: list[int] = []
+    options = TaskOptions(prompt_column="q", completion_column="a", max_length=24)
+    task = make_task(TaskKind("lm", labelled=False), tok, ([LMExample("Q", " a")], test), options)
 
-    def fake(model: Any, contexts: Any, *, max_new_tokens: int, **_: Any) -> list[list[int]]:
-        asked.append(max_new_tokens)
-        texts = {"Q: a": "good film ", "Q: b": " awful", "Q: c": "x"}
+    def fake(model: Any, contexts: Any, **_: Any) -> list[list[int]]:
+        texts = {"Q: a": "Good film.", "Q: b": " awful", "Q: c": "x"}
         prompts = [tok.decode(c, skip_special_tokens=True) for c in contexts]
         return [tok(texts[p], add_special_tokens=False)["input_ids"] for p in prompts]
 
-    monkeypatch.setattr(lm, "generate_ids", fake)
-    assert task.exact_matches(None, batch_size=8) == pytest.approx(2 / 3)  # type: ignore[arg-type]
-    assert asked == [max(len(e.target) for e in task.test_encoded)]
-    assert same_text(" a  b\n", "a b") and not same_text("ab", "a b")
+    monkeypatch.setattr(answers, "generate_ids", fake)
+    assert task.answers(None, batch_size=8) == ["Good film.", " awful", "x"]  # type: ignore[arg-type]
+    hits = [
+        answers.answer_matches(a, e.reference, "exact_match")
+        for a, e in zip(task.answers(None, 8), test)
+    ]  # type: ignore[arg-type]
+    assert hits == [True, False, True]
 
 
 def test_cut_completions_are_counted_in_the_report(root: Path, tmp_path: Path) -> None:
