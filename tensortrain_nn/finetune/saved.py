@@ -119,15 +119,16 @@ def generate_text(
             f"{folder} is a {info.get('task', 'classify')} run; generate needs an lm run"
         )
     if merge and not is_quantized(loaded):
-        loaded = _merged(loaded, info["config"]["method"])
+        loaded = merged_model(loaded, info["config"]["method"])
     if chat:
         template = info["config"].get("template")
         return chat_replies(loaded, tokenizer, prompts, template=template, system=system, **options)
     return generate(loaded, tokenizer, list(prompts), **options)
 
 
-def _merged(model: nn.Module, method: str) -> nn.Module:
-    """The model with its adapter folded into the weights, where the method allows it."""
+def merged_model(model: nn.Module, method: str) -> nn.Module:
+    """The model with its adapter folded into the weights where ``method`` allows it (rep and
+    LoRA, as a plain model); other methods' models as they are."""
     if method == "lora":
         return model.merge_and_unload()  # type: ignore[operator]
     if method == "rep":

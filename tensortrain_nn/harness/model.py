@@ -19,6 +19,7 @@ from lm_eval.models.huggingface import HFLM
 from torch import nn
 
 from tensortrain.errors import TTError, TTValueError
+from tensortrain_nn.finetune.saved import merged_model
 from tensortrain_nn.surgery.io import CONFIG_NAME, LEGACY_NAMES
 
 #: The files that mark each kind of adapter folder.
@@ -171,19 +172,10 @@ def load_adapted(
         )
     do_merge = mergeable if merge is None else bool(merge)
     if do_merge:
-        model = _merged(model, method)
+        model = merged_model(model, method)
     model.eval()
     info = {"adapter": str(adapter), "method": method, "merged": do_merge}
     return model, tokenizer, info
-
-
-def _merged(model: nn.Module, method: str) -> nn.Module:
-    """``model`` with its rep or LoRA update folded into the weights, as a plain model."""
-    if method == "lora":
-        return model.merge_and_unload()  # type: ignore[operator]
-    import tensortrain_nn
-
-    return tensortrain_nn.merge_and_unload(model)
 
 
 def _not_about_a_loaded_model(record: logging.LogRecord) -> bool:
