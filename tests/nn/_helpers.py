@@ -301,6 +301,25 @@ def _pause(config_path: str, pause_step: int) -> None:
     run(_config(config_path))
 
 
+def pairs_values(root: Path, out: Path, **extra: Any) -> dict[str, Any]:
+    """``FinetuneConfig`` fields of a short run of ``root/llama`` on ``root/pairs.jsonl``
+    (columns ``q`` / ``a``); ``extra`` overrides any of them."""
+    values: dict[str, Any] = {
+        "model": str(root / "llama"),
+        "data": str(root / "pairs.jsonl"),
+        "prompt_column": "q",
+        "completion_column": "a",
+        "test_size": 4,
+        "epochs": 1,
+        "batch_size": 4,
+        "max_length": 24,
+        "progress": False,
+        "device": "cpu",
+        "output_dir": str(out),
+    }
+    return {**values, **extra}
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
     warnings.simplefilter("ignore", FutureWarning)

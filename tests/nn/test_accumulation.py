@@ -18,7 +18,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from _helpers import tiny_llama, tiny_tokenizer, trainable
+from _helpers import pairs_values, tiny_llama, tiny_tokenizer, trainable
 
 import tensortrain_nn
 from tensortrain_nn.finetune import FinetuneConfig, run
@@ -84,23 +84,9 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _values(root: Path, out: Path, **extra: Any) -> dict[str, Any]:
-    values = {
-        "model": str(root / "llama"),
-        "data": str(root / "pairs.jsonl"),
-        "prompt_column": "q",
-        "completion_column": "a",
-        "test_size": 4,
-        "epochs": 2,
-        "batch_size": 8,
-        "max_length": 24,
-        "lr": 1e-2,
-        "progress": False,
-        "device": "cpu",
-        "save": False,
-        "output_dir": str(out),
-        "method_options": {"dropout": 0.0, "init": "paper"},
-    }
-    return {**values, **extra}
+    options = {"dropout": 0.0, "init": "paper"}
+    fixed = {"epochs": 2, "batch_size": 8, "lr": 1e-2, "save": False, "method_options": options}
+    return pairs_values(root, out, **{**fixed, **extra})
 
 
 def _final(config: FinetuneConfig) -> tuple[dict[str, torch.Tensor], float]:

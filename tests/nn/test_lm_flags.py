@@ -15,7 +15,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from _helpers import fails_in_one_line, tiny_llama, tiny_tokenizer
+from _helpers import fails_in_one_line, pairs_values, tiny_llama, tiny_tokenizer
 
 from tensortrain_nn import cli
 from tensortrain_nn.finetune import FinetuneConfig, evaluate, run
@@ -59,20 +59,7 @@ def root(tmp_path_factory: pytest.TempPathFactory, tok: Any) -> Path:
 
 
 def _pairs(root: Path, out: Path, **extra: Any) -> dict[str, Any]:
-    values = {
-        "model": str(root / "llama"),
-        "data": str(root / "pairs.jsonl"),
-        "prompt_column": "q",
-        "completion_column": "a",
-        "test_size": 4,
-        "epochs": 1,
-        "batch_size": 4,
-        "max_length": 24,
-        "progress": False,
-        "device": "cpu",
-        "output_dir": str(out),
-    }
-    return {**values, **extra}
+    return pairs_values(root, out, **extra)
 
 
 def _split() -> Split:
