@@ -25,7 +25,14 @@ from tensortrain_nn.tasks.errors import FinetuneError
 #: Name of the built-in data set (``data=None`` or ``data="rotten_tomatoes"``).
 BUILTIN = "rotten_tomatoes"
 #: Options that only the lm task reads (given with ``classify`` they are refused).
-LM_ONLY = ("template", "verbalizer", "prompt_column", "completion_column", "messages_column")
+LM_ONLY = (
+    "template",
+    "verbalizer",
+    "prompt_column",
+    "completion_column",
+    "messages_column",
+    "metric",
+)
 
 
 @dataclass(frozen=True)
@@ -127,6 +134,8 @@ def decide_kind(options: TaskOptions, *, decoder_only: bool, model: str) -> Task
     given = [_flag(f) for f in LM_ONLY if getattr(options, f) is not None]
     if options.length_normalise:
         given.append("--length-normalise")
+    if options.chat_loss != "assistant":
+        given.append("--chat-loss")
     if name == "classify":
         if given:
             raise FinetuneError(

@@ -28,7 +28,7 @@ from tensortrain_nn.tasks.data import (
     make_split,
     split_items,
 )
-from tensortrain_nn.tasks.errors import DataError
+from tensortrain_nn.tasks.errors import DataError, FinetuneError
 from tensortrain_nn.tasks.forms import ChatData, read_chat_or_instruction
 from tensortrain_nn.tasks.lm import LMTask, classification_task
 from tensortrain_nn.tasks.scoring import BUILTIN_TEMPLATE, BUILTIN_VERBALIZER
@@ -150,6 +150,10 @@ def make_task(kind: TaskKind, tokenizer: Any, data: TaskData, options: TaskOptio
             chat_loss=options.chat_loss,
         )
         return scored(task, options.metric, labelled=False)
+    if options.chat_loss != "assistant":
+        raise FinetuneError(
+            f"--chat-loss {options.chat_loss} has no effect: the data is not chat messages"
+        )
     if not isinstance(data, Split):
         # Prompt/completion data is scored by exact match unless another metric is asked for.
         default = "exact_match" if options.prompt_column is not None else None

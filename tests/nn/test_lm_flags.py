@@ -178,6 +178,8 @@ def test_empty_verbalizer_is_refused_without_quoting_a_default(
     ("options", "message"),
     [
         ({"task": "classify", "length_normalise": True}, "--length-normalise needs --task lm"),
+        ({"task": "classify", "metric": "exact_match"}, "--metric needs --task lm"),
+        ({"task": "classify", "chat_loss": "all"}, "--chat-loss needs --task lm"),
         (
             {
                 "task": "lm",
@@ -205,6 +207,15 @@ def test_flags_without_effect_are_refused(options: dict[str, Any], message: str)
     values = {"data": "x.csv", **options}
     with pytest.raises(FinetuneError, match=message):
         decide_kind(TaskOptions(**values), decoder_only=True, model="llama")
+
+
+def test_chat_loss_on_data_without_messages_is_refused(tok: Any) -> None:
+    from tensortrain_nn.tasks import TaskKind, make_task
+
+    options = TaskOptions(prompt_column="q", completion_column="a", chat_loss="all")
+    data = ([LMExample("Q", " a")], [LMExample("Q", " b")])
+    with pytest.raises(FinetuneError, match="--chat-loss all has no effect"):
+        make_task(TaskKind("lm", labelled=False), tok, data, options)
 
 
 def test_length_normalise_with_classify_fails_on_the_command_line(
