@@ -184,6 +184,17 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--compare", help="comma-separated methods to run side by side")
     ft.add_argument("--seeds", type=_ints, help="comma-separated training seeds (e.g. 0,1,2)")
     ft.add_argument("--jobs", type=int, default=1, help="runs of --compare/--seeds at a time")
+    ft.add_argument(
+        "--tune",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="a grid to pick from on a validation split, e.g. lr=1e-4,1e-3 or rep.rank=4,8 "
+        "(repeatable: the product); the test split is scored only at the pick",
+    )
+    ft.add_argument(
+        "--tune-seeds", type=_ints, help="seeds each grid point trains at (default: --seeds)"
+    )
     _config_flags(ft)
     for name, text in (("predict", "label new text"), ("evaluate", "score a saved run")):
         p = sub.add_parser(name, help=text)
@@ -258,19 +269,39 @@ def _finetune(args: argparse.Namespace, argv: Sequence[str]) -> int:
     names = {f.name for f in dataclasses.fields(FinetuneConfig)} - {"method_options"}
     config = FinetuneConfig(**{n: getattr(args, n) for n in names}, method_options=options)
     main_rank = int(os.environ.get("RANK", "0")) == 0
-    if args.compare or args.seeds:
+    if args.tune_seeds and not args.tune:
+        raise ValueError("--tune-seeds has no effect without --tune")
+    if args.compare or args.seeds or args.tune:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise ValueError("--compare and --seeds run in one process; under torchrun run one job")
+            raise ValueError(
+                "--compare, --seeds and --tune run in one process; under torchrun run one job"
+            )
         methods = args.compare.split(",") if args.compare else [args.method]
         command = "tensortrain " + shlex.join(argv)
-        results, _ = compare(
-            config,
-            [m.strip() for m in methods if m.strip()],
-            seeds=args.seeds or [args.seed],
-            method_options=by_method,
-            command=command,
-            jobs=args.jobs,
-        )
+        methods = [m.strip() for m in methods if m.strip()]
+        seeds = args.seeds or [args.seed]
+        if args.tune:
+            from tensortrain_nn.finetune.tune import parse_grid, tune
+
+            results, _ = tune(
+                config,
+                methods,
+                parse_grid(args.tune, methods),
+                seeds=seeds,
+                tune_seeds=args.tune_seeds,
+                method_options=by_method,
+                command=command,
+                jobs=args.jobs,
+            )
+        else:
+            results, _ = compare(
+                config,
+                methods,
+                seeds=seeds,
+                method_options=by_method,
+                command=command,
+                jobs=args.jobs,
+            )
         folder = Path(results[0].output_dir or ".").parent
         print((folder / "compare.md").read_text())
         print(f"written to {folder}/compare.md, compare.json, compare.png")

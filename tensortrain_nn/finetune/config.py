@@ -29,6 +29,7 @@ from tensortrain_nn.budget import RankBudget
 from tensortrain_nn.finetune import rounding
 from tensortrain_nn.finetune.base_options import check_base
 from tensortrain_nn.finetune.methods import DEFAULT_LR, get_method
+from tensortrain_nn.finetune.selection import VAL_METRICS
 from tensortrain_nn.tasks import FinetuneError, TaskOptions
 from tensortrain_nn.tasks.answers import check_task_options
 
@@ -56,6 +57,18 @@ class FinetuneConfig:
     label_column: str = _f("label", "label column of --data")
     test_data: str | None = _f(None, "held-out file (default: hold out part of --data)")
     test_size: int | float | None = _f(None, "held-out count (int) or fraction (0.2)")
+    val_size: int | float | None = _f(
+        None,
+        "validation count or fraction carved from the training data: scored each epoch (for "
+        "--early-stop, --tune); the test split is scored once, at the end",
+    )
+    val_metric: str = _f(
+        "auto", "what decides on validation: auto, accuracy, macro_f1, loss, exact_match, contains"
+    )
+    early_stop: int = _f(
+        0, "stop after N epochs without a better validation score, keep the best (0: off)"
+    )
+    test_at_end: bool = _f(True, "with --val-size: score the test split after training")
     split_seed: int = _f(0, "seed of the shuffle before the split")
     seed: int = _f(0, "training seed (head init, batch order, dropout)")
     epochs: int = _f(3, "passes over the training data")
@@ -120,7 +133,7 @@ class FinetuneConfig:
             raise FinetuneError(f"task must be auto, classify or lm, got {self.task!r}")
         for name in ("epochs", "batch_size", "max_length", "gradient_accumulation"):
             check_int(name, getattr(self, name))
-        for name in ("seed", "split_seed", "checkpoint_every"):
+        for name in ("seed", "split_seed", "checkpoint_every", "early_stop"):
             check_int(name, getattr(self, name), minimum=0)
         for name in ("max_train", "max_test"):
             if getattr(self, name) is not None:
@@ -135,11 +148,13 @@ class FinetuneConfig:
         check_number("warmup_ratio", self.warmup_ratio, minimum=0.0, maximum=1.0, open_max=True)
         for name in ("weight_decay", "tt_weight_decay", "max_grad_norm"):
             check_number(name, getattr(self, name), minimum=0.0)
-        size = self.test_size
-        if isinstance(size, float):
-            check_number("test_size", size, minimum=0.0, maximum=1.0, open_min=True, open_max=True)
-        elif size is not None:
-            check_int("test_size", size)
+        for name in ("test_size", "val_size"):
+            size = getattr(self, name)
+            if isinstance(size, float):
+                check_number(name, size, minimum=0.0, maximum=1.0, open_min=True, open_max=True)
+            elif size is not None:
+                check_int(name, size)
+        self._check_validation()
         if not _DEVICE.fullmatch(self.device):
             raise FinetuneError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.resume and self.overwrite:
@@ -152,6 +167,37 @@ class FinetuneConfig:
         rounding.check_options(self.method, self.method_options, self.checkpoint_every, self.resume)
         check_task_options(self.task_options())
         check_base(self.method, self.base_form(), self.adapter_dtype, self.method_options)
+
+    def _check_validation(self) -> None:
+        """The validation options need a validation split, and early stopping what it keeps."""
+        if self.val_metric not in VAL_METRICS:
+            raise FinetuneError(
+                f"val_metric must be one of {', '.join(VAL_METRICS)}, got {self.val_metric!r}"
+            )
+        if self.val_size is None:
+            for flag, on in (
+                ("early_stop", self.early_stop > 0),
+                ("val_metric", self.val_metric != "auto"),
+                ("test_at_end=False", not self.test_at_end),
+            ):
+                if on:
+                    raise FinetuneError(
+                        f"{flag} needs val_size: without a validation split it would decide "
+                        "on the test split"
+                    )
+        if self.early_stop > 0:
+            if not self.eval_every_epoch:
+                raise FinetuneError("early_stop needs eval_every_epoch: it watches every epoch")
+            if self.checkpoint_every or self.resume:
+                raise FinetuneError(
+                    "early_stop with checkpoint_every/resume: checkpoints do not keep the best "
+                    "epoch's tensors; use one or the other"
+                )
+            if self.rank_budget is not None:
+                raise FinetuneError(
+                    "early_stop with a rank budget: the rounded adapter cannot take back an "
+                    "earlier epoch's cores"
+                )
 
     def base_form(self) -> BaseForm:
         """The base model's dtype and quantization."""
@@ -265,6 +311,11 @@ class Result:
         base: The base model as loaded: dtype, quantized layers
             (:func:`~tensortrain_nn.bases.describe_base`).
         base_memory_bytes: Bytes of the loaded base's parameters and buffers.
+        validation: With ``val_size``: the validation scores of the kept epoch (the best with
+            early stopping, else the last) and its ``epoch``; then ``accuracy``, ``macro_f1``,
+            ``metrics`` and ``num_test`` are the test split's (NaN without ``test_at_end``)
+            and ``history`` holds the validation scores.
+        stopped_epoch: With early stopping: the epoch after which training stopped, or None.
     """
 
     method: str
@@ -297,6 +348,8 @@ class Result:
     budget: dict[str, Any] = field(default_factory=dict)
     base: str = ""
     base_memory_bytes: int = 0
+    validation: dict[str, Any] = field(default_factory=dict)
+    stopped_epoch: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The result as a JSON-ready dict."""

@@ -40,12 +40,14 @@ from tensortrain_nn.tasks import (
     FinetuneError,
     Split,
     Task,
+    TaskKind,
     check_max_length,
     decide_kind,
     make_task,
     read_data,
     read_split,
 )
+from tensortrain_nn.tasks.build import read_held_out
 
 #: Metrics of the last evaluation that go to ``Result.metrics``.
 _LM_METRICS = ("perplexity", "tokens", "truncated", "completions_cut", "exact_match", "contains")
@@ -146,7 +148,7 @@ def _run(config: FinetuneConfig, on_step: Callable[[int, nn.Module], None] | Non
     runs.check_output_dir(config)
     method = get_method(config.method)
     spec = resolve_model(config.model)
-    model, _, task, labels = build_task(config, spec)
+    model, tokenizer, task, labels = build_task(config, spec)
     base_fingerprint = fingerprint(model)
     base: dict[str, Any] = {"base": describe_base(model)}
     base["base_memory_bytes"] = base_memory_bytes(model)
@@ -168,6 +170,7 @@ def _run(config: FinetuneConfig, on_step: Callable[[int, nn.Module], None] | Non
         on_step=on_step,
     )
     counts = _count(model)  # after training: a rank budget changes the adapter's size
+    final, validation = _held_out_scores(config, stats, model, tokenizer, task, labels)
     main = PartialState().is_main_process
     adapter_bytes = 0
     if config.save and main:
@@ -181,7 +184,10 @@ def _run(config: FinetuneConfig, on_step: Callable[[int, nn.Module], None] | Non
             labels=labels,
             task=task.name,
         )
-    result = dataclasses.replace(_result(config, description, stats, counts, task, labels), **base)
+    result = _result(config, description, stats, counts, task, labels, final)
+    result = dataclasses.replace(
+        result, validation=validation, stopped_epoch=stats.stopped_epoch, **base
+    )
     result.adapter_bytes = _broadcast(adapter_bytes)
     result.output_dir = str(out) if config.save else None
     if config.save and main:
@@ -196,9 +202,9 @@ def _result(
     counts: dict[str, int],
     task: Task,
     labels: list[str],
+    final: dict[str, Any],
 ) -> Result:
-    """The :class:`Result` of a run from its training stats and parameter counts."""
-    final = stats.history[-1]
+    """The :class:`Result` of a run: its stats, parameter counts and reported scores ``final``."""
     trainable = counts["adapter"] + counts["head"] + counts["other"]
     return Result(
         method=config.method,
@@ -230,6 +236,40 @@ def _result(
         samples=list(final.get("samples", [])),
         budget=dict(stats.budget),
     )
+
+
+def _held_out_scores(
+    config: FinetuneConfig,
+    stats: TrainStats,
+    model: nn.Module,
+    tokenizer: Any,
+    task: Task,
+    labels: list[str],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(reported, validation)``: the scores the result reports, and the validation scores.
+
+    Without a validation split the reported scores are the last epoch's (on the test split)
+    and there are no validation scores. With one, the history holds validation scores: the
+    kept epoch's (the best under early stopping, else the last) are ``validation``, and the
+    test split is scored once now, unless ``config.test_at_end`` is off.
+    """
+    last = stats.history[-1]
+    if config.val_size is None:
+        return last, {}
+    kept = next((r for r in stats.history if r["epoch"] == stats.best_epoch), last)
+    validation = {k: v for k, v in kept.items() if k not in ("train_loss", "samples")}
+    if not config.test_at_end:
+        return {"examples": 0}, validation
+    scores: dict[str, Any] = {}
+    if PartialState().is_main_process:
+        options = config.task_options()
+        kind = TaskKind(task.name, labelled=bool(labels))
+        held = read_held_out(options, kind, labels, held_out="test")
+        test = make_task(kind, tokenizer, held, options)
+        model.eval()
+        with torch.no_grad():
+            scores = test.evaluate(model, 4 * config.batch_size)
+    return history_row(_broadcast(scores), evaluated=True), validation
 
 
 def _metrics(final: dict[str, Any]) -> dict[str, float]:
@@ -317,23 +357,33 @@ def _run_all(
     configs: list[FinetuneConfig], jobs: int, base: Path, command: str | None, progress: bool
 ) -> tuple[list[Result], list[dict[str, Any]]]:
     """Run ``configs`` (``jobs`` at a time) and write the comparison into ``base``."""
-    results: list[Result] = []
+    results = run_configs(configs, jobs, progress)
+    rows = write_comparison(results, base, command=command)
+    return results, rows
+
+
+def run_configs(configs: Sequence[FinetuneConfig], jobs: int, progress: bool) -> list[Result]:
+    """Run ``configs`` in order, or ``jobs`` at a time in processes with a share of the threads.
+
+    Results are the same as one at a time: every run is seeded on its own.
+    """
+    if jobs < 1:
+        raise FinetuneError(f"jobs must be >= 1, got {jobs}")
     if jobs == 1:
+        results: list[Result] = []
         for one in configs:
             if progress:
                 print(f"== {one.method}, seed {one.seed} ==", flush=True)
             results.append(run(one))
             gc.collect()
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+        return results
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(jobs, mp_context=context) as pool:
-            results = list(pool.map(_run_with_threads, configs, [threads] * len(configs)))
-    rows = write_comparison(results, base, command=command)
-    return results, rows
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=context) as pool:
+        return list(pool.map(_run_with_threads, configs, [threads] * len(configs)))
 
 
 def _run_with_threads(config: FinetuneConfig, threads: int) -> Result:

@@ -232,8 +232,31 @@ def plot_comparison(rows: Sequence[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def tuning_markdown(tuning: dict[str, Any]) -> str:
+    """The grid of a tuned comparison: each point's mean validation score, the pick marked."""
+    table = []
+    for method, entry in tuning.items():
+        for i, point in enumerate(entry["points"]):
+            metric = point["metric"]
+            value = point["score"] if metric == "eval_loss" else 100 * point["score"]
+            table.append(
+                (
+                    method,
+                    point["label"],
+                    ", ".join(str(r["seed"]) for r in point["runs"]),
+                    f"{metric.replace('eval_', '')} {value:.2f}",
+                    "**picked**" if i == entry["picked"] else "",
+                )
+            )
+    return _markdown(["method", "grid point", "seeds", "validation (mean)", "pick"], table)
+
+
 def write_comparison(
-    results: Sequence[Result], folder: Path, *, command: str | None = None
+    results: Sequence[Result],
+    folder: Path,
+    *,
+    command: str | None = None,
+    tuning: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Write ``compare.md``, ``compare.json`` and ``compare.png`` into ``folder``.
 
@@ -241,17 +264,28 @@ def write_comparison(
         results: Every run (several methods, possibly several seeds each).
         folder: Output folder.
         command: The command that made the comparison, recorded in the markdown.
+        tuning: The grid of a tuned comparison (:func:`~tensortrain_nn.finetune.tune.pick`):
+            written as its own table, and under ``"tuning"`` in the JSON.
 
     Returns:
         The summary rows (see :func:`summarize`).
     """
     folder.mkdir(parents=True, exist_ok=True)
     rows = summarize(results)
-    payload = {"summary": rows, "runs": [r.to_dict() for r in results], "command": command}
+    payload: dict[str, Any] = {"summary": rows, "runs": [r.to_dict() for r in results]}
+    payload["command"] = command
+    if tuning is not None:
+        payload["tuning"] = tuning
     (folder / "compare.json").write_text(json.dumps(payload, indent=2) + "\n")
     text = "# Comparison\n\n"
     if command:
         text += f"Made with:\n\n```\n{command}\n```\n\n"
+    if tuning is not None:
+        text += (
+            "Every method picked its grid point by the mean validation score (the validation "
+            "part is carved from the training data); the table below is the picked point's "
+            "test scores.\n\n" + tuning_markdown(tuning) + "\n"
+        )
     text += comparison_markdown(rows) + "\n![accuracy vs trainable parameters](compare.png)\n"
     (folder / "compare.md").write_text(text)
     plot_comparison(rows, folder / "compare.png")

@@ -70,8 +70,9 @@ def evaluate(
     """
     loaded, tokenizer, info = runs.load_run(folder, model=model, base=base)
     kind, options = runs.saved_task(info)
-    columns = {"text_column": text_column, "label_column": label_column}
-    held = read_held_out(options, kind, info["labels"], data, **columns)
+    held = read_held_out(
+        options, kind, info["labels"], data, text_column=text_column, label_column=label_column
+    )
     with torch.no_grad():
         scores = make_task(kind, tokenizer, held, options).evaluate(loaded.eval(), 64)
     return {k: v for k, v in scores.items() if k != "samples"}

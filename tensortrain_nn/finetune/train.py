@@ -41,6 +41,7 @@ from tensortrain_nn.finetune.checkpoint import Checkpoints, config_digest
 from tensortrain_nn.finetune.config import FinetuneConfig, history_row
 from tensortrain_nn.finetune.engine import forget_prepared, make_accelerator
 from tensortrain_nn.finetune.rounding import Rounding, check_world
+from tensortrain_nn.finetune.selection import EarlyStop
 from tensortrain_nn.tasks import FinetuneError, Task
 
 Evaluate = Callable[[nn.Module], dict[str, Any]]
@@ -147,6 +148,8 @@ class TrainStats:
         resumed_from: The checkpoint step the run resumed from, or None.
         world_size: Processes that trained.
         budget: What the budget rounding did (empty without a budget).
+        best_epoch: With early stopping: the epoch whose tensors were kept.
+        stopped_epoch: With early stopping: the epoch after which it stopped (None: ran all).
     """
 
     history: list[dict[str, Any]]
@@ -159,6 +162,8 @@ class TrainStats:
     resumed_from: int | None = None
     world_size: int = 1
     budget: dict[str, Any] = field(default_factory=dict)
+    best_epoch: int | None = None
+    stopped_epoch: int | None = None
 
 
 @dataclass
@@ -268,6 +273,7 @@ class _Loop:
         self.schedule = linear_schedule(self.total, config.warmup_ratio)
         self.acc, self.task, self.config, self.pos = acc, task, config, Position()
         self.rounding = Rounding(config.rank_budget, self.total)
+        self.stopper = EarlyStop(config.early_stop, config.val_metric)
         if self.rounding.step == 0:  # before the first step: nothing to rebuild
             self.rounding.fit(model, 0)
         optimizer, scheduler = self._optimizer(model)
@@ -364,6 +370,9 @@ class _Loop:
             bar.close()
             pos.train_seconds += time.perf_counter() - start
             self._end_epoch(epoch, evaluate, show)
+            if self.stopper.update(pos.history[-1], acc.unwrap_model(self.model)):
+                break
+        self.stopper.restore(acc.unwrap_model(self.model))
         acc.wait_for_everyone()
         sync = (
             sum(p.numel() * p.element_size() for p in self.trainable)
@@ -373,14 +382,16 @@ class _Loop:
         return TrainStats(
             history=pos.history,
             device=acc.device,
-            steps=self.total,
+            steps=pos.global_step,
             train_seconds=pos.train_seconds,
-            seconds_per_step=pos.train_seconds / max(1, self.total),
+            seconds_per_step=pos.train_seconds / max(1, pos.global_step),
             tokens_per_second=pos.tokens / max(1e-9, pos.train_seconds),
             allreduce_bytes=sync,
             resumed_from=self.resumed_from,
             world_size=acc.num_processes,
             budget=self.rounding.record,
+            best_epoch=self.stopper.best_epoch,
+            stopped_epoch=self.stopper.stopped_epoch,
         )
 
     def _optimizer_step(self, idx: Sequence[int]) -> None:

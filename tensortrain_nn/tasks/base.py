@@ -46,6 +46,8 @@ class TaskOptions:
         text_column: Text column (lm without prompts: the text trained on).
         label_column: Label column.
         test_size: Held-out count (int) or fraction (float); None: 800 built-in, else 0.2.
+        val_size: Validation examples carved from the training part (count or fraction), or
+            None for no validation split; a task built with one evaluates on it.
         split_seed: Seed of the shuffle before the split.
         max_train: Keep the first N training examples (after the shuffle).
         max_test: Keep the first N held-out examples.
@@ -68,6 +70,7 @@ class TaskOptions:
     text_column: str = "text"
     label_column: str = "label"
     test_size: int | float | None = None
+    val_size: int | float | None = None
     split_seed: int = 0
     max_train: int | None = None
     max_test: int | None = None

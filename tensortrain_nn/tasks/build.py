@@ -10,7 +10,6 @@ Example (a real tokenizer, not run here)::
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from tensortrain_nn.tasks.answers import scored
@@ -22,11 +21,13 @@ from tensortrain_nn.tasks.data import (
     LMExample,
     Split,
     encode_labels,
+    held_out_part,
     load_builtin,
     load_lm_examples,
     load_table,
     make_split,
     split_items,
+    take_parts,
 )
 from tensortrain_nn.tasks.errors import DataError, FinetuneError
 from tensortrain_nn.tasks.forms import ChatData, read_chat_or_instruction
@@ -37,13 +38,21 @@ from tensortrain_nn.tasks.scoring import BUILTIN_TEMPLATE, BUILTIN_VERBALIZER
 TaskData = Split | tuple[list[LMExample], list[LMExample]] | ChatData
 
 
-def read_split(options: TaskOptions) -> Split:
-    """The labelled train/test split (file or built-in data, held-out part, subsets).
+def read_split(options: TaskOptions, held_out: str | None = None) -> Split:
+    """The labelled train/held-out split (file or built-in data, held-out part, subsets).
+
+    Args:
+        options: What to read and how to split it.
+        held_out: The held-out part to return: ``"test"``, ``"validation"`` (carved from the
+            training part, ``options.val_size``), or None for the validation part when there
+            is one (:func:`~tensortrain_nn.tasks.data.take_parts`). With ``"validation"`` a
+            ``test_data`` file is not opened.
 
     Raises:
         FileNotFoundError: A data file does not exist.
         DataError: Missing columns, a single class, an unusable split or an unseen test label.
     """
+    part = held_out_part(options, held_out)
     cols = {"text_column": options.text_column, "label_column": options.label_column}
     if options.builtin:
         texts, labels = load_builtin()
@@ -52,39 +61,62 @@ def read_split(options: TaskOptions) -> Split:
         texts, labels = load_table(options.data, **cols, split=options.split)
         default = 0.2
     size = options.test_size if options.test_size is not None else default
-    test = None if options.test_data is None else load_table(options.test_data, **cols)
-    split = make_split(texts, labels, test_size=size, seed=options.split_seed, test=test)
-    n_train, n_test = options.max_train, options.max_test
-    return dataclasses.replace(
-        split,
-        train_texts=split.train_texts[:n_train],
-        train_labels=split.train_labels[:n_train],
-        test_texts=split.test_texts[:n_test],
-        test_labels=split.test_labels[:n_test],
+    separate = options.test_data is not None
+    test = load_table(options.test_data, **cols) if separate and part == "test" else None
+    # A separate test file that is not read: nothing is held out of ``data``.
+    hold_out = not separate or test is not None
+    split = make_split(
+        texts, labels, test_size=size, seed=options.split_seed, test=test, hold_out=hold_out
+    )
+    train, held = take_parts(
+        list(zip(split.train_texts, split.train_labels, strict=True)),
+        list(zip(split.test_texts, split.test_labels, strict=True)),
+        options,
+        part,
+    )
+    return Split(
+        [t for t, _ in train],
+        [y for _, y in train],
+        [t for t, _ in held],
+        [y for _, y in held],
+        split.labels,
     )
 
 
-def read_examples(options: TaskOptions) -> tuple[list[LMExample], list[LMExample]] | ChatData:
-    """``(train, test)`` prompt/completion or plain-text examples, split as :func:`read_split`;
-    chat or instruction data when the data has that shape (:mod:`~tensortrain_nn.tasks.forms`)."""
-    shaped = read_chat_or_instruction(options)
+def read_examples(
+    options: TaskOptions, held_out: str | None = None
+) -> tuple[list[LMExample], list[LMExample]] | ChatData:
+    """``(train, held-out)`` prompt/completion or plain-text examples, split as
+    :func:`read_split`; chat or instruction data when the data has that shape
+    (:mod:`~tensortrain_nn.tasks.forms`)."""
+    shaped = read_chat_or_instruction(options, held_out)
     if shaped is not None:
         return shaped
+    part = held_out_part(options, held_out)
     columns = {
         "prompt_column": options.prompt_column,
         "completion_column": options.completion_column,
         "text_column": options.text_column,
     }
     examples = load_lm_examples(options.data, **columns, split=options.split)
-    test = None if options.test_data is None else load_lm_examples(options.test_data, **columns)
+    separate = options.test_data is not None
+    test = load_lm_examples(options.test_data, **columns) if separate and part == "test" else None
     size = options.test_size if options.test_size is not None else 0.2
-    train, held = split_items(examples, test_size=size, seed=options.split_seed, test=test)
-    return train[: options.max_train], held[: options.max_test]
+    hold_out = not separate or test is not None
+    train, tested = split_items(
+        examples, test_size=size, seed=options.split_seed, test=test, hold_out=hold_out
+    )
+    return take_parts(train, tested, options, part)
 
 
-def read_data(options: TaskOptions, kind: TaskKind) -> TaskData:
-    """The data of a task of ``kind``: a :class:`Split` when labelled, else lm examples."""
-    return read_split(options) if kind.labelled else read_examples(options)
+def read_data(options: TaskOptions, kind: TaskKind, held_out: str | None = None) -> TaskData:
+    """The data of a task of ``kind``: a :class:`Split` when labelled, else lm examples.
+
+    ``held_out`` as in :func:`read_split` (None: the validation part when there is one).
+    """
+    if kind.labelled:
+        return read_split(options, held_out)
+    return read_examples(options, held_out)
 
 
 def read_held_out(
@@ -95,8 +127,12 @@ def read_held_out(
     *,
     text_column: str | None = None,
     label_column: str | None = None,
+    held_out: str = "test",
 ) -> TaskData:
     """What a saved run evaluates on: its own held-out part, or all of ``data``.
+
+    The run's own held-out part is its test part unless ``held_out="validation"`` (a run with
+    a validation split trains on the same examples either way).
 
     Labelled runs read ``data``'s texts and labels (ids from ``labels``, the training labels);
     prompt/completion and plain-text runs read ``data``'s examples with the run's columns
@@ -108,9 +144,9 @@ def read_held_out(
     """
     if data is None:
         if not kind.labelled:
-            held = read_examples(options)
+            held = read_examples(options, held_out)
             return ChatData([], held.test) if isinstance(held, ChatData) else ([], held[1])
-        split = read_split(options)
+        split = read_split(options, held_out)
         return Split([], [], split.test_texts, split.test_labels, labels)
     if not kind.labelled:
         if label_column is not None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tensortrain_nn.tasks.base import BUILTIN
+from tensortrain_nn.tasks.base import BUILTIN, TaskOptions
 from tensortrain_nn.tasks.errors import DataError, FinetuneError
 from tensortrain_nn.tasks.sources import as_text, describe_source, read_source
 
@@ -172,7 +172,12 @@ def encode_labels(labels: Sequence[str], names: Sequence[str], *, where: str) ->
 
 
 def split_items(
-    items: Sequence[T], *, test_size: int | float, seed: int = 0, test: Sequence[T] | None = None
+    items: Sequence[T],
+    *,
+    test_size: int | float,
+    seed: int = 0,
+    test: Sequence[T] | None = None,
+    hold_out: bool = True,
 ) -> tuple[list[T], list[T]]:
     """``(train, test)``: shuffle with ``seed`` and hold out the first ``test_size`` items.
 
@@ -182,6 +187,8 @@ def split_items(
             Ignored when ``test`` is given.
         seed: Seed of the shuffle (``random.Random(seed).shuffle`` of the indices).
         test: An explicit held-out set; the train set is then all of ``items``, shuffled.
+        hold_out: False: hold nothing out (the train set is all of ``items``, shuffled, as with
+            an explicit ``test`` that is not read); ``test`` and ``test_size`` are ignored.
 
     Raises:
         DataError: No items, an empty ``test``, or a split that leaves nothing to train on.
@@ -194,6 +201,8 @@ def split_items(
         raise DataError("the data set is empty")
     order = list(range(len(items)))
     random.Random(seed).shuffle(order)
+    if not hold_out:
+        return [items[i] for i in order], []
     if test is not None:
         if not test:
             raise DataError("the test data set is empty")
@@ -213,6 +222,7 @@ def make_split(
     test_size: int | float,
     seed: int = 0,
     test: tuple[list[str], list[str]] | None = None,
+    hold_out: bool = True,
 ) -> Split:
     """Labelled data split by :func:`split_items`, labels turned into ids.
 
@@ -222,6 +232,7 @@ def make_split(
         test_size: Held-out examples: a count or a fraction (see :func:`split_items`).
         seed: Seed of the shuffle.
         test: An explicit ``(texts, labels)`` test set; the train set is then all of ``texts``.
+        hold_out: False: no test part (see :func:`split_items`).
 
     Returns:
         The split; label names come from all of ``labels`` (see :func:`label_names`), or from
@@ -233,7 +244,7 @@ def make_split(
     """
     pairs = list(zip(texts, labels, strict=True))
     held = None if test is None else list(zip(*test, strict=True))
-    train, tested = split_items(pairs, test_size=test_size, seed=seed, test=held)
+    train, tested = split_items(pairs, test_size=test_size, seed=seed, test=held, hold_out=hold_out)
     names = label_names(labels if test is None else [y for _, y in train])
     return Split(
         train_texts=[t for t, _ in train],
@@ -242,6 +253,70 @@ def make_split(
         test_labels=encode_labels([y for _, y in tested], names, where="test data"),
         labels=names,
     )
+
+
+def validation_count(num_train: int, val_size: int | float) -> int:
+    """Validation examples to carve from ``num_train`` training examples.
+
+    Args:
+        num_train: Training examples before the carve.
+        val_size: A count (int >= 1) or a fraction of ``num_train`` (float in (0, 1)); a
+            fraction rounds to at least one example.
+
+    Raises:
+        DataError: The carve would leave no training example.
+
+    Example:
+        >>> validation_count(1000, 0.1), validation_count(1000, 64)
+        (100, 64)
+    """
+    count = max(1, round(val_size * num_train)) if isinstance(val_size, float) else val_size
+    if count >= num_train:
+        raise DataError(
+            f"val_size {val_size} leaves no training data ({num_train} training examples "
+            "before the validation split)"
+        )
+    return count
+
+
+def held_out_part(options: TaskOptions, held_out: str | None = None) -> str:
+    """Which held-out part a task evaluates on: ``"validation"`` or ``"test"``.
+
+    ``None`` picks the validation part when ``options.val_size`` carves one, else the test
+    part: a run with a validation split evaluates on it while it trains.
+
+    Raises:
+        FinetuneError: ``held_out`` is neither, or ``"validation"`` without ``val_size``.
+    """
+    if held_out is None:
+        return "test" if options.val_size is None else "validation"
+    if held_out not in ("test", "validation"):
+        raise FinetuneError(f"held_out must be test or validation, got {held_out!r}")
+    if held_out == "validation" and options.val_size is None:
+        raise FinetuneError("held_out='validation' needs val_size: no validation split is carved")
+    return held_out
+
+
+def take_parts(
+    train: Sequence[T], tested: Sequence[T], options: TaskOptions, held_out: str | None = None
+) -> tuple[list[T], list[T]]:
+    """``(train, held-out)`` of a split: the validation part carved off, the subsets taken.
+
+    With ``options.val_size`` the first :func:`validation_count` shuffled training examples
+    are the validation part and are never trained on; ``max_train`` then keeps the first of
+    the rest. The held-out part is the validation part (all of it) or the test part (its first
+    ``max_test``), see :func:`held_out_part`.
+
+    Example:
+        >>> take_parts(list("abcdef"), list("xyz"), TaskOptions(val_size=2, max_test=2))
+        (['c', 'd', 'e', 'f'], ['a', 'b'])
+        >>> take_parts(list("abcdef"), list("xyz"), TaskOptions(val_size=2, max_test=2), "test")
+        (['c', 'd', 'e', 'f'], ['x', 'y'])
+    """
+    part = held_out_part(options, held_out)
+    count = 0 if options.val_size is None else validation_count(len(train), options.val_size)
+    held = train[:count] if part == "validation" else tested[: options.max_test]
+    return list(train[count:][: options.max_train]), list(held)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from tensortrain_nn.tasks.chat import (
     find_messages_column,
     is_instruction_data,
 )
-from tensortrain_nn.tasks.data import LMExample, split_items
+from tensortrain_nn.tasks.data import LMExample, held_out_part, split_items, take_parts
 from tensortrain_nn.tasks.errors import FinetuneError
 from tensortrain_nn.tasks.sources import describe_source, read_source
 
@@ -65,9 +65,12 @@ def _read(source: Any, options: TaskOptions, split: str | None) -> tuple[str, li
 
 
 def read_chat_or_instruction(
-    options: TaskOptions,
+    options: TaskOptions, held_out: str | None = None
 ) -> ChatData | tuple[list[LMExample], list[LMExample]] | None:
     """Chat or instruction data of ``options``, split as the other lm data; None otherwise.
+
+    ``held_out`` picks the test or the validation part (:func:`~tensortrain_nn.tasks.data.
+    take_parts`).
 
     Raises:
         DataError: A bad conversation (one line naming the row and the message), a missing
@@ -80,13 +83,17 @@ def read_chat_or_instruction(
     if found is None:
         return None
     form, items = found
-    test = None
-    if options.test_data is not None:
+    part = held_out_part(options, held_out)
+    separate, test = options.test_data is not None, None
+    if separate and part == "test":
         held = _read(options.test_data, options, None)
         if held is None or held[0] != form:
             raise FinetuneError(f"--test-data {options.test_data} is not {form} data like --data")
         test = held[1]
     size = options.test_size if options.test_size is not None else 0.2
-    train, tested = split_items(items, test_size=size, seed=options.split_seed, test=test)
-    train, tested = train[: options.max_train], tested[: options.max_test]
+    hold_out = not separate or test is not None
+    train, tested = split_items(
+        items, test_size=size, seed=options.split_seed, test=test, hold_out=hold_out
+    )
+    train, tested = take_parts(train, tested, options, part)
     return ChatData(train, tested) if form == "chat" else (train, tested)
