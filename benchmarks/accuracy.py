@@ -268,6 +268,11 @@ def _run_one(config: Any) -> dict[str, Any]:
         "seconds_per_step": result.seconds_per_step,
         "num_train": result.num_train,
         "num_test": result.num_test,
+        "validation": {
+            k: 100 * v if k in ("accuracy", "macro_f1") else v for k, v in result.validation.items()
+        },
+        "stopped_epoch": result.stopped_epoch,
+        "train_loss": result.history[-1]["train_loss"],
     }
 
 

@@ -78,7 +78,8 @@ class FinetuneConfig:
     lr: float | None = _f(None, "learning rate (default: per method)")
     weight_decay: float = _f(0.01, "AdamW weight decay of weight matrices")
     tt_weight_decay: float = _f(0.0, "weight decay of TT cores")
-    warmup_ratio: float = _f(0.06, "share of steps with linear warm-up (then linear decay)")
+    warmup_ratio: float = _f(0.06, "share of steps with linear warm-up (then --schedule)")
+    schedule: str = _f("linear", "after warm-up: linear (decay to 0 at the end) or constant")
     max_grad_norm: float = _f(1.0, "gradient clipping norm (0: off)")
     max_train: int | None = _f(None, "train on the first N shuffled examples")
     max_test: int | None = _f(None, "evaluate on the first N held-out examples")
@@ -129,6 +130,8 @@ class FinetuneConfig:
 
     def _check(self) -> None:
         get_method(self.method)
+        if self.schedule not in ("linear", "constant"):
+            raise FinetuneError(f"schedule must be linear or constant, got {self.schedule!r}")
         if self.task not in ("auto", "classify", "lm"):
             raise FinetuneError(f"task must be auto, classify or lm, got {self.task!r}")
         for name in ("epochs", "batch_size", "max_length", "gradient_accumulation"):

@@ -64,13 +64,18 @@ def parameter_groups(model: nn.Module, weight_decay: float, tt_weight_decay: flo
     return [{"params": ps, "weight_decay": decay[key]} for key, ps in groups.items() if ps]
 
 
-def linear_schedule(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
-    """LR multiplier: linear warm-up over ``ceil(warmup_ratio * total)`` steps, then linear to 0."""
+def linear_schedule(
+    total_steps: int, warmup_ratio: float, decay: bool = True
+) -> Callable[[int], float]:
+    """LR multiplier: linear warm-up over ``ceil(warmup_ratio * total)`` steps, then linear to 0
+    (or constant at 1 without ``decay``)."""
     warmup = math.ceil(warmup_ratio * total_steps)
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
+        if not decay:
+            return 1.0
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
     return factor
@@ -270,7 +275,8 @@ class _Loop:
     ) -> None:
         self.steps_per_epoch = math.ceil(task.num_train / config.batch_size)
         self.total = self.steps_per_epoch * config.epochs
-        self.schedule = linear_schedule(self.total, config.warmup_ratio)
+        decay = config.schedule == "linear"
+        self.schedule = linear_schedule(self.total, config.warmup_ratio, decay)
         self.acc, self.task, self.config, self.pos = acc, task, config, Position()
         self.rounding = Rounding(config.rank_budget, self.total)
         self.stopper = EarlyStop(config.early_stop, config.val_metric)

@@ -46,6 +46,7 @@ TRAINING_KEYS = (
     "weight_decay",
     "tt_weight_decay",
     "warmup_ratio",
+    "schedule",
     "max_grad_norm",
 )
 

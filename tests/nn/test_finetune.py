@@ -214,6 +214,10 @@ def test_schedule_and_groups() -> None:
 
     factor = linear_schedule(100, 0.06)
     assert factor(0) == pytest.approx(1 / 6) and factor(5) == 1.0 and factor(100) == 0.0
+    constant = linear_schedule(100, 0.06, decay=False)
+    assert constant(0) == pytest.approx(1 / 6) and constant(6) == constant(99) == 1.0
+    with pytest.raises(FinetuneError, match="schedule must be linear or constant, got 'cosine'"):
+        FinetuneConfig(schedule="cosine")
     holder = nn.Module()
     holder.register_parameter("tt_cores_0", nn.Parameter(torch.ones(2, 3, 2)))
     model = nn.Sequential()

@@ -1,0 +1,223 @@
+"""Every method tuned with the same budget on a validation split, then tested at 3 seeds.
+
+The protocol of ``benchmarks/accuracy.py`` (packaged MiniLM, 640 training examples, 3 epochs,
+batch 16, 400 test examples), plus a validation part of :data:`VAL_SIZE` examples carved from the
+training data before the 640 are taken (so no method trains on it). Each method (rep, adp, LoRA,
+full fine-tuning) has a grid of :data:`GRID_SIZE` learning rates, the same size for all, on a x2
+ladder around its default; every point trains at seed 0 and is scored on validation (each epoch)
+and, after training, on the test split. The pick reads the validation accuracy only (ties: the
+earlier point); the test scores of the other points are kept to show what a pick on the test
+split would have claimed. The picked learning rate then trains at seeds 1 and 2 as well.
+
+Then the paper's overfitting claim, at each method's picked learning rate: the debates with 160
+training examples, 20 epochs at a constant learning rate, held-out accuracy per epoch, 3 seeds.
+
+Commands (each skips the runs already in ``docs/results/accuracy/runs.json``)::
+
+    python benchmarks/tuned.py grid   [--tasks debates,rt,rt_full]   # every grid point, seed 0
+    python benchmarks/tuned.py seeds  [--tasks ...]                   # the picks at seeds 1, 2
+    python benchmarks/tuned.py overfit                                # needs the debates picks
+    python benchmarks/tuned.py docs                                   # tables into docs/accuracy.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from accuracy import DOC, TASKS, Setting, config_for, load_store, run_all  # noqa: E402
+
+#: Validation examples carved from each task's training data (the same count on every task).
+VAL_SIZE = 200
+#: Learning rates per method: the same number of points each, a x2 ladder around the default.
+GRIDS: dict[str, tuple[float, ...]] = {
+    "rep": (1.5e-3, 3e-3, 6e-3),
+    "adp": (2e-3, 4e-3, 8e-3),
+    "lora": (5e-4, 1e-3, 2e-3),
+    "full": (2.5e-5, 5e-5, 1e-4),
+}
+GRID_SIZE = 3
+assert all(len(g) == GRID_SIZE for g in GRIDS.values())
+#: The overfitting study's training set and length.
+OVERFIT = {"max_train": 160, "epochs": 20, "schedule": "constant", "warmup_ratio": 0.0}
+
+
+def _setting(method: str, lr: float) -> Setting:
+    return Setting(method, f"lr{lr:g}", lr=lr)
+
+
+def _key(study: str, task: str, method: str, lr: float, seed: int) -> str:
+    return f"{study}|{task}|{method}|lr{lr:g}|{seed}"
+
+
+def grid_jobs(tasks: list[str]) -> list[tuple[str, Any]]:
+    """Every grid point of every method at seed 0: validation each epoch, test at the end."""
+    return [
+        (
+            _key("tuned", task, method, lr, 0),
+            config_for(task, _setting(method, lr), 0, val_size=VAL_SIZE),
+        )
+        for task in tasks
+        for method, lrs in GRIDS.items()
+        for lr in lrs
+    ]
+
+
+def picks(store: dict[str, Any], task: str) -> dict[str, float]:
+    """Each method's learning rate with the best seed-0 validation accuracy (earlier on ties)."""
+    chosen = {}
+    for method, lrs in GRIDS.items():
+        scores = [store.get(_key("tuned", task, method, lr, 0)) for lr in lrs]
+        if any(s is None for s in scores):
+            continue  # the grid is not complete yet
+        values = [s["validation"]["accuracy"] for s in scores]  # type: ignore[index]
+        chosen[method] = lrs[values.index(max(values))]
+    return chosen
+
+
+def seed_jobs(tasks: list[str], store: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The picked learning rates at seeds 1 and 2 (seed 0 is the grid run)."""
+    return [
+        (
+            _key("tuned", task, method, lr, seed),
+            config_for(task, _setting(method, lr), seed, val_size=VAL_SIZE),
+        )
+        for task in tasks
+        for method, lr in picks(store, task).items()
+        for seed in (1, 2)
+    ]
+
+
+def overfit_jobs(store: dict[str, Any]) -> list[tuple[str, Any]]:
+    """160 debates examples, 20 epochs at a constant learning rate (each method's pick)."""
+    chosen = picks(store, "debates")
+    if len(chosen) < len(GRIDS):
+        raise SystemExit("run `tuned.py grid --tasks debates` first: the picks are not complete")
+    return [
+        (
+            _key("overfit20", "debates", method, lr, seed),
+            config_for("debates", _setting(method, lr), seed, **OVERFIT),
+        )
+        for method, lr in chosen.items()
+        for seed in (0, 1, 2)
+    ]
+
+
+def _mean_sd(values: list[float]) -> str:
+    if len(values) < 2:
+        return f"{values[0]:.1f}" if values else "-"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def tuned_table(store: dict[str, Any]) -> str:
+    lines = [
+        "| task | method | grid (lr) | picked lr | validation % | seeds | test accuracy % "
+        "| macro-F1 % | vs LoRA | adapter params | LoRA / adapter |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for task in TASKS:
+        rows = {}
+        for method, lr in picks(store, task).items():
+            recs = [store.get(_key("tuned", task, method, lr, s)) for s in (0, 1, 2)]
+            rows[method] = (lr, [r for r in recs if r is not None])
+        lora = rows.get("lora", (0, []))[1]
+        lora_mean = statistics.mean(r["accuracy"] for r in lora) if lora else float("nan")
+        for method, (lr, recs) in rows.items():
+            accs = [r["accuracy"] for r in recs]
+            params = recs[0]["adapter_params"]
+            ratio = "-"
+            if lora and params and method in ("rep", "adp"):
+                ratio = f"{lora[0]['adapter_params'] / params:.1f}x"
+            grid = ", ".join(f"{x:g}" for x in GRIDS[method])
+            lines.append(
+                f"| {task} | {method} | {grid} | {lr:g} | {recs[0]['validation']['accuracy']:.1f}"
+                f" | {len(recs)} | {_mean_sd(accs)} | {_mean_sd([r['macro_f1'] for r in recs])}"
+                f" | {statistics.mean(accs) - lora_mean:+.1f} | {params:,} | {ratio} |"
+            )
+    return "\n".join(lines)
+
+
+def grid_table(store: dict[str, Any]) -> str:
+    """Every grid point at seed 0: validation and test accuracy side by side."""
+    lines = [
+        "| task | method | lr | validation % | test % | picked on validation | best on test |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for task in TASKS:
+        chosen = picks(store, task)
+        for method, lrs in GRIDS.items():
+            recs = [store.get(_key("tuned", task, method, lr, 0)) for lr in lrs]
+            if any(r is None for r in recs):
+                continue
+            tests = [r["accuracy"] for r in recs]  # type: ignore[index]
+            for lr, rec, test in zip(lrs, recs, tests, strict=True):
+                lines.append(
+                    f"| {task} | {method} | {lr:g} | {rec['validation']['accuracy']:.1f} "  # type: ignore[index]
+                    f"| {test:.1f} | {'yes' if chosen.get(method) == lr else ''} "
+                    f"| {'yes' if test == max(tests) else ''} |"
+                )
+    return "\n".join(lines)
+
+
+def overfit_table(store: dict[str, Any]) -> str:
+    lines = [
+        "| method | lr | seeds | best epoch acc. % | last epoch acc. % | best - last | "
+        "train loss at the end |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for method, lr in picks(store, "debates").items():
+        recs = [store.get(_key("overfit20", "debates", method, lr, s)) for s in (0, 1, 2)]
+        recs = [r for r in recs if r is not None]
+        if not recs:
+            continue
+        best = [max(r["history"]) for r in recs]
+        last = [r["history"][-1] for r in recs]
+        gap = [b - x for b, x in zip(best, last, strict=True)]
+        losses = [r["train_loss"] for r in recs]
+        lines.append(
+            f"| {method} | {lr:g} | {len(recs)} | {_mean_sd(best)} | {_mean_sd(last)} | "
+            f"{_mean_sd(gap)} | {statistics.mean(losses):.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def write_docs(store: dict[str, Any]) -> None:
+    """Replace the tuned, grid and overfit20 blocks of docs/accuracy.md."""
+    blocks = {
+        "tuned": tuned_table(store),
+        "grid": grid_table(store),
+        "overfit20": overfit_table(store),
+    }
+    text = DOC.read_text()
+    for name, body in blocks.items():
+        begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+        if begin in text:
+            head, rest = text.split(begin, 1)
+            text = head + begin + "\n" + body.strip("\n") + "\n" + end + rest.split(end, 1)[1]
+    DOC.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("command", choices=("grid", "seeds", "overfit", "docs"))
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--tasks", default="debates,rt,rt_full")
+    args = parser.parse_args(argv)
+    tasks = args.tasks.split(",")
+    if args.command == "grid":
+        run_all(grid_jobs(tasks), args.jobs)
+    elif args.command == "seeds":
+        run_all(seed_jobs(tasks, load_store()), args.jobs)
+    elif args.command == "overfit":
+        run_all(overfit_jobs(load_store()), args.jobs)
+    else:
+        write_docs(load_store())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
