@@ -30,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from accuracy import DOC, TASKS, Setting, config_for, load_store, run_all  # noqa: E402
+from accuracy import DOC, TASKS, Setting, config_for, load_store, run_all
 
 #: Validation examples carved from each task's training data (the same count on every task).
 VAL_SIZE = 200

@@ -7,6 +7,7 @@ Example:
     $ tensortrain                                   # MiniLM on Rotten Tomatoes, LoRETTA_rep
     $ tensortrain finetune --method lora --epochs 1
     $ tensortrain finetune --compare rep,adp,lora,head --seeds 0,1,2
+    $ tensortrain finetune --compare rep,lora --tune lr=1e-3,3e-3 --val-size 200   # picked on val
     $ torchrun --nproc_per_node 2 -m tensortrain_nn.cli finetune --checkpoint-every 50 \\
           --output-dir runs/ddp            # data-parallel; rerun with --resume after a crash
     $ echo "a gorgeous film" | tensortrain predict --adapter runs/lora-20250101-120000
@@ -23,6 +24,7 @@ import math
 import os
 import shlex
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -280,10 +282,13 @@ def _finetune(args: argparse.Namespace, argv: Sequence[str]) -> int:
         command = "tensortrain " + shlex.join(argv)
         methods = [m.strip() for m in methods if m.strip()]
         seeds = args.seeds or [args.seed]
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        folder = Path(config.output_dir or f"runs/{'tune' if args.tune else 'compare'}-{stamp}")
+        config = dataclasses.replace(config, output_dir=str(folder))
         if args.tune:
             from tensortrain_nn.finetune.tune import parse_grid, tune
 
-            results, _ = tune(
+            tune(
                 config,
                 methods,
                 parse_grid(args.tune, methods),
@@ -294,7 +299,7 @@ def _finetune(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 jobs=args.jobs,
             )
         else:
-            results, _ = compare(
+            compare(
                 config,
                 methods,
                 seeds=seeds,
@@ -302,7 +307,6 @@ def _finetune(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 command=command,
                 jobs=args.jobs,
             )
-        folder = Path(results[0].output_dir or ".").parent
         print((folder / "compare.md").read_text())
         print(f"written to {folder}/compare.md, compare.json, compare.png")
         return 0

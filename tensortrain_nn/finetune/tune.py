@@ -9,7 +9,8 @@ and the point is trained at the remaining seeds (on the same data) and scored on
 
 A grid spec is ``KEY=V1,V2,...``: ``KEY`` is ``lr`` or another training field
 (:data:`TRAINING_KEYS`), or a method option; ``method.KEY`` gives one method its own values.
-Several specs make the cartesian product, in the order given.
+Several specs make the cartesian product, in the order given; a method's own values replace
+the shared ones for it.
 
 Example:
     >>> [label(p) for p in parse_grid(["lr=1e-3,3e-3", "rep.rank=4,8"], ["rep", "lora"])["rep"]]
@@ -80,10 +81,12 @@ def parse_grid(specs: Sequence[str], methods: Sequence[str]) -> dict[str, list[d
     """Each method's grid points (dicts of key -> value) from ``--tune`` specs.
 
     Raises:
-        FinetuneError: A spec without ``=``, an empty value, a key given twice for a method,
-            a method prefix not in ``methods``, or a value repeated within a spec.
+        FinetuneError: A spec without ``=``, an empty value, a key given twice for a method
+            (shared twice, or its own twice), a method prefix not in ``methods``, or a value
+            repeated within a spec.
     """
     axes: dict[str, dict[str, list[Any]]] = {m: {} for m in methods}
+    given: set[tuple[str, str, bool]] = set()
     for spec in specs:
         key, sep, raw = spec.partition("=")
         owner, dot, name = key.strip().rpartition(".")
@@ -98,9 +101,11 @@ def parse_grid(specs: Sequence[str], methods: Sequence[str]) -> dict[str, list[d
         if len({json.dumps(v, sort_keys=True) for v in values}) < len(values):
             raise FinetuneError(f"--tune {spec!r}: a value is repeated")
         for method in [owner] if dot else list(methods):
-            if name in axes[method]:
+            if (method, name, bool(dot)) in given:
                 raise FinetuneError(f"--tune: {method}'s {name!r} is given twice")
-            axes[method][name] = values
+            given.add((method, name, bool(dot)))
+            if dot or (method, name, True) not in given:  # a method's own values win
+                axes[method][name] = values
     return {
         m: [dict(zip(a, combo, strict=True)) for combo in itertools.product(*a.values())]
         for m, a in axes.items()

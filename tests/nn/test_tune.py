@@ -184,6 +184,10 @@ def test_grid_is_the_product_per_method_in_order() -> None:
     assert grid["lora"][0] == {"lr": 1e-3, "target_modules": ["q", "v"]}
     assert len(grid["lora"]) == 4 and grid["none"] == [{"lr": 1e-3}, {"lr": 3e-3}]
     assert parse_grid([], ["rep"]) == {"rep": [{}]}
+    # A method's own values replace the shared ones, whichever comes first.
+    for specs in (["lr=1,2", "lora.lr=3"], ["lora.lr=3", "lr=1,2"]):
+        grid = parse_grid(specs, ["rep", "lora"])
+        assert grid == {"rep": [{"lr": 1}, {"lr": 2}], "lora": [{"lr": 3}]}
 
 
 @given(st.lists(st.floats(1e-6, 1.0), min_size=1, max_size=6, unique=True))
@@ -291,3 +295,21 @@ def test_tune_refuses_tuning_seeds_outside_the_seeds(
     config = _config(assets, tmp_path, val_size=8)
     with pytest.raises(FinetuneError, match=r"tune seeds \[2\] must be a non-empty subset"):
         tune(config, ["rep"], {"rep": [{}]}, seeds=[0, 1], tune_seeds=[2])
+
+
+def test_cli_tune_writes_the_grid_and_the_picks(
+    assets: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tensortrain_nn import cli
+
+    out = tmp_path / "cli"
+    argv = ["finetune", "--model", assets["model"], "--data", assets["data"]]
+    argv += ["--text-column", "review", "--label-column", "sentiment", "--test-size", "16"]
+    argv += ["--epochs", "1", "--batch-size", "8", "--max-length", "16", "--no-progress"]
+    argv += ["--compare", "head", "--tune", "lr=1e-3,1e-2", "--val-size", "8"]
+    assert cli.main([*argv, "--output-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "**picked**" in printed and "lr=0.01" in printed
+    saved = json.loads((out / "compare.json").read_text())
+    assert [len(p["runs"]) for p in saved["tuning"]["head"]["points"]] == [1, 1]
+    assert saved["runs"][0]["num_test"] == 16 and saved["runs"][0]["validation"]["examples"] == 8
