@@ -285,28 +285,14 @@ def _finetune(args: argparse.Namespace, argv: Sequence[str]) -> int:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         folder = Path(config.output_dir or f"runs/{'tune' if args.tune else 'compare'}-{stamp}")
         config = dataclasses.replace(config, output_dir=str(folder))
+        common: dict[str, Any] = {"seeds": seeds, "method_options": by_method, "command": command}
         if args.tune:
             from tensortrain_nn.finetune.tune import parse_grid, tune
 
-            tune(
-                config,
-                methods,
-                parse_grid(args.tune, methods),
-                seeds=seeds,
-                tune_seeds=args.tune_seeds,
-                method_options=by_method,
-                command=command,
-                jobs=args.jobs,
-            )
+            grid = parse_grid(args.tune, methods)
+            tune(config, methods, grid, tune_seeds=args.tune_seeds, jobs=args.jobs, **common)
         else:
-            compare(
-                config,
-                methods,
-                seeds=seeds,
-                method_options=by_method,
-                command=command,
-                jobs=args.jobs,
-            )
+            compare(config, methods, jobs=args.jobs, **common)
         print((folder / "compare.md").read_text())
         print(f"written to {folder}/compare.md, compare.json, compare.png")
         return 0

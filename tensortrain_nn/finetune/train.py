@@ -64,19 +64,17 @@ def parameter_groups(model: nn.Module, weight_decay: float, tt_weight_decay: flo
     return [{"params": ps, "weight_decay": decay[key]} for key, ps in groups.items() if ps]
 
 
-def linear_schedule(
-    total_steps: int, warmup_ratio: float, decay: bool = True
-) -> Callable[[int], float]:
-    """LR multiplier: linear warm-up over ``ceil(warmup_ratio * total)`` steps, then linear to 0
-    (or constant at 1 without ``decay``)."""
-    warmup = math.ceil(warmup_ratio * total_steps)
+def linear_schedule(total: int, warmup_ratio: float, decay: bool = True) -> Callable[[int], float]:
+    """LR factor: linear warm-up over ``ceil(warmup_ratio * total)`` steps, then linear to 0
+    (constant without ``decay``)."""
+    warmup = math.ceil(warmup_ratio * total)
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         if not decay:
             return 1.0
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+        return max(0.0, (total - step) / max(1, total - warmup))
 
     return factor
 
@@ -380,11 +378,11 @@ class _Loop:
                 break
         self.stopper.restore(acc.unwrap_model(self.model))
         acc.wait_for_everyone()
-        sync = (
-            sum(p.numel() * p.element_size() for p in self.trainable)
-            if acc.num_processes > 1
-            else 0
-        )
+        return self._stats()
+
+    def _stats(self) -> TrainStats:
+        acc, pos = self.acc, self.pos
+        size = sum(p.numel() * p.element_size() for p in self.trainable)
         return TrainStats(
             history=pos.history,
             device=acc.device,
@@ -392,7 +390,7 @@ class _Loop:
             train_seconds=pos.train_seconds,
             seconds_per_step=pos.train_seconds / max(1, pos.global_step),
             tokens_per_second=pos.tokens / max(1e-9, pos.train_seconds),
-            allreduce_bytes=sync,
+            allreduce_bytes=size if acc.num_processes > 1 else 0,
             resumed_from=self.resumed_from,
             world_size=acc.num_processes,
             budget=self.rounding.record,
