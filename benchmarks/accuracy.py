@@ -568,6 +568,17 @@ def _plot_budget(store: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def replace_blocks(blocks: dict[str, str]) -> None:
+    """Put each body between its ``<!-- name:begin -->`` / ``end`` markers in docs/accuracy.md."""
+    text = DOC.read_text()
+    for name, body in blocks.items():
+        begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+        if begin in text:
+            head, rest = text.split(begin, 1)
+            text = head + begin + "\n" + body.strip("\n") + "\n" + end + rest.split(end, 1)[1]
+    DOC.write_text(text)
+
+
 def write_docs(store: dict) -> None:
     """Replace the generated blocks of docs/accuracy.md (prose outside them is kept)."""
     blocks = {
@@ -578,13 +589,7 @@ def write_docs(store: dict) -> None:
         "svd": svd_table(store),
         "budget": budget_table(store),
     }
-    text = DOC.read_text()
-    for name, body in blocks.items():
-        begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-        if begin in text:
-            head, rest = text.split(begin, 1)
-            text = head + begin + "\n" + body.strip("\n") + "\n" + end + rest.split(end, 1)[1]
-    DOC.write_text(text)
+    replace_blocks(blocks)
     if _records(store, "overfit"):
         _plot_overfit(store, STORE.parent / "overfit.png")
     if budget_points(store):

@@ -30,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from accuracy import DOC, TASKS, Setting, config_for, load_store, run_all
+from accuracy import TASKS, Setting, _mean_sd, config_for, load_store, replace_blocks, run_all
 
 #: Validation examples carved from each task's training data (the same count on every task).
 VAL_SIZE = 200
@@ -106,12 +106,6 @@ def overfit_jobs(store: dict[str, Any]) -> list[tuple[str, Any]]:
         for method, lr in chosen.items()
         for seed in (0, 1, 2)
     ]
-
-
-def _mean_sd(values: list[float]) -> str:
-    if len(values) < 2:
-        return f"{values[0]:.1f}" if values else "-"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
 def tuned_table(store: dict[str, Any]) -> str:
@@ -193,13 +187,7 @@ def write_docs(store: dict[str, Any]) -> None:
         "grid": grid_table(store),
         "overfit20": overfit_table(store),
     }
-    text = DOC.read_text()
-    for name, body in blocks.items():
-        begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-        if begin in text:
-            head, rest = text.split(begin, 1)
-            text = head + begin + "\n" + body.strip("\n") + "\n" + end + rest.split(end, 1)[1]
-    DOC.write_text(text)
+    replace_blocks(blocks)
 
 
 def main(argv: list[str] | None = None) -> None:
