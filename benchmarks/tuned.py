@@ -4,8 +4,9 @@ The protocol of ``benchmarks/accuracy.py`` (packaged MiniLM, 640 training exampl
 batch 16, 400 test examples), plus a validation part of :data:`VAL_SIZE` examples carved from the
 training data before the 640 are taken (so no method trains on it). Each method (rep, adp, LoRA,
 full fine-tuning) has a grid of :data:`GRID_SIZE` learning rates, the same size for all, on a x2
-ladder around its default; every point trains at seed 0 and is scored on validation (each epoch)
-and, after training, on the test split. The pick reads the validation accuracy only (ties: the
+ladder around its default, widened by one x2 step (at most twice) while the pick is one of its
+ends, the same rule for every method; every point trains at seed 0 and is scored on validation
+(each epoch) and, after training, on the test split. The pick reads the validation accuracy only (ties: the
 earlier point); the test scores of the other points are kept to show what a pick on the test
 split would have claimed. The picked learning rate then trains at seeds 1 and 2 as well.
 
@@ -42,6 +43,8 @@ GRIDS: dict[str, tuple[float, ...]] = {
     "full": (2.5e-5, 5e-5, 1e-4),
 }
 GRID_SIZE = 3
+#: How many times a grid is widened when its pick is one of its ends (:func:`grid_of`).
+MAX_WIDEN = 2
 assert all(len(g) == GRID_SIZE for g in GRIDS.values())
 #: The overfitting study's training set and length.
 OVERFIT = {"max_train": 160, "epochs": 20, "schedule": "constant", "warmup_ratio": 0.0}
@@ -55,7 +58,30 @@ def _key(study: str, task: str, method: str, lr: float, seed: int) -> str:
     return f"{study}|{task}|{method}|lr{lr:g}|{seed}"
 
 
-def grid_jobs(tasks: list[str]) -> list[tuple[str, Any]]:
+def grid_of(store: dict[str, Any], task: str, method: str) -> list[float]:
+    """``method``'s grid on ``task``: :data:`GRIDS`, widened by x2 steps while the pick is an end.
+
+    A pick on the grid's largest (smallest) learning rate may only mean that the grid stopped
+    too early, so one more point is added beyond it, up to :data:`MAX_WIDEN` times; the same
+    rule holds for every method.
+    """
+    lrs = list(GRIDS[method])
+    for _ in range(MAX_WIDEN):
+        recs = [store.get(_key("tuned", task, method, lr, 0)) for lr in lrs]
+        if any(r is None for r in recs):
+            break
+        values = [r["validation"]["accuracy"] for r in recs]  # type: ignore[index]
+        best = values.index(max(values))
+        if best == len(lrs) - 1:
+            lrs.append(lrs[-1] * 2)
+        elif best == 0:
+            lrs.insert(0, lrs[0] / 2)
+        else:
+            break
+    return lrs
+
+
+def grid_jobs(tasks: list[str], store: dict[str, Any]) -> list[tuple[str, Any]]:
     """Every grid point of every method at seed 0: validation each epoch, test at the end."""
     return [
         (
@@ -63,15 +89,16 @@ def grid_jobs(tasks: list[str]) -> list[tuple[str, Any]]:
             config_for(task, _setting(method, lr), 0, val_size=VAL_SIZE),
         )
         for task in tasks
-        for method, lrs in GRIDS.items()
-        for lr in lrs
+        for method in GRIDS
+        for lr in grid_of(store, task, method)
     ]
 
 
 def picks(store: dict[str, Any], task: str) -> dict[str, float]:
     """Each method's learning rate with the best seed-0 validation accuracy (earlier on ties)."""
     chosen = {}
-    for method, lrs in GRIDS.items():
+    for method in GRIDS:
+        lrs = grid_of(store, task, method)
         scores = [store.get(_key("tuned", task, method, lr, 0)) for lr in lrs]
         if any(s is None for s in scores):
             continue  # the grid is not complete yet
@@ -127,7 +154,7 @@ def tuned_table(store: dict[str, Any]) -> str:
             ratio = "-"
             if lora and params and method in ("rep", "adp"):
                 ratio = f"{lora[0]['adapter_params'] / params:.1f}x"
-            grid = ", ".join(f"{x:g}" for x in GRIDS[method])
+            grid = ", ".join(f"{x:g}" for x in grid_of(store, task, method))
             lines.append(
                 f"| {task} | {method} | {grid} | {lr:g} | {recs[0]['validation']['accuracy']:.1f}"
                 f" | {len(recs)} | {_mean_sd(accs)} | {_mean_sd([r['macro_f1'] for r in recs])}"
@@ -144,7 +171,8 @@ def grid_table(store: dict[str, Any]) -> str:
     ]
     for task in TASKS:
         chosen = picks(store, task)
-        for method, lrs in GRIDS.items():
+        for method in GRIDS:
+            lrs = grid_of(store, task, method)
             recs = [store.get(_key("tuned", task, method, lr, 0)) for lr in lrs]
             if any(r is None for r in recs):
                 continue
@@ -198,7 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     tasks = args.tasks.split(",")
     if args.command == "grid":
-        run_all(grid_jobs(tasks), args.jobs)
+        for _ in range(1 + MAX_WIDEN):  # the grid, then the points that widen it
+            run_all(grid_jobs(tasks, load_store()), args.jobs)
     elif args.command == "seeds":
         run_all(seed_jobs(tasks, load_store()), args.jobs)
     elif args.command == "overfit":
