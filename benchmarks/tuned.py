@@ -151,6 +151,7 @@ def tuned_table(store: dict[str, Any]) -> str:
         for method, (lr, recs) in rows.items():
             accs = [r["accuracy"] for r in recs]
             params = recs[0]["adapter_params"]
+            shown = f"{params:,}" if method != "full" else f"all ({recs[0]['other_params']:,})"
             ratio = "-"
             if lora and params and method in ("rep", "adp"):
                 ratio = f"{lora[0]['adapter_params'] / params:.1f}x"
@@ -158,7 +159,7 @@ def tuned_table(store: dict[str, Any]) -> str:
             lines.append(
                 f"| {task} | {method} | {grid} | {lr:g} | {recs[0]['validation']['accuracy']:.1f}"
                 f" | {len(recs)} | {_mean_sd(accs)} | {_mean_sd([r['macro_f1'] for r in recs])}"
-                f" | {statistics.mean(accs) - lora_mean:+.1f} | {params:,} | {ratio} |"
+                f" | {statistics.mean(accs) - lora_mean:+.1f} | {shown} | {ratio} |"
             )
     return "\n".join(lines)
 
