@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tensortrain_nn.finetune import job
+from tensortrain_nn.finetune import job, runs
 from tensortrain_nn.finetune.config import FinetuneConfig, Result, history_row
 from tensortrain_nn.finetune.methods import get_method
 from tensortrain_nn.finetune.report import write_comparison
@@ -156,7 +156,8 @@ def tune(
 
     Raises:
         FinetuneError: An unknown method, an empty seed list, tuning seeds not among
-            ``seeds``, or a grid point the config refuses.
+            ``seeds``, a grid point the config refuses, or a run folder that already holds a
+            run (all checked before the first run).
     """
     for name in methods:
         get_method(name)
@@ -172,6 +173,9 @@ def tune(
     )
     by_method = method_options or {}
     plan = _plan(shared, methods, grid, tune_seeds, by_method, base)
+    later = [base / f"{m}-seed{s}" for m in methods for s in (seeds[:1] if m == "none" else seeds)]
+    for folder in [Path(c.output_dir or "") for _, _, c in plan] + later:
+        runs.check_output_dir(dataclasses.replace(shared, output_dir=str(folder)))
     grid_results = job.run_configs([c for _, _, c in plan], jobs, shared.progress)
     tuning = pick(plan, grid_results, shared.val_metric)
     # The pick is made: only now is the test split read.

@@ -313,3 +313,15 @@ def test_cli_tune_writes_the_grid_and_the_picks(
     saved = json.loads((out / "compare.json").read_text())
     assert [len(p["runs"]) for p in saved["tuning"]["head"]["points"]] == [1, 1]
     assert saved["runs"][0]["num_test"] == 16 and saved["runs"][0]["validation"]["examples"] == 8
+
+
+def test_tune_refuses_a_taken_folder_before_training(
+    assets: dict[str, str], tmp_path: Path
+) -> None:
+    out = tmp_path / "cmp"
+    (out / "head-seed1").mkdir(parents=True)
+    (out / "head-seed1" / "run.json").write_text("{}")
+    config = _config(assets, out, val_size=8)
+    with pytest.raises(FinetuneError, match="head-seed1' already holds a run"):
+        tune(config, ["head"], {"head": [{}]}, seeds=[0, 1], tune_seeds=[0])
+    assert not (out / "grid").exists()  # nothing trained
