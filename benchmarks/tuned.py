@@ -17,6 +17,7 @@ Commands (each skips the runs already in ``docs/results/accuracy/runs.json``)::
 
     python benchmarks/tuned.py grid   [--tasks debates,rt,rt_full]   # every grid point, seed 0
     python benchmarks/tuned.py seeds  [--tasks ...]                   # the picks at seeds 1, 2
+    python benchmarks/tuned.py probe                                  # what moves the rt stall
     python benchmarks/tuned.py overfit                                # needs the debates picks
     python benchmarks/tuned.py docs                                   # tables into docs/accuracy.md
 """
@@ -46,6 +47,13 @@ GRID_SIZE = 3
 #: How many times a grid is widened when its pick is one of its ends (:func:`grid_of`).
 MAX_WIDEN = 2
 assert all(len(g) == GRID_SIZE for g in GRIDS.values())
+#: Seed-0 probes of the rt stall (rep and adp at their picked learning rates): what moves them.
+PROBES: list[tuple[str, float, dict[str, Any]]] = [
+    ("rep", 3e-3, {"warmup_ratio": 0.2}),
+    ("rep", 3e-3, {"epochs": 5}),
+    ("adp", 2e-3, {"epochs": 5}),
+    ("rep", 3e-3, {"batch_size": 8}),
+]
 #: The overfitting study's training set and length.
 OVERFIT = {"max_train": 160, "epochs": 20, "schedule": "constant", "warmup_ratio": 0.0}
 
@@ -118,6 +126,32 @@ def seed_jobs(tasks: list[str], store: dict[str, Any]) -> list[tuple[str, Any]]:
         for method, lr in picks(store, task).items()
         for seed in (1, 2)
     ]
+
+
+def probe_jobs() -> list[tuple[str, Any]]:
+    """The :data:`PROBES` on rt, seed 0, with the same validation part as the grid."""
+    return [
+        (
+            f"probe|rt|{method}|lr{lr:g} " + " ".join(f"{k}={v}" for k, v in extra.items()) + "|0",
+            config_for("rt", _setting(method, lr), 0, val_size=VAL_SIZE, **extra),
+        )
+        for method, lr, extra in PROBES
+    ]
+
+
+def probe_table(store: dict[str, Any]) -> str:
+    lines = [
+        "| method | lr | change | validation per epoch % | test % |",
+        "|---|---|---|---|---|",
+    ]
+    for key, _ in probe_jobs():
+        rec = store.get(key)
+        if rec is not None:
+            _, _, method, setting, _ = key.split("|")
+            lr, _, change = setting.partition(" ")
+            history = " / ".join(f"{h:.1f}" for h in rec["history"])
+            lines.append(f"| {method} | {lr[2:]} | {change} | {history} | {rec['accuracy']:.1f} |")
+    return "\n".join(lines)
 
 
 def overfit_jobs(store: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -215,13 +249,14 @@ def write_docs(store: dict[str, Any]) -> None:
         "tuned": tuned_table(store),
         "grid": grid_table(store),
         "overfit20": overfit_table(store),
+        "probe": probe_table(store),
     }
     replace_blocks(blocks)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=("grid", "seeds", "overfit", "docs"))
+    parser.add_argument("command", choices=("grid", "seeds", "probe", "overfit", "docs"))
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--tasks", default="debates,rt,rt_full")
     args = parser.parse_args(argv)
@@ -231,6 +266,8 @@ def main(argv: list[str] | None = None) -> None:
             run_all(grid_jobs(tasks, load_store()), args.jobs)
     elif args.command == "seeds":
         run_all(seed_jobs(tasks, load_store()), args.jobs)
+    elif args.command == "probe":
+        run_all(probe_jobs(), args.jobs)
     elif args.command == "overfit":
         run_all(overfit_jobs(load_store()), args.jobs)
     else:
