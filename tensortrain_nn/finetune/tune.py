@@ -82,10 +82,11 @@ def parse_grid(specs: Sequence[str], methods: Sequence[str]) -> dict[str, list[d
 
     Raises:
         FinetuneError: A spec without ``=``, an empty value, a key given twice for a method
-            (shared twice, or its own twice), a method prefix not in ``methods``, or a value
+            (shared twice, or its own twice), a method prefix not in ``methods`` or ``none``
+            (zero-shot trains nothing: it has no grid, and shared specs skip it), or a value
             repeated within a spec.
     """
-    axes: dict[str, dict[str, list[Any]]] = {m: {} for m in methods}
+    axes: dict[str, dict[str, list[Any]]] = {m: {} for m in methods if m != "none"}
     given: set[tuple[str, str, bool]] = set()
     for spec in specs:
         key, sep, raw = spec.partition("=")
@@ -93,6 +94,8 @@ def parse_grid(specs: Sequence[str], methods: Sequence[str]) -> dict[str, list[d
         texts = [t.strip() for t in _split_values(raw)]
         if not sep or not name or not raw.strip() or "" in texts:
             raise FinetuneError(f"--tune expects KEY=V1,V2,... with no empty value, got {spec!r}")
+        if dot and owner == "none":
+            raise FinetuneError(f"--tune {spec!r}: none (zero-shot) trains nothing to tune")
         if dot and owner not in axes:
             raise FinetuneError(
                 f"--tune {spec!r}: method {owner!r} is not compared (methods: {', '.join(methods)})"
@@ -100,7 +103,7 @@ def parse_grid(specs: Sequence[str], methods: Sequence[str]) -> dict[str, list[d
         values = [_value(t) for t in texts]
         if len({json.dumps(v, sort_keys=True) for v in values}) < len(values):
             raise FinetuneError(f"--tune {spec!r}: a value is repeated")
-        for method in [owner] if dot else list(methods):
+        for method in [owner] if dot else list(axes):
             if (method, name, bool(dot)) in given:
                 raise FinetuneError(f"--tune: {method}'s {name!r} is given twice")
             given.add((method, name, bool(dot)))

@@ -182,7 +182,9 @@ def test_grid_is_the_product_per_method_in_order() -> None:
         "lr=0.003 rank=8",
     ]
     assert grid["lora"][0] == {"lr": 1e-3, "target_modules": ["q", "v"]}
-    assert len(grid["lora"]) == 4 and grid["none"] == [{"lr": 1e-3}, {"lr": 3e-3}]
+    assert len(grid["lora"]) == 4 and "none" not in grid  # zero-shot has nothing to tune
+    with pytest.raises(FinetuneError, match=r"none \(zero-shot\) trains nothing to tune"):
+        parse_grid(["none.lr=1,2"], ["rep", "none"])
     assert parse_grid([], ["rep"]) == {"rep": [{}]}
     # A method's own values replace the shared ones, whichever comes first.
     for specs in (["lr=1,2", "lora.lr=3"], ["lora.lr=3", "lr=1,2"]):
