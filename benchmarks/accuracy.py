@@ -285,8 +285,9 @@ def save_store(store: dict[str, dict[str, Any]]) -> None:
     STORE.write_text(json.dumps(store, indent=1, sort_keys=True) + "\n")
 
 
-def run_all(jobs: list[tuple[str, Any]], workers: int) -> None:
-    """Run ``(key, config)`` pairs not yet in the store, ``workers`` at a time; save as they end."""
+def run_all(jobs: list[tuple[str, Any]], workers: int, fn: Any = None) -> None:
+    """Run ``fn(config)`` (default: one training) for the ``(key, config)`` pairs not yet in the
+    store, ``workers`` at a time; save each record as it ends."""
     store = load_store()
     todo = [(k, c) for k, c in jobs if k not in store]
     print(f"{len(todo)} runs to do ({len(jobs) - len(todo)} already in {STORE.name})", flush=True)
@@ -294,7 +295,7 @@ def run_all(jobs: list[tuple[str, Any]], workers: int) -> None:
         return
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, max_tasks_per_child=1) as pool:
-        futures = {pool.submit(_run_one, c): k for k, c in todo}
+        futures = {pool.submit(fn or _run_one, c): k for k, c in todo}
         for future in as_completed(futures):
             name = futures[future]
             try:
@@ -305,7 +306,8 @@ def run_all(jobs: list[tuple[str, Any]], workers: int) -> None:
             store = load_store()
             store[name] = record
             save_store(store)
-            print(f"{name}: {record['accuracy']:.2f} %", flush=True)
+            shown = {k: round(v, 2) for k, v in record.items() if isinstance(v, float)}
+            print(f"{name}: {shown}", flush=True)
 
 
 def _grid(settings: Iterable[Setting], tasks: Iterable[str], seeds: Iterable[int], study: str):
@@ -321,8 +323,9 @@ def _grid(settings: Iterable[Setting], tasks: Iterable[str], seeds: Iterable[int
 # ----------------------------------------------------------------------------- forgetting
 
 
-def _forget_one(args: tuple[str, str, str, int, dict[str, Any]]) -> dict[str, Any]:
-    """Train on task A, then on task B with the same adapter (a fresh head for B)."""
+def _forget_one(args: tuple[str, str, Setting, Setting, int]) -> dict[str, Any]:
+    """Train ``setting_a`` on task A, then ``setting_b`` on task B with the same adapter (a fresh
+    head for B); A's accuracy before and after B, and B's."""
     import torch
 
     from tensortrain_nn.finetune import job, train
@@ -331,16 +334,12 @@ def _forget_one(args: tuple[str, str, str, int, dict[str, Any]]) -> dict[str, An
     from tensortrain_nn.tasks import TaskKind, make_task, read_data
 
     torch.set_num_threads(1)
-    task_a, task_b, method_name, seed, extra = args
-    chosen = {s.method: s for s in bench_settings()}
-    frozen = Setting("rep", "frozen norms", lr=3e-3, options={"trainable_norms": False})
-    chosen["rep-frozen-norms"] = frozen  # the default rep, its LayerNorms not trained
-    setting = chosen.get(method_name, Setting(method_name, "default"))
-    config_a = config_for(task_a, setting, seed, **extra)
-    config_b = config_for(task_b, setting, seed, **extra)
+    task_a, task_b, setting_a, setting_b, seed = args
+    config_a = config_for(task_a, setting_a, seed)
+    config_b = config_for(task_b, setting_b, seed)
     spec = resolve_model(config_a.model)
     model, tokenizer, task, _ = job.build_task(config_a, spec)
-    model, _ = get_method(setting.method).setup(model, dict(config_a.method_options), "classify")
+    model, _ = get_method(setting_a.method).setup(model, dict(config_a.method_options), "classify")
     batch = 4 * config_a.batch_size
 
     def evaluate(m: Any, t: Any = task) -> dict[str, Any]:
@@ -365,21 +364,22 @@ def _forget_one(args: tuple[str, str, str, int, dict[str, Any]]) -> dict[str, An
     return {"a_before": before, "a_after": after, "b": b_acc}
 
 
+#: The forgetting study's methods at their defaults; ``rep-frozen-norms`` trains no LayerNorm.
+FORGET_SETTINGS = {
+    **{s.method: s for s in bench_settings() if s.method in ("rep", "lora")},
+    "full": Setting("full", "default"),
+    "rep-frozen-norms": Setting("rep", "frozen norms", lr=3e-3, options={"trainable_norms": False}),
+}
+
+
 def forget(workers: int, seeds: list[int]) -> None:
-    store = load_store()
-    methods = ("rep", "lora", "full", "rep-frozen-norms")
-    runs = [("debates", "rt", m, s, {}) for s in seeds for m in methods]
-    todo = [r for r in runs if f"forget|{r[0]}>{r[1]}|{r[2]}|{r[3]}" not in store]
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, max_tasks_per_child=1) as pool:
-        futures = {pool.submit(_forget_one, r): r for r in todo}
-        for future in as_completed(futures):
-            a, b, m, s, _ = futures[future]
-            record = future.result()
-            store = load_store()
-            store[f"forget|{a}>{b}|{m}|{s}"] = record
-            save_store(store)
-            print(a, b, m, s, record, flush=True)
+    """debates, then rt, at every method's default (:data:`FORGET_SETTINGS`)."""
+    jobs = [
+        (f"forget|debates>rt|{name}|{seed}", ("debates", "rt", setting, setting, seed))
+        for seed in seeds
+        for name, setting in FORGET_SETTINGS.items()
+    ]
+    run_all(jobs, workers, _forget_one)
 
 
 # ----------------------------------------------------------------------------- docs
@@ -478,15 +478,17 @@ def _plot_overfit(store: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def forget_table(store: dict) -> str:
+def forget_table(store: dict, study: str = "forget", lrs: dict[str, str] | None = None) -> str:
+    """The ``study`` runs' rows; ``lrs`` adds a learning-rate column (method -> text)."""
     rows: dict[str, list[dict[str, Any]]] = {}
     for k, rec in sorted(store.items()):
         parts = k.split("|")
-        if parts[0] == "forget":
+        if parts[0] == study:
             rows.setdefault(f"{parts[2]}|{parts[1]}", []).append(rec)
+    lr_head, lr_rule = ("lr (A, B) | ", "---|") if lrs is not None else ("", "")
     lines = [
-        "| method | tasks (A > B) | seeds | A before B | A after B | A lost (points) | B |",
-        "|---|---|---|---|---|---|---|",
+        f"| method | tasks (A > B) | {lr_head}seeds | A before B | A after B | A lost (points) | B |",
+        f"|---|---|{lr_rule}---|---|---|---|---|",
     ]
     for name, recs in rows.items():
         method, pair = name.split("|")
@@ -494,9 +496,10 @@ def forget_table(store: dict) -> str:
         after = [r["a_after"] for r in recs]
         lost = [b - a for b, a in zip(before, after, strict=True)]
         b_acc = [r["b"] for r in recs]
+        lr_cell = f"{lrs.get(method, '-')} | " if lrs is not None else ""
         lines.append(
-            f"| {method} | {pair} | {len(recs)} | {_mean_sd(before)} | {_mean_sd(after)} | "
-            f"{_mean_sd(lost)} | {_mean_sd(b_acc)} |"
+            f"| {method} | {pair} | {lr_cell}{len(recs)} | {_mean_sd(before)} | "
+            f"{_mean_sd(after)} | {_mean_sd(lost)} | {_mean_sd(b_acc)} |"
         )
     return "\n".join(lines)
 

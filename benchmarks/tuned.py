@@ -10,7 +10,9 @@ ends, the same rule for every method; every point trains at seed 0 and is scored
 earlier point); the test scores of the other points are kept to show what a pick on the test
 split would have claimed. The picked learning rate then trains at seeds 1 and 2 as well.
 
-Then the paper's overfitting claim, at each method's picked learning rate: the debates with 160
+Then the paper's forgetting claim: the debates (task A, at each method's debates pick), then
+Rotten Tomatoes with the same adapter and a fresh head (task B, at the rt pick), 3 seeds, with
+rep and adp also with their LayerNorms frozen; and its overfitting claim, at each method's picked learning rate: the debates with 160
 training examples, 20 epochs at a constant learning rate, held-out accuracy per epoch, 3 seeds.
 
 Commands (each skips the runs already in ``docs/results/accuracy/runs.json``)::
@@ -19,6 +21,7 @@ Commands (each skips the runs already in ``docs/results/accuracy/runs.json``)::
     python benchmarks/tuned.py seeds  [--tasks ...]                   # the picks at seeds 1, 2
     python benchmarks/tuned.py probe                                  # what moves the rt stall
     python benchmarks/tuned.py overfit                                # needs the debates picks
+    python benchmarks/tuned.py forget                                 # needs debates, rt picks
     python benchmarks/tuned.py docs                                   # tables into docs/accuracy.md
 """
 
@@ -32,7 +35,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from accuracy import TASKS, Setting, _mean_sd, config_for, load_store, replace_blocks, run_all
+from accuracy import (
+    TASKS,
+    Setting,
+    _forget_one,
+    _mean_sd,
+    config_for,
+    forget_table,
+    load_store,
+    replace_blocks,
+    run_all,
+)
 
 #: Validation examples carved from each task's training data (the same count on every task).
 VAL_SIZE = 200
@@ -169,6 +182,39 @@ def overfit_jobs(store: dict[str, Any]) -> list[tuple[str, Any]]:
     ]
 
 
+#: The forgetting study's rows: method name -> (method, options).
+FORGET = {
+    "rep": ("rep", {}),
+    "adp": ("adp", {}),
+    "lora": ("lora", {}),
+    "full": ("full", {}),
+    "rep-frozen-norms": ("rep", {"trainable_norms": False}),
+    "adp-frozen-norms": ("adp", {"trainable_norms": False}),
+}
+
+
+def _forget_lrs(store: dict[str, Any]) -> dict[str, tuple[float, float]]:
+    a, b = picks(store, "debates"), picks(store, "rt")
+    if len(a) < len(GRIDS) or len(b) < len(GRIDS):
+        raise SystemExit("run `tuned.py grid --tasks debates,rt` first: the picks are not complete")
+    return {name: (a[method], b[method]) for name, (method, _) in FORGET.items()}
+
+
+def forget_jobs(store: dict[str, Any]) -> list[tuple[str, Any]]:
+    """debates then rt with one adapter, each task at the method's pick there, 3 seeds."""
+    lrs = _forget_lrs(store)
+    jobs = []
+    for name, (method, options) in FORGET.items():
+        lr_a, lr_b = lrs[name]
+        a = Setting(method, name, lr=lr_a, options=options)
+        b = Setting(method, name, lr=lr_b, options=options)
+        jobs += [
+            (f"forget-tuned|debates>rt|{name}|{seed}", ("debates", "rt", a, b, seed))
+            for seed in (0, 1, 2)
+        ]
+    return jobs
+
+
 def tuned_table(store: dict[str, Any]) -> str:
     lines = [
         "| task | method | grid (lr) | picked lr | validation % | seeds | test accuracy % "
@@ -250,13 +296,16 @@ def write_docs(store: dict[str, Any]) -> None:
         "grid": grid_table(store),
         "overfit20": overfit_table(store),
         "probe": probe_table(store),
+        "forget-tuned": forget_table(
+            store, "forget-tuned", {k: f"{a:g}, {b:g}" for k, (a, b) in _forget_lrs(store).items()}
+        ),
     }
     replace_blocks(blocks)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=("grid", "seeds", "probe", "overfit", "docs"))
+    parser.add_argument("command", choices=("grid", "seeds", "probe", "overfit", "forget", "docs"))
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--tasks", default="debates,rt,rt_full")
     args = parser.parse_args(argv)
@@ -270,6 +319,8 @@ def main(argv: list[str] | None = None) -> None:
         run_all(probe_jobs(), args.jobs)
     elif args.command == "overfit":
         run_all(overfit_jobs(load_store()), args.jobs)
+    elif args.command == "forget":
+        run_all(forget_jobs(load_store()), args.jobs, _forget_one)
     else:
         write_docs(load_store())
 
