@@ -571,15 +571,15 @@ def _plot_budget(store: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def replace_blocks(blocks: dict[str, str]) -> None:
-    """Put each body between its ``<!-- name:begin -->`` / ``end`` markers in docs/accuracy.md."""
-    text = DOC.read_text()
+def replace_blocks(blocks: dict[str, str], doc: Path = DOC) -> None:
+    """Put each body between its ``<!-- name:begin -->`` / ``end`` markers in ``doc``."""
+    text = doc.read_text()
     for name, body in blocks.items():
         begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
         if begin in text:
             head, rest = text.split(begin, 1)
             text = head + begin + "\n" + body.strip("\n") + "\n" + end + rest.split(end, 1)[1]
-    DOC.write_text(text)
+    doc.write_text(text)
 
 
 def write_docs(store: dict) -> None:

