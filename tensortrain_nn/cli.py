@@ -194,9 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="a grid to pick from on a validation split, e.g. lr=1e-4,1e-3 or rep.rank=4,8 "
         "(repeatable: the product); the test split is scored only at the pick",
     )
-    ft.add_argument(
-        "--tune-seeds", type=_ints, help="seeds each grid point trains at (default: --seeds)"
-    )
+    ft.add_argument("--tune-seeds", type=_ints, help="seeds each grid point trains at")
+    ft.add_argument("--tune-widen", type=int, default=0, help="points added past a picked end")
     _config_flags(ft)
     for name, text in (("predict", "label new text"), ("evaluate", "score a saved run")):
         p = sub.add_parser(name, help=text)
@@ -271,8 +270,9 @@ def _finetune(args: argparse.Namespace, argv: Sequence[str]) -> int:
     names = {f.name for f in dataclasses.fields(FinetuneConfig)} - {"method_options"}
     config = FinetuneConfig(**{n: getattr(args, n) for n in names}, method_options=options)
     main_rank = int(os.environ.get("RANK", "0")) == 0
-    if args.tune_seeds and not args.tune:
-        raise ValueError("--tune-seeds has no effect without --tune")
+    for flag in ("tune_seeds", "tune_widen"):
+        if getattr(args, flag) and not args.tune:
+            raise ValueError(f"--{flag.replace('_', '-')} has no effect without --tune")
     if args.compare or args.seeds or args.tune:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise ValueError(
@@ -290,7 +290,8 @@ def _finetune(args: argparse.Namespace, argv: Sequence[str]) -> int:
             from tensortrain_nn.finetune.tune import parse_grid, tune
 
             grid = parse_grid(args.tune, methods)
-            tune(config, methods, grid, tune_seeds=args.tune_seeds, jobs=args.jobs, **common)
+            widen = {"tune_seeds": args.tune_seeds, "widen": args.tune_widen}
+            tune(config, methods, grid, jobs=args.jobs, **widen, **common)
         else:
             compare(config, methods, jobs=args.jobs, **common)
         print((folder / "compare.md").read_text())

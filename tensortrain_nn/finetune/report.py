@@ -248,7 +248,14 @@ def tuning_markdown(tuning: dict[str, Any]) -> str:
                     "**picked**" if i == entry["picked"] else "",
                 )
             )
-    return _markdown(["method", "grid point", "seeds", "validation (mean)", "pick"], table)
+    text = _markdown(["method", "grid point", "seeds", "validation (mean)", "pick"], table)
+    ends = [method for method, entry in tuning.items() if entry.get("at_end")]
+    if ends:
+        text += (
+            f"\nThe pick of {', '.join(ends)} is an end of its grid: a wider grid might pick "
+            "beyond it (`--tune-widen N` adds points there).\n"
+        )
+    return text
 
 
 def write_comparison(

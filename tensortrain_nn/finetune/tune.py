@@ -7,6 +7,11 @@ only. The pick is the point with the best mean validation score (``val_metric``;
 the earlier point). Only then is the test split read: the picked point's runs are scored on it,
 and the point is trained at the remaining seeds (on the same data) and scored on it too.
 
+With ``widen`` (``--tune-widen N``), a pick on an end of a method's grid (one numeric key
+varied, e.g. the learning rate) may only mean the grid stopped too early: one more point is added
+beyond that end, a step as wide as the last one (x2 on a x2 ladder), trained at the tuning seeds,
+and the pick made again, up to ``N`` times; the same rule for every method.
+
 A grid spec is ``KEY=V1,V2,...``: ``KEY`` is ``lr`` or another training field
 (:data:`TRAINING_KEYS`), or a method option; ``method.KEY`` gives one method its own values.
 Several specs make the cartesian product, in the order given; a method's own values replace
@@ -137,6 +142,7 @@ def tune(
     method_options: dict[str, dict[str, Any]] | None = None,
     command: str | None = None,
     jobs: int = 1,
+    widen: int = 0,
 ) -> tuple[list[Result], dict[str, Any]]:
     """Tune every method on validation with the same grid budget, then test the picks.
 
@@ -151,6 +157,8 @@ def tune(
         method_options: Per-method options under the grid (as in :func:`job.compare`).
         command: The command line, recorded in ``compare.md``.
         jobs: Runs at a time (processes).
+        widen: How many times a grid whose pick is one of its ends gets one more point beyond
+            that end (:func:`widened`); every tuned method's grid must then vary one number.
 
     Returns:
         ``(results, tuning)``: the picked point's runs at every seed (test scores), and the
@@ -159,14 +167,16 @@ def tune(
 
     Raises:
         FinetuneError: An unknown method, an empty seed list, tuning seeds not among
-            ``seeds``, a grid point the config refuses, or a run folder that already holds a
-            run (all checked before the first run).
+            ``seeds``, a grid point the config refuses, a grid that cannot widen, or a run
+            folder that already holds a run (all checked before the first run).
     """
     for name in methods:
         get_method(name)
     tune_seeds = list(seeds if tune_seeds is None else tune_seeds)
     if not seeds or not tune_seeds or not set(tune_seeds) <= set(seeds):
         raise FinetuneError(f"tune seeds {tune_seeds} must be a non-empty subset of {list(seeds)}")
+    if widen < 0:
+        raise FinetuneError(f"--tune-widen must be 0 or more, got {widen}")
     base = Path(config.output_dir or Path("runs") / f"tune-{job._stamp()}")
     shared = dataclasses.replace(
         config,
@@ -177,10 +187,39 @@ def tune(
     by_method = method_options or {}
     plan = _plan(shared, methods, grid, tune_seeds, by_method, base)
     later = [base / f"{m}-seed{s}" for m in methods for s in (seeds[:1] if m == "none" else seeds)]
+    tuned = [m for m in methods if m != "none"]
+    if widen:
+        for method in tuned:
+            _ladder_key(grid.get(method) or [], f"{method}'s grid")
+        later += [
+            base / "grid" / f"{m}-{len(grid[m]) + k}-seed{s}"
+            for m in tuned
+            for k in range(widen)
+            for s in tune_seeds
+        ]
     for folder in [Path(c.output_dir or "") for _, _, c in plan] + later:
         runs.check_output_dir(dataclasses.replace(shared, output_dir=str(folder)))
     grid_results = job.run_configs([c for _, _, c in plan], jobs, shared.progress)
     tuning = pick(plan, grid_results, shared.val_metric)
+    for _ in range(widen):
+        more = [
+            run
+            for m in tuned
+            if (point := widened(tuning[m]["points"], tuning[m]["picked"])) is not None
+            for run in _point_runs(
+                dataclasses.replace(shared, method_options=by_method.get(m, {})),
+                m,
+                len(tuning[m]["points"]),
+                point,
+                tune_seeds,
+                base,
+            )
+        ]
+        if not more:
+            break
+        plan += more
+        grid_results = [*grid_results, *job.run_configs([c for *_, c in more], jobs, False)]
+        tuning = pick(plan, grid_results, shared.val_metric)
     # The pick is made: only now is the test split read.
     results = _test_picks(shared, methods, tuning, seeds, jobs, base, by_method)
     write_comparison(results, base, command=command, tuning=tuning)
@@ -198,15 +237,76 @@ def _plan(
     """``(method, grid point, config)`` of every grid run (validation only, no test)."""
     plan = []
     for method in methods:
-        if method == "none":
-            continue
-        own = dataclasses.replace(config, method_options=by_method.get(method, {}))
-        for i, point in enumerate(grid.get(method) or [{}]):
-            for seed in seeds:
-                folder = str(base / "grid" / f"{method}-{i}-seed{seed}")
-                one = point_config(own, method, point, seed=seed, output_dir=folder)
-                plan.append((method, point, dataclasses.replace(one, test_at_end=False)))
+        if method != "none":
+            own = dataclasses.replace(config, method_options=by_method.get(method, {}))
+            for i, point in enumerate(grid.get(method) or [{}]):
+                plan += _point_runs(own, method, i, point, seeds, base)
     return plan
+
+
+def _point_runs(
+    config: FinetuneConfig,
+    method: str,
+    index: int,
+    point: dict[str, Any],
+    seeds: Sequence[int],
+    base: Path,
+) -> list[tuple[str, dict[str, Any], FinetuneConfig]]:
+    """The grid runs of ``method``'s point number ``index``: one per seed, validation only."""
+    runs_ = []
+    for seed in seeds:
+        folder = str(base / "grid" / f"{method}-{index}-seed{seed}")
+        one = point_config(config, method, point, seed=seed, output_dir=folder)
+        runs_.append((method, point, dataclasses.replace(one, test_at_end=False)))
+    return runs_
+
+
+def _ladder_key(points: Sequence[dict[str, Any]], what: str) -> str:
+    """The one key whose numeric values ``points`` vary (a grid that can widen).
+
+    Raises:
+        FinetuneError: Fewer than two points, or other than one numeric key varied.
+    """
+    varied = sorted(
+        {k for p in points for k in p if len({json.dumps(q.get(k)) for q in points}) > 1}
+    )
+    numeric = all(
+        isinstance(p.get(k), int | float) and not isinstance(p.get(k), bool)
+        for p in points
+        for k in varied
+    )
+    if len(points) < 2 or len(varied) != 1 or not numeric:
+        shown = ", ".join(label(p) for p in points) or "no grid"
+        raise FinetuneError(
+            f"--tune-widen needs {what} to vary one number over two or more points; it is: {shown}"
+        )
+    return varied[0]
+
+
+def widened(points: Sequence[dict[str, Any]], picked: int) -> dict[str, Any] | None:
+    """The point one step beyond the end of the grid that the pick sits on, or None.
+
+    ``points`` are :func:`pick`'s (each with its ``values``). The step repeats the last one: the
+    ratio of the end value to its neighbour (their difference where either is not positive); a
+    grid of values >= 0 does not step below zero.
+
+    Example:
+        >>> grid = [{"values": {"lr": v}} for v in (1e-3, 2e-3, 4e-3)]
+        >>> widened(grid, 2), widened(grid, 0), widened(grid, 1)
+        ({'lr': 0.008}, {'lr': 0.0005}, None)
+    """
+    values = [p["values"] for p in points]
+    if not _at_end(values, picked):
+        return None
+    key = _ladder_key(values, "the grid")
+    order = sorted(range(len(values)), key=lambda i: values[i][key])
+    end, near = (order[-1], order[-2]) if picked == order[-1] else (order[0], order[1])
+    a, b = values[end][key], values[near][key]
+    new = a * a / b if a > 0 and b > 0 else 2 * a - b
+    new = round(new) if isinstance(a, int) and isinstance(b, int) else float(f"{new:.12g}")
+    if new in (v[key] for v in values) or (new < 0 <= min(a, b)):
+        return None  # nothing new, or a non-negative grid stepping below zero
+    return {**values[end], key: new}
 
 
 def pick(
@@ -217,7 +317,8 @@ def pick(
     """Per method: every point's mean validation score over its seeds, and the best point.
 
     Reads each run's ``validation`` scores only. Returns ``{method: {"points": [...],
-    "picked": index}}``; a point is ``{"values", "label", "metric", "score", "runs"}``.
+    "picked": index, "at_end": bool}}`` (``at_end``: the pick is an end of a one-number
+    grid); a point is ``{"values", "label", "metric", "score", "runs"}``.
     """
     tuning: dict[str, Any] = {}
     for (method, values, config), result in zip(plan, results, strict=True):
@@ -233,7 +334,18 @@ def pick(
             point["score"] = statistics.fmean(scores)
         metric = entry["points"][0]["metric"]
         entry["picked"] = best([{metric: p["score"]} for p in entry["points"]], metric)
+        entry["at_end"] = _at_end([p["values"] for p in entry["points"]], entry["picked"])
     return tuning
+
+
+def _at_end(values: Sequence[dict[str, Any]], picked: int) -> bool:
+    """Whether ``picked`` is the smallest or largest value of a one-number grid."""
+    try:
+        key = _ladder_key(values, "the grid")
+    except FinetuneError:
+        return False
+    ordered = sorted(v[key] for v in values)
+    return values[picked][key] in (ordered[0], ordered[-1])
 
 
 def _test_picks(

@@ -7,6 +7,7 @@ nothing reads the test split before the pick is made.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -25,7 +26,7 @@ from _helpers import fails_in_one_line, make_tiny_bert, make_tiny_csv, minilm_fo
 from tensortrain_nn.finetune import FinetuneConfig, FinetuneError, run
 from tensortrain_nn.finetune import tune as tune_module
 from tensortrain_nn.finetune.selection import EarlyStop, best, metric_key
-from tensortrain_nn.finetune.tune import label, parse_grid, tune
+from tensortrain_nn.finetune.tune import label, parse_grid, tune, widened
 from tensortrain_nn.tasks import DataError, TaskOptions
 from tensortrain_nn.tasks import build as build_module
 from tensortrain_nn.tasks.data import take_parts, validation_count
@@ -327,3 +328,92 @@ def test_tune_refuses_a_taken_folder_before_training(
     with pytest.raises(FinetuneError, match="head-seed1' already holds a run"):
         tune(config, ["head"], {"head": [{}]}, seeds=[0, 1], tune_seeds=[0])
     assert not (out / "grid").exists()  # nothing trained
+
+
+# ----------------------------------------------------------------------------- widening
+
+
+@given(
+    start=st.floats(1e-6, 1.0),
+    ratio=st.sampled_from([1.5, 2.0, 3.0, 10.0]),
+    size=st.integers(2, 6),
+    data=st.data(),
+)
+def test_widened_steps_past_the_picked_end_by_the_last_step(
+    start: float, ratio: float, size: int, data: st.DataObject
+) -> None:
+    points = [{"values": {"lr": start * ratio**i, "rank": 4}} for i in range(size)]
+    picked = data.draw(st.integers(0, size - 1))
+    new = widened(points, picked)
+    if 0 < picked < size - 1:
+        assert new is None
+        return
+    assert new is not None and new["rank"] == 4
+    expected = start * ratio**size if picked == size - 1 else start / ratio
+    assert math.isclose(new["lr"], expected, rel_tol=1e-9)
+    # the same ladder given in another order widens the same way
+    shuffled = data.draw(st.permutations(range(size)))
+    again = widened([points[i] for i in shuffled], list(shuffled).index(picked))
+    assert again == new
+
+
+def test_widened_keeps_integers_and_steps_by_the_difference_past_zero() -> None:
+    ranks = [{"values": {"rank": r}} for r in (2, 4)]
+    assert widened(ranks, 1) == {"rank": 8} and widened(ranks, 0) == {"rank": 1}
+    decay = [{"values": {"weight_decay": w}} for w in (0.0, 0.01)]
+    assert widened(decay, 1) == {"weight_decay": 0.02}
+    assert widened(decay, 0) is None  # a non-negative grid does not step below zero
+    signed = [{"values": {"x": v}} for v in (-1, 1)]
+    assert widened(signed, 0) == {"x": -3}
+
+
+@pytest.mark.parametrize(
+    ("grid", "message"),
+    [
+        ({"head": [{"lr": 1e-3}]}, "vary one number over two or more points; it is: lr=0.001"),
+        ({"head": [{"lr": 1e-3, "epochs": 1}, {"lr": 2e-3, "epochs": 2}]}, "vary one number"),
+        ({"head": [{"schedule": "linear"}, {"schedule": "constant"}]}, "vary one number"),
+        ({"head": [{}]}, "it is: defaults"),
+    ],
+)
+def test_widening_a_grid_that_is_not_one_number_is_refused_before_training(
+    assets: dict[str, str], tmp_path: Path, grid: dict[str, Any], message: str
+) -> None:
+    config = _config(assets, tmp_path / "cmp", val_size=8)
+    with pytest.raises(FinetuneError, match=message) as info:
+        tune(config, ["head"], grid, seeds=[0], widen=1)
+    assert "\n" not in str(info.value) and "head's grid" in str(info.value)
+    assert not (tmp_path / "cmp").exists()  # nothing trained
+    with pytest.raises(FinetuneError, match="--tune-widen must be 0 or more, got -1"):
+        tune(config, ["head"], grid, seeds=[0], widen=-1)
+
+
+def test_tune_widens_a_grid_whose_pick_is_an_end(
+    assets: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Validation accuracy made to grow with lr: the pick runs off the top, twice."""
+    real = tune_module.job.run_configs
+
+    def scored_by_lr(configs: Any, jobs: int, progress: bool) -> list[Any]:
+        results = real(configs, jobs, progress)
+        return [
+            dataclasses.replace(r, validation={**r.validation, "accuracy": c.lr})
+            if c.test_at_end is False
+            else r
+            for c, r in zip(configs, results, strict=True)
+        ]
+
+    monkeypatch.setattr(tune_module.job, "run_configs", scored_by_lr)
+    config = _config(assets, tmp_path / "cmp", val_size=8, epochs=1)
+    grid = parse_grid(["lr=1e-4,2e-4"], ["head"])
+    results, tuning = tune(config, ["head"], grid, seeds=[0], widen=2)
+    points = tuning["head"]["points"]
+    assert [p["values"]["lr"] for p in points] == [1e-4, 2e-4, 4e-4, 8e-4]
+    assert tuning["head"]["picked"] == 3 and tuning["head"]["at_end"]
+    assert results[0].output_dir == str(tmp_path / "cmp" / "grid" / "head-3-seed0")
+    text = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "lr=0.0008" in text and "The pick of head is an end of its grid" in text
+
+
+def test_cli_tune_widen_needs_tune(capsys: pytest.CaptureFixture[str]) -> None:
+    fails_in_one_line(capsys, ["finetune", "--tune-widen", "1"], "--tune-widen has no effect")
