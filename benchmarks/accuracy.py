@@ -285,11 +285,15 @@ def save_store(store: dict[str, dict[str, Any]]) -> None:
     STORE.write_text(json.dumps(store, indent=1, sort_keys=True) + "\n")
 
 
-def run_all(jobs: list[tuple[str, Any]], workers: int, fn: Any = None) -> None:
+def run_all(
+    jobs: list[tuple[str, Any]], workers: int, fn: Any = None, only: str | None = None
+) -> None:
     """Run ``fn(config)`` (default: one training) for the ``(key, config)`` pairs not yet in the
-    store, ``workers`` at a time; save each record as it ends."""
+    store, ``workers`` at a time; save each record as it ends. ``only``: comma-separated method
+    (row) names, the third field of a key, to run alone."""
     store = load_store()
-    todo = [(k, c) for k, c in jobs if k not in store]
+    rows = set(only.split(",")) if only else None
+    todo = [(k, c) for k, c in jobs if k not in store and (not rows or k.split("|")[2] in rows)]
     print(f"{len(todo)} runs to do ({len(jobs) - len(todo)} already in {STORE.name})", flush=True)
     if not todo:
         return

@@ -78,7 +78,7 @@ def _tuning() -> dict[str, Any]:
 
 
 def _key(method: str, lr: float, seed: int) -> str:
-    return f"llm|{method}|lr{lr:g}|{seed}"
+    return f"llm-tuned|reviews|{method}|lr{lr:g}|{seed}"
 
 
 def grid(method: str, store: dict[str, Any]) -> list[tuple[float, float | None]]:
@@ -218,16 +218,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=("grid", "seeds", "forget", "docs"))
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--only", help="comma-separated methods (rows) to run; default all")
     args = parser.parse_args(argv)
     accuracy.STORE = RESULTS / "widen.json"  # run_all's store
     store = accuracy.load_store()
     if args.command == "grid":
         for _ in range(MAX_WIDEN):
-            run_all(grid_jobs(accuracy.load_store()), args.jobs)
+            run_all(grid_jobs(accuracy.load_store()), args.jobs, only=args.only)
     elif args.command == "seeds":
-        run_all(seed_jobs(store), args.jobs)
+        run_all(seed_jobs(store), args.jobs, only=args.only)
     elif args.command == "forget":
-        run_all(forget_jobs(store), args.jobs, _forget_one)
+        run_all(forget_jobs(store), args.jobs, _forget_one, args.only)
     else:
         lrs = {name: f"{pick(m, store) or 0:g}" for name, (m, _) in FORGET.items() if m != "none"}
         blocks = {"llm-widen": table(store), "llm-forget": forget_table(store, "forget", lrs)}

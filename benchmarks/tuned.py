@@ -307,20 +307,21 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=("grid", "seeds", "probe", "overfit", "forget", "docs"))
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--only", help="comma-separated methods (rows) to run; default all")
     parser.add_argument("--tasks", default="debates,rt,rt_full")
     args = parser.parse_args(argv)
     tasks = args.tasks.split(",")
     if args.command == "grid":
         for _ in range(1 + MAX_WIDEN):  # the grid, then the points that widen it
-            run_all(grid_jobs(tasks, load_store()), args.jobs)
+            run_all(grid_jobs(tasks, load_store()), args.jobs, only=args.only)
     elif args.command == "seeds":
-        run_all(seed_jobs(tasks, load_store()), args.jobs)
+        run_all(seed_jobs(tasks, load_store()), args.jobs, only=args.only)
     elif args.command == "probe":
-        run_all(probe_jobs(), args.jobs)
+        run_all(probe_jobs(), args.jobs, only=args.only)
     elif args.command == "overfit":
-        run_all(overfit_jobs(load_store()), args.jobs)
+        run_all(overfit_jobs(load_store()), args.jobs, only=args.only)
     elif args.command == "forget":
-        run_all(forget_jobs(load_store()), args.jobs, _forget_one)
+        run_all(forget_jobs(load_store()), args.jobs, _forget_one, args.only)
     else:
         write_docs(load_store())
 
