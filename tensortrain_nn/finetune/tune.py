@@ -170,51 +170,18 @@ def tune(
             ``seeds``, a grid point the config refuses, a grid that cannot widen, or a run
             folder that already holds a run (all checked before the first run).
     """
-    for name in methods:
-        get_method(name)
-    tune_seeds = list(seeds if tune_seeds is None else tune_seeds)
-    if not seeds or not tune_seeds or not set(tune_seeds) <= set(seeds):
-        raise FinetuneError(f"tune seeds {tune_seeds} must be a non-empty subset of {list(seeds)}")
-    if widen < 0:
-        raise FinetuneError(f"--tune-widen must be 0 or more, got {widen}")
+    tune_seeds = _checked_seeds(methods, seeds, tune_seeds, widen)
     base = Path(config.output_dir or Path("runs") / f"tune-{job._stamp()}")
-    shared = dataclasses.replace(
-        config,
-        val_size=DEFAULT_VAL_SIZE if config.val_size is None else config.val_size,
-        save=True,
-        progress=config.progress and jobs == 1,
-    )
+    progress = config.progress and jobs == 1
+    val_size = DEFAULT_VAL_SIZE if config.val_size is None else config.val_size
+    shared = dataclasses.replace(config, val_size=val_size, save=True, progress=progress)
     by_method = method_options or {}
     plan = _plan(shared, methods, grid, tune_seeds, by_method, base)
-    later = [base / f"{m}-seed{s}" for m in methods for s in (seeds[:1] if m == "none" else seeds)]
-    tuned = [m for m in methods if m != "none"]
-    if widen:
-        for method in tuned:
-            _ladder_key(grid.get(method) or [], f"{method}'s grid")
-        later += [
-            base / "grid" / f"{m}-{len(grid[m]) + k}-seed{s}"
-            for m in tuned
-            for k in range(widen)
-            for s in tune_seeds
-        ]
-    for folder in [Path(c.output_dir or "") for _, _, c in plan] + later:
-        runs.check_output_dir(dataclasses.replace(shared, output_dir=str(folder)))
+    _check_folders(shared, plan, methods, grid, seeds, tune_seeds, widen, base)
     grid_results = job.run_configs([c for _, _, c in plan], jobs, shared.progress)
     tuning = pick(plan, grid_results, shared.val_metric)
     for _ in range(widen):
-        more = [
-            run
-            for m in tuned
-            if (point := widened(tuning[m]["points"], tuning[m]["picked"])) is not None
-            for run in _point_runs(
-                dataclasses.replace(shared, method_options=by_method.get(m, {})),
-                m,
-                len(tuning[m]["points"]),
-                point,
-                tune_seeds,
-                base,
-            )
-        ]
+        more = _widen_plan(shared, tuning, tune_seeds, by_method, base)
         if not more:
             break
         plan += more
@@ -224,6 +191,42 @@ def tune(
     results = _test_picks(shared, methods, tuning, seeds, jobs, base, by_method)
     write_comparison(results, base, command=command, tuning=tuning)
     return results, tuning
+
+
+def _checked_seeds(
+    methods: Sequence[str], seeds: Sequence[int], tune_seeds: Sequence[int] | None, widen: int
+) -> list[int]:
+    """The tuning seeds, once the methods, seeds and ``widen`` are known to be valid."""
+    for name in methods:
+        get_method(name)
+    chosen = list(seeds if tune_seeds is None else tune_seeds)
+    if not seeds or not chosen or not set(chosen) <= set(seeds):
+        raise FinetuneError(f"tune seeds {chosen} must be a non-empty subset of {list(seeds)}")
+    if widen < 0:
+        raise FinetuneError(f"--tune-widen must be 0 or more, got {widen}")
+    return chosen
+
+
+def _check_folders(
+    config: FinetuneConfig,
+    plan: Sequence[tuple[str, dict[str, Any], FinetuneConfig]],
+    methods: Sequence[str],
+    grid: dict[str, list[dict[str, Any]]],
+    seeds: Sequence[int],
+    tune_seeds: Sequence[int],
+    widen: int,
+    base: Path,
+) -> None:
+    """Refuse, before anything trains, a grid that cannot widen or a folder that holds a run."""
+    later = [base / f"{m}-seed{s}" for m in methods for s in (seeds[:1] if m == "none" else seeds)]
+    for method in [m for m in methods if m != "none"] if widen else []:
+        _ladder_key(grid.get(method) or [], f"{method}'s grid")
+        folders = [
+            f"{method}-{len(grid[method]) + k}-seed{s}" for k in range(widen) for s in tune_seeds
+        ]
+        later += [base / "grid" / f for f in folders]
+    for folder in [Path(c.output_dir or "") for _, _, c in plan] + later:
+        runs.check_output_dir(dataclasses.replace(config, output_dir=str(folder)))
 
 
 def _plan(
@@ -241,6 +244,23 @@ def _plan(
             own = dataclasses.replace(config, method_options=by_method.get(method, {}))
             for i, point in enumerate(grid.get(method) or [{}]):
                 plan += _point_runs(own, method, i, point, seeds, base)
+    return plan
+
+
+def _widen_plan(
+    config: FinetuneConfig,
+    tuning: dict[str, Any],
+    seeds: Sequence[int],
+    by_method: dict[str, dict[str, Any]],
+    base: Path,
+) -> list[tuple[str, dict[str, Any], FinetuneConfig]]:
+    """The runs of the point beyond each grid whose pick is an end (:func:`widened`)."""
+    plan = []
+    for method, entry in tuning.items():
+        point = widened(entry["points"], entry["picked"])
+        if point is not None:
+            own = dataclasses.replace(config, method_options=by_method.get(method, {}))
+            plan += _point_runs(own, method, len(entry["points"]), point, seeds, base)
     return plan
 
 
