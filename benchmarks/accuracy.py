@@ -294,7 +294,8 @@ def run_all(
     store = load_store()
     rows = set(only.split(",")) if only else None
     todo = [(k, c) for k, c in jobs if k not in store and (not rows or k.split("|")[2] in rows)]
-    print(f"{len(todo)} runs to do ({len(jobs) - len(todo)} already in {STORE.name})", flush=True)
+    done = sum(k in store for k, _ in jobs)
+    print(f"{len(todo)} runs to do ({done} of the study already in {STORE.name})", flush=True)
     if not todo:
         return
     context = multiprocessing.get_context("spawn")
