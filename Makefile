@@ -66,14 +66,15 @@ bench-llm: $(VENV)/.installed
 	$(BIN)/python benchmarks/llm_bench.py
 
 # Accuracy over three public tasks (docs/accuracy.md): every method tuned on a validation split
-# with the same grid size and tested at 3 seeds, overfitting at a constant learning rate
-# (benchmarks/tuned.py, about 110 minutes on 2 cores); then the earlier sweep, the defaults, and
-# the forgetting study (benchmarks/accuracy.py, about two hours). Resumable: runs already in
+# with the same grid size and tested at 3 seeds, forgetting and overfitting at the tuned learning
+# rates (benchmarks/tuned.py, about 3 hours on 2 cores); then the earlier sweep, the defaults, and
+# the first forgetting look (benchmarks/accuracy.py, about two hours). Resumable: runs already in
 # docs/results/accuracy/runs.json are skipped.
 .PHONY: bench-accuracy
 bench-accuracy: $(VENV)/.installed
 	$(BIN)/python benchmarks/tuned.py grid
 	$(BIN)/python benchmarks/tuned.py seeds
+	$(BIN)/python benchmarks/tuned.py forget
 	$(BIN)/python benchmarks/tuned.py overfit
 	$(BIN)/python benchmarks/tuned.py docs
 	$(BIN)/python benchmarks/accuracy.py sweep
@@ -81,6 +82,16 @@ bench-accuracy: $(VENV)/.installed
 	$(BIN)/python benchmarks/accuracy.py overfit
 	$(BIN)/python benchmarks/accuracy.py forget
 	$(BIN)/python benchmarks/accuracy.py docs
+
+# The LLM comparison's grids widened where a pick is an end, and forgetting on the causal LM
+# (benchmarks/llm_tuned.py, docs/finetune.md; about 1.5 hours on 2 cores). The --tune run it
+# builds on is the command in docs/results/llm-tuned/compare.md. Resumable.
+.PHONY: bench-llm-accuracy
+bench-llm-accuracy: $(VENV)/.installed
+	$(BIN)/python benchmarks/llm_tuned.py grid
+	$(BIN)/python benchmarks/llm_tuned.py seeds
+	$(BIN)/python benchmarks/llm_tuned.py forget
+	$(BIN)/python benchmarks/llm_tuned.py docs
 
 # How good the contraction planner's picks are (random shapes, every path timed); about 5 minutes.
 # `$(BIN)/python benchmarks/plan_bench.py --fit` re-fits its cost model on a new machine first.
