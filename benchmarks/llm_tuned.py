@@ -32,6 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import accuracy
+import tuned
 from accuracy import _mean_sd, forget_table, replace_blocks, run_all
 
 RESULTS = accuracy.ROOT / "docs" / "results" / "llm-tuned"
@@ -62,15 +63,9 @@ DEBATES_PROMPT: dict[str, Any] = {
     "template": "Statement: {text}\nParty:",
     "verbalizer": 'Democratic=" Democratic",Republican=" Republican",Moderator=" Moderator"',
 }
-#: Rows of the forgetting study: name -> (method, method options); ``none`` trains nothing.
-FORGET = {
-    "none": ("none", {}),
-    "rep": ("rep", {}),
-    "adp": ("adp", {}),
-    "lora": ("lora", {}),
-    "rep-frozen-norms": ("rep", {"trainable_norms": False}),
-    "adp-frozen-norms": ("adp", {"trainable_norms": False}),
-}
+#: Rows of the forgetting study: those of the MiniLM one (``tuned.py``) less full fine-tuning,
+#: and zero-shot (``none``, which trains nothing).
+FORGET = {"none": ("none", {}), **{k: v for k, v in tuned.FORGET.items() if k != "full"}}
 
 
 def _tuning() -> dict[str, Any]:
