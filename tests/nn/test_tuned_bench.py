@@ -1,0 +1,94 @@
+"""The tuned benchmarks' rules: grids widen past a picked end, picks read validation only.
+
+``benchmarks/tuned.py`` and ``benchmarks/llm_tuned.py`` decide which runs to train from the
+records already stored; these tests give them stores by hand and check what they decide.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def tuned() -> Any:
+    sys.path.insert(0, str(BENCH))
+    try:
+        import llm_tuned
+        import tuned as module
+
+        return module, llm_tuned
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def _record(val: float, test: float = 50.0) -> dict[str, Any]:
+    return {"validation": {"accuracy": val}, "accuracy": test}
+
+
+def test_grid_widens_while_the_pick_is_an_end_and_stops_inside(tuned: Any) -> None:
+    bench, _ = tuned
+    key = bench._key
+    store = {
+        key("tuned", "rt", "rep", lr, 0): _record(v)
+        for lr, v in zip(bench.GRIDS["rep"], (50, 60, 70), strict=True)
+    }
+    assert bench.grid_of(store, "rt", "rep") == [1.5e-3, 3e-3, 6e-3, 1.2e-2]
+    assert [k for k, _ in bench.grid_jobs(["rt"], store) if "|rep|" in k][-1].endswith("lr0.012|0")
+    store[key("tuned", "rt", "rep", 1.2e-2, 0)] = _record(65)  # the new point is worse: stop
+    assert bench.grid_of(store, "rt", "rep") == [1.5e-3, 3e-3, 6e-3, 1.2e-2]
+    assert bench.picks(store, "rt")["rep"] == 6e-3
+    store[key("tuned", "rt", "rep", 1.2e-2, 0)] = _record(80)  # better: widen once more, at most
+    store[key("tuned", "rt", "rep", 2.4e-2, 0)] = _record(90)
+    assert bench.grid_of(store, "rt", "rep")[-1] == 2.4e-2  # MAX_WIDEN = 2 steps, no more
+    assert len(bench.grid_of(store, "rt", "rep")) == bench.GRID_SIZE + bench.MAX_WIDEN
+
+
+def test_picks_read_validation_not_test_and_ties_go_to_the_earlier_point(tuned: Any) -> None:
+    bench, _ = tuned
+    lrs = bench.GRIDS["lora"]
+    store = {
+        bench._key("tuned", "rt", "lora", lr, 0): _record(v, t)
+        for lr, v, t in zip(lrs, (40, 70, 70), (99, 10, 10), strict=True)
+    }
+    assert bench.picks(store, "rt") == {
+        "lora": lrs[1]
+    }  # not the best test point, not the later tie
+
+
+def test_llm_grid_widens_from_the_job_grid(tuned: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, llm = tuned
+    points = [{"values": {"lr": lr}, "score": s} for lr, s in ((1e-3, 0.8), (2e-3, 0.9))]
+    monkeypatch.setattr(llm, "_tuning", lambda: {"lora": {"points": points, "picked": 1}})
+    assert llm.grid("lora", {}) == [(1e-3, 0.8), (2e-3, 0.9), (4e-3, None)]
+    assert [k for k, _ in llm.grid_jobs({})] == ["llm-tuned|reviews|lora|lr0.004|0"]
+    assert llm.pick("lora", {}) is None  # not decided until the new point has run
+    store = {"llm-tuned|reviews|lora|lr0.004|0": _record(95.0)}
+    assert llm.grid("lora", store)[-2:] == [(4e-3, 0.95), (8e-3, None)]
+    store["llm-tuned|reviews|lora|lr0.008|0"] = _record(85.0)
+    assert llm.pick("lora", store) == 4e-3
+    assert [k for k, _ in llm.seed_jobs(store)] == [
+        "llm-tuned|reviews|lora|lr0.004|1",
+        "llm-tuned|reviews|lora|lr0.004|2",
+    ]
+
+
+def test_forget_table_rows_and_learning_rates(tuned: Any) -> None:
+    bench, _ = tuned
+    store = {
+        f"forget-tuned|debates>rt|rep|{s}": {"a_before": 60.0 + s, "a_after": 50.0, "b": 70.0}
+        for s in (0, 1, 2)
+    }
+    store["forget|debates>rt|rep|0"] = {"a_before": 0.0, "a_after": 0.0, "b": 0.0}  # another study
+    table = bench.forget_table(store, "forget-tuned", {"rep": "0.012, 0.003"})
+    row = table.splitlines()[2]
+    assert (
+        row
+        == "| rep | debates>rt | 0.012, 0.003 | 3 | 61.0 ± 1.0 | 50.0 ± 0.0 | 11.0 ± 1.0 | 70.0 ± 0.0 |"
+    )
+    assert len(table.splitlines()) == 3
