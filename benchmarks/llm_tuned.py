@@ -3,7 +3,7 @@
 ``docs/results/llm-tuned/compare.json`` is the job's own ``--tune`` run (SmolLM2-135M, 512
 training reviews, 100 validation, 200 test, 3 seeds at each pick; the command is in that file).
 Its picks of rep (1.5e-3) and LoRA (4e-3) are ends of their grids, which may only mean the grid
-stopped too early. This script adds one x2 step beyond such an end (at most :data:`MAX_WIDEN`
+stopped too early; full fine-tuning was not in it (:data:`EXTRA_GRIDS` gives it a grid here). This script adds one x2 step beyond such an end (at most :data:`MAX_WIDEN`
 times, every method alike), trains the new point at seed 0 on the same data and scores it on
 validation; the pick is again the best validation score (ties: the grid's own order). A pick
 that moves to a new point then trains at seeds 1 and 2. Records go to ``widen.json`` beside
@@ -47,6 +47,8 @@ RUN: dict[str, Any] = {
     "epochs": 1,
 }
 MAX_WIDEN = 2
+#: Methods the job's run did not tune, with their grids (full fine-tuning: a x2 ladder).
+EXTRA_GRIDS: dict[str, tuple[float, ...]] = {"full": (1e-5, 2e-5, 4e-5)}
 #: The forgetting study's runs: the default LLM run's size (128 examples, 16 steps of 8).
 FORGET_RUN: dict[str, Any] = {
     "model": "smollm2",
@@ -72,15 +74,33 @@ def _tuning() -> dict[str, Any]:
     return json.loads((RESULTS / "compare.json").read_text())["tuning"]
 
 
+def methods() -> list[str]:
+    return [*_tuning(), *EXTRA_GRIDS]
+
+
+def _job_pick(method: str) -> float | None:
+    """The learning rate the job's ``--tune`` run picked (None: a method it did not tune)."""
+    tuning = _tuning().get(method)
+    return None if tuning is None else tuning["points"][tuning["picked"]]["values"]["lr"]
+
+
 def _key(method: str, lr: float, seed: int) -> str:
     return f"llm-tuned|reviews|{method}|lr{lr:g}|{seed}"
 
 
 def grid(method: str, store: dict[str, Any]) -> list[tuple[float, float | None]]:
     """``method``'s ``(lr, validation accuracy)`` points, widened while the best is an end."""
-    points: list[tuple[float, float | None]] = [
-        (p["values"]["lr"], p["score"]) for p in _tuning()[method]["points"]
-    ]
+
+    def score(lr: float) -> float | None:
+        rec = store.get(_key(method, lr, 0))
+        return rec["validation"]["accuracy"] / 100 if rec else None
+
+    job = _tuning().get(method)
+    points = (
+        [(p["values"]["lr"], p["score"]) for p in job["points"]]
+        if job is not None
+        else [(lr, score(lr)) for lr in EXTRA_GRIDS[method]]
+    )
     for _ in range(MAX_WIDEN):
         if any(score is None for _, score in points):
             break
@@ -89,9 +109,7 @@ def grid(method: str, store: dict[str, Any]) -> list[tuple[float, float | None]]
         if best not in (0, len(points) - 1):
             break
         lr = points[0][0] / 2 if best == 0 else points[-1][0] * 2
-        rec = store.get(_key(method, lr, 0))
-        score = rec["validation"]["accuracy"] / 100 if rec else None
-        points.insert(0, (lr, score)) if best == 0 else points.append((lr, score))
+        points.insert(0, (lr, score(lr))) if best == 0 else points.append((lr, score(lr)))
     return points
 
 
@@ -112,18 +130,18 @@ def _config(method: str, lr: float, seed: int) -> Any:
 def grid_jobs(store: dict[str, Any]) -> list[tuple[str, Any]]:
     return [
         (_key(method, lr, 0), _config(method, lr, 0))
-        for method in _tuning()
+        for method in methods()
         for lr, score in grid(method, store)
         if score is None
     ]
 
 
 def seed_jobs(store: dict[str, Any]) -> list[tuple[str, Any]]:
-    """A pick that moved off the job's grid, at seeds 1 and 2 (seed 0 is its grid run)."""
+    """A pick the job did not make, at seeds 1 and 2 (seed 0 is its grid run)."""
     jobs = []
-    for method, tuning in _tuning().items():
+    for method in methods():
         lr = pick(method, store)
-        if lr is not None and lr != tuning["points"][tuning["picked"]]["values"]["lr"]:
+        if lr is not None and lr != _job_pick(method):
             jobs += [(_key(method, lr, s), _config(method, lr, s)) for s in (1, 2)]
     return jobs
 
@@ -135,14 +153,14 @@ def table(store: dict[str, Any]) -> str:
         "| method | grid (lr: validation %) | pick | test accuracy % (mean ± sd) | per seed |",
         "| --- | --- | --- | --- | --- |",
     ]
-    for method, tuning in _tuning().items():
+    for method in methods():
         points = grid(method, store)
         cells = ", ".join(f"{lr:g}: {'-' if s is None else f'{100 * s:.0f}'}" for lr, s in points)
         lr = pick(method, store)
         if lr is None:
             lines.append(f"| {method} | {cells} | (not run) | | |")
             continue
-        if lr == tuning["points"][tuning["picked"]]["values"]["lr"]:
+        if lr == _job_pick(method):
             accs = [100 * r["accuracy"] for r in runs if r["method"] == method]
         else:
             recs = [store.get(_key(method, lr, s)) for s in (0, 1, 2)]

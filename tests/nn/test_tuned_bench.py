@@ -65,6 +65,7 @@ def test_llm_grid_widens_from_the_job_grid(tuned: Any, monkeypatch: pytest.Monke
     _, llm = tuned
     points = [{"values": {"lr": lr}, "score": s} for lr, s in ((1e-3, 0.8), (2e-3, 0.9))]
     monkeypatch.setattr(llm, "_tuning", lambda: {"lora": {"points": points, "picked": 1}})
+    monkeypatch.setattr(llm, "EXTRA_GRIDS", {})
     assert llm.grid("lora", {}) == [(1e-3, 0.8), (2e-3, 0.9), (4e-3, None)]
     assert [k for k, _ in llm.grid_jobs({})] == ["llm-tuned|reviews|lora|lr0.004|0"]
     assert llm.pick("lora", {}) is None  # not decided until the new point has run
@@ -76,6 +77,24 @@ def test_llm_grid_widens_from_the_job_grid(tuned: Any, monkeypatch: pytest.Monke
         "llm-tuned|reviews|lora|lr0.004|1",
         "llm-tuned|reviews|lora|lr0.004|2",
     ]
+
+
+def test_llm_methods_the_job_did_not_tune_get_their_own_grid(
+    tuned: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, llm = tuned
+    monkeypatch.setattr(llm, "_tuning", lambda: {})
+    monkeypatch.setattr(llm, "EXTRA_GRIDS", {"full": (1e-5, 2e-5)})
+    assert [k for k, _ in llm.grid_jobs({})] == [
+        "llm-tuned|reviews|full|lr1e-05|0",
+        "llm-tuned|reviews|full|lr2e-05|0",
+    ]
+    store = {"llm-tuned|reviews|full|lr1e-05|0": _record(70.0)}
+    store["llm-tuned|reviews|full|lr2e-05|0"] = _record(60.0)  # the pick is the low end: widen
+    assert [k for k, _ in llm.grid_jobs(store)] == ["llm-tuned|reviews|full|lr5e-06|0"]
+    store["llm-tuned|reviews|full|lr5e-06|0"] = _record(65.0)
+    assert llm.pick("full", store) == 1e-5
+    assert [k for k, _ in llm.seed_jobs(store)][-1] == "llm-tuned|reviews|full|lr1e-05|2"
 
 
 def test_forget_table_rows_and_learning_rates(tuned: Any) -> None:
