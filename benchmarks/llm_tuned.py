@@ -243,7 +243,8 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "forget":
         run_all(forget_jobs(store), args.jobs, _forget_one, args.only)
     else:
-        lrs = {name: f"{pick(m, store) or 0:g}" for name, (m, _) in FORGET.items() if m != "none"}
+        lrs = {n: f"{pick(m, store) or 0:g}" for n, (m, _) in FORGET.items() if m != "none"}
+        lrs = {n: f"{lr}, {lr}" for n, lr in lrs.items()}  # one learning rate for both tasks
         blocks = {"llm-widen": table(store), "llm-forget": forget_table(store, "forget", lrs)}
         replace_blocks(blocks, DOC)
 
