@@ -67,6 +67,10 @@ PROBES: list[tuple[str, float, dict[str, Any]]] = [
     ("adp", 2e-3, {"epochs": 5}),
     ("rep", 3e-3, {"batch_size": 8}),
 ]
+#: The protocols the tuned comparison runs under: study name -> options beyond the protocol.
+#: ``tuned`` is the job's defaults (6 % warm-up); ``tuned-w20`` gives every method a 20 % warm-up,
+#: the schedule change that moved the rt stall in the probes, measured on every task and seed.
+PROTOCOLS: dict[str, dict[str, Any]] = {"tuned": {}, "tuned-w20": {"warmup_ratio": 0.2}}
 #: The overfitting study's training set and length.
 OVERFIT = {"max_train": 160, "epochs": 20, "schedule": "constant", "warmup_ratio": 0.0}
 
@@ -79,7 +83,7 @@ def _key(study: str, task: str, method: str, lr: float, seed: int) -> str:
     return f"{study}|{task}|{method}|lr{lr:g}|{seed}"
 
 
-def grid_of(store: dict[str, Any], task: str, method: str) -> list[float]:
+def grid_of(store: dict[str, Any], task: str, method: str, study: str = "tuned") -> list[float]:
     """``method``'s grid on ``task``: :data:`GRIDS`, widened by x2 steps while the pick is an end.
 
     A pick on the grid's largest (smallest) learning rate may only mean that the grid stopped
@@ -88,7 +92,7 @@ def grid_of(store: dict[str, Any], task: str, method: str) -> list[float]:
     """
     lrs = list(GRIDS[method])
     for _ in range(MAX_WIDEN):
-        recs = [store.get(_key("tuned", task, method, lr, 0)) for lr in lrs]
+        recs = [store.get(_key(study, task, method, lr, 0)) for lr in lrs]
         if any(r is None for r in recs):
             break
         values = [r["validation"]["accuracy"] for r in recs]  # type: ignore[index]
@@ -102,25 +106,27 @@ def grid_of(store: dict[str, Any], task: str, method: str) -> list[float]:
     return lrs
 
 
-def grid_jobs(tasks: list[str], store: dict[str, Any]) -> list[tuple[str, Any]]:
+def grid_jobs(
+    tasks: list[str], store: dict[str, Any], study: str = "tuned"
+) -> list[tuple[str, Any]]:
     """Every grid point of every method at seed 0: validation each epoch, test at the end."""
     return [
         (
-            _key("tuned", task, method, lr, 0),
-            config_for(task, _setting(method, lr), 0, val_size=VAL_SIZE),
+            _key(study, task, method, lr, 0),
+            config_for(task, _setting(method, lr), 0, val_size=VAL_SIZE, **PROTOCOLS[study]),
         )
         for task in tasks
         for method in GRIDS
-        for lr in grid_of(store, task, method)
+        for lr in grid_of(store, task, method, study)
     ]
 
 
-def picks(store: dict[str, Any], task: str) -> dict[str, float]:
+def picks(store: dict[str, Any], task: str, study: str = "tuned") -> dict[str, float]:
     """Each method's learning rate with the best seed-0 validation accuracy (earlier on ties)."""
     chosen = {}
     for method in GRIDS:
-        lrs = grid_of(store, task, method)
-        scores = [store.get(_key("tuned", task, method, lr, 0)) for lr in lrs]
+        lrs = grid_of(store, task, method, study)
+        scores = [store.get(_key(study, task, method, lr, 0)) for lr in lrs]
         if any(s is None for s in scores):
             continue  # the grid is not complete yet
         values = [s["validation"]["accuracy"] for s in scores]  # type: ignore[index]
@@ -128,15 +134,17 @@ def picks(store: dict[str, Any], task: str) -> dict[str, float]:
     return chosen
 
 
-def seed_jobs(tasks: list[str], store: dict[str, Any]) -> list[tuple[str, Any]]:
+def seed_jobs(
+    tasks: list[str], store: dict[str, Any], study: str = "tuned"
+) -> list[tuple[str, Any]]:
     """The picked learning rates at seeds 1 and 2 (seed 0 is the grid run)."""
     return [
         (
-            _key("tuned", task, method, lr, seed),
-            config_for(task, _setting(method, lr), seed, val_size=VAL_SIZE),
+            _key(study, task, method, lr, seed),
+            config_for(task, _setting(method, lr), seed, val_size=VAL_SIZE, **PROTOCOLS[study]),
         )
         for task in tasks
-        for method, lr in picks(store, task).items()
+        for method, lr in picks(store, task, study).items()
         for seed in (1, 2)
     ]
 
@@ -309,13 +317,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--only", help="comma-separated methods (rows) to run; default all")
     parser.add_argument("--tasks", default="debates,rt,rt_full")
+    parser.add_argument(
+        "--protocol", choices=tuple(PROTOCOLS), default="tuned", help="grid and seeds only"
+    )
     args = parser.parse_args(argv)
     tasks = args.tasks.split(",")
     if args.command == "grid":
         for _ in range(1 + MAX_WIDEN):  # the grid, then the points that widen it
-            run_all(grid_jobs(tasks, load_store()), args.jobs, only=args.only)
+            run_all(grid_jobs(tasks, load_store(), args.protocol), args.jobs, only=args.only)
     elif args.command == "seeds":
-        run_all(seed_jobs(tasks, load_store()), args.jobs, only=args.only)
+        run_all(seed_jobs(tasks, load_store(), args.protocol), args.jobs, only=args.only)
     elif args.command == "probe":
         run_all(probe_jobs(), args.jobs, only=args.only)
     elif args.command == "overfit":
