@@ -99,27 +99,15 @@ def _key(method: str, lr: float, seed: int) -> str:
 
 def grid(method: str, store: dict[str, Any]) -> list[tuple[float, float | None]]:
     """``method``'s ``(lr, validation accuracy)`` points, widened while the best is an end."""
+    job = _tuning().get(method)
+    known = {p["values"]["lr"]: p["score"] for p in job["points"]} if job else {}
 
     def score(lr: float) -> float | None:
         rec = store.get(_key(method, lr, 0))
-        return rec["validation"]["accuracy"] / 100 if rec else None
+        return known.get(lr, rec["validation"]["accuracy"] / 100 if rec else None)
 
-    job = _tuning().get(method)
-    points = (
-        [(p["values"]["lr"], p["score"]) for p in job["points"]]
-        if job is not None
-        else [(lr, score(lr)) for lr in EXTRA_GRIDS[method]]
-    )
-    for _ in range(MAX_WIDEN):
-        if any(score is None for _, score in points):
-            break
-        scores = [score for _, score in points]
-        best = scores.index(max(scores))  # type: ignore[type-var]
-        if best not in (0, len(points) - 1):
-            break
-        lr = points[0][0] / 2 if best == 0 else points[-1][0] * 2
-        points.insert(0, (lr, score(lr))) if best == 0 else points.append((lr, score(lr)))
-    return points
+    lrs = tuned.ladder(list(known) or EXTRA_GRIDS[method], score, MAX_WIDEN)
+    return [(lr, score(lr)) for lr in lrs]
 
 
 def pick(method: str, store: dict[str, Any]) -> float | None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,27 +84,47 @@ def _key(study: str, task: str, method: str, lr: float, seed: int) -> str:
     return f"{study}|{task}|{method}|lr{lr:g}|{seed}"
 
 
+def ladder(
+    lrs: Sequence[float], score: Callable[[float], float | None], times: int = MAX_WIDEN
+) -> list[float]:
+    """``lrs`` widened by the job's rule (:func:`~tensortrain_nn.finetune.tune.widened`) while the
+    best-scoring point (the earlier on ties) is an end, at most ``times`` steps; the ladder stops
+    growing at a point not yet scored (``score`` returns None).
+
+    Example:
+        >>> ladder([1e-3, 2e-3], {1e-3: 50.0, 2e-3: 60.0, 4e-3: 55.0}.get)
+        [0.001, 0.002, 0.004]
+    """
+    from tensortrain_nn.finetune.tune import widened
+
+    lrs = sorted(lrs)
+    for _ in range(times):
+        scores = [score(lr) for lr in lrs]
+        if any(s is None for s in scores):
+            break
+        new = widened([{"values": {"lr": lr}} for lr in lrs], scores.index(max(scores)))  # type: ignore[type-var]
+        if new is None:
+            break
+        lrs = sorted([*lrs, new["lr"]])
+    return lrs
+
+
+def _val(store: dict[str, Any], study: str, task: str, method: str) -> Callable[[float], Any]:
+    def score(lr: float) -> float | None:
+        rec = store.get(_key(study, task, method, lr, 0))
+        return None if rec is None else rec["validation"]["accuracy"]
+
+    return score
+
+
 def grid_of(store: dict[str, Any], task: str, method: str, study: str = "tuned") -> list[float]:
     """``method``'s grid on ``task``: :data:`GRIDS`, widened by x2 steps while the pick is an end.
 
     A pick on the grid's largest (smallest) learning rate may only mean that the grid stopped
     too early, so one more point is added beyond it, up to :data:`MAX_WIDEN` times; the same
-    rule holds for every method.
+    rule holds for every method, and it is the job's ``--tune-widen`` rule (:func:`ladder`).
     """
-    lrs = list(GRIDS[method])
-    for _ in range(MAX_WIDEN):
-        recs = [store.get(_key(study, task, method, lr, 0)) for lr in lrs]
-        if any(r is None for r in recs):
-            break
-        values = [r["validation"]["accuracy"] for r in recs]  # type: ignore[index]
-        best = values.index(max(values))
-        if best == len(lrs) - 1:
-            lrs.append(lrs[-1] * 2)
-        elif best == 0:
-            lrs.insert(0, lrs[0] / 2)
-        else:
-            break
-    return lrs
+    return ladder(GRIDS[method], _val(store, study, task, method))
 
 
 def grid_jobs(
