@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
@@ -21,6 +22,19 @@ def check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise TTValueError(f"{name} must be one of {list(choices)}, got {value!r}")
     return str(value)
+
+
+def option_value(text: str) -> Any:
+    """An option's value as typed on the command line: JSON where it parses, else the string.
+
+    Example:
+        >>> option_value("8"), option_value("[2, 4]"), option_value("true"), option_value("gelu")
+        (8, [2, 4], True, 'gelu')
+    """
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 @dataclass(frozen=True)

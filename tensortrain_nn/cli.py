@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import shlex
@@ -30,15 +29,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from tensortrain.errors import TTError
+from tensortrain_nn._options import option_value
 
 COMMANDS = ("finetune", "predict", "evaluate", "generate", "export-lora", "compress-lora")
-
-
-def _value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 def parse_options(items: Sequence[str], method: str) -> tuple[dict[str, Any], dict[str, dict]]:
@@ -53,7 +46,7 @@ def parse_options(items: Sequence[str], method: str) -> tuple[dict[str, Any], di
         if not sep or not key:
             raise ValueError(f"--opt expects KEY=VALUE, got {item!r}")
         owner, dot, name = key.rpartition(".")
-        by_method.setdefault(owner if dot else method, {})[name] = _value(raw)
+        by_method.setdefault(owner if dot else method, {})[name] = option_value(raw)
     return by_method.get(method, {}), by_method
 
 

@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tensortrain_nn._options import option_value
 from tensortrain_nn.finetune import job, runs
 from tensortrain_nn.finetune.config import FinetuneConfig, Result, history_row
 from tensortrain_nn.finetune.methods import get_method
@@ -75,13 +76,6 @@ def _split_values(text: str) -> list[str]:
     return [*parts, current]
 
 
-def _value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def parse_grid(specs: Sequence[str], methods: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
     """Each method's grid points (dicts of key -> value) from ``--tune`` specs.
 
@@ -105,7 +99,7 @@ def parse_grid(specs: Sequence[str], methods: Sequence[str]) -> dict[str, list[d
             raise FinetuneError(
                 f"--tune {spec!r}: method {owner!r} is not compared (methods: {', '.join(methods)})"
             )
-        values = [_value(t) for t in texts]
+        values = [option_value(t) for t in texts]
         if len({json.dumps(v, sort_keys=True) for v in values}) < len(values):
             raise FinetuneError(f"--tune {spec!r}: a value is repeated")
         for method in [owner] if dot else list(axes):
