@@ -343,7 +343,7 @@ def _forget_one(args: tuple[str, str, Setting, Setting, int]) -> dict[str, Any]:
     config_a = config_for(task_a, setting_a, seed)
     config_b = config_for(task_b, setting_b, seed)
     spec = resolve_model(config_a.model)
-    model, tokenizer, task, _ = job.build_task(config_a, spec)
+    model, tokenizer, task, *_ = job.build_task(config_a, spec)
     model, _ = get_method(setting_a.method).setup(model, dict(config_a.method_options), "classify")
     batch = 4 * config_a.batch_size
 

