@@ -244,7 +244,7 @@ def forget_jobs(store: dict[str, Any]) -> list[tuple[str, Any]]:
     return jobs
 
 
-def tuned_table(store: dict[str, Any]) -> str:
+def tuned_table(store: dict[str, Any], study: str = "tuned") -> str:
     lines = [
         "| task | method | grid (lr) | picked lr | validation % | seeds | test accuracy % "
         "| macro-F1 % | vs LoRA | adapter params | LoRA / adapter |",
@@ -252,8 +252,8 @@ def tuned_table(store: dict[str, Any]) -> str:
     ]
     for task in TASKS:
         rows = {}
-        for method, lr in picks(store, task).items():
-            recs = [store.get(_key("tuned", task, method, lr, s)) for s in (0, 1, 2)]
+        for method, lr in picks(store, task, study).items():
+            recs = [store.get(_key(study, task, method, lr, s)) for s in (0, 1, 2)]
             rows[method] = (lr, [r for r in recs if r is not None])
         lora = rows.get("lora", (0, []))[1]
         lora_mean = statistics.mean(r["accuracy"] for r in lora) if lora else float("nan")
@@ -264,7 +264,7 @@ def tuned_table(store: dict[str, Any]) -> str:
             ratio = "-"
             if lora and params and method in ("rep", "adp"):
                 ratio = f"{lora[0]['adapter_params'] / params:.1f}x"
-            grid = ", ".join(f"{x:g}" for x in grid_of(store, task, method))
+            grid = ", ".join(f"{x:g}" for x in grid_of(store, task, method, study))
             lines.append(
                 f"| {task} | {method} | {grid} | {lr:g} | {recs[0]['validation']['accuracy']:.1f}"
                 f" | {len(recs)} | {_mean_sd(accs)} | {_mean_sd([r['macro_f1'] for r in recs])}"
@@ -273,17 +273,17 @@ def tuned_table(store: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def grid_table(store: dict[str, Any]) -> str:
+def grid_table(store: dict[str, Any], study: str = "tuned") -> str:
     """Every grid point at seed 0: validation and test accuracy side by side."""
     lines = [
         "| task | method | lr | validation % | test % | picked on validation | best on test |",
         "|---|---|---|---|---|---|---|",
     ]
     for task in TASKS:
-        chosen = picks(store, task)
+        chosen = picks(store, task, study)
         for method in GRIDS:
-            lrs = grid_of(store, task, method)
-            recs = [store.get(_key("tuned", task, method, lr, 0)) for lr in lrs]
+            lrs = grid_of(store, task, method, study)
+            recs = [store.get(_key(study, task, method, lr, 0)) for lr in lrs]
             if any(r is None for r in recs):
                 continue
             tests = [r["accuracy"] for r in recs]  # type: ignore[index]
@@ -323,6 +323,8 @@ def write_docs(store: dict[str, Any]) -> None:
     blocks = {
         "tuned": tuned_table(store),
         "grid": grid_table(store),
+        "tuned-w20": tuned_table(store, "tuned-w20"),
+        "grid-w20": grid_table(store, "tuned-w20"),
         "overfit20": overfit_table(store),
         "probe": probe_table(store),
         "forget-tuned": forget_table(

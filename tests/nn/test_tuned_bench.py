@@ -111,3 +111,25 @@ def test_forget_table_rows_and_learning_rates(tuned: Any) -> None:
         == "| rep | debates>rt | 0.012, 0.003 | 3 | 61.0 ± 1.0 | 50.0 ± 0.0 | 11.0 ± 1.0 | 70.0 ± 0.0 |"
     )
     assert len(table.splitlines()) == 3
+
+
+def test_a_protocol_is_a_study_of_its_own_with_its_options(tuned: Any) -> None:
+    bench, _ = tuned
+    key = bench._key
+    store = {  # the 6 % study's records do not count for the 20 % one, and the reverse
+        key("tuned", "rt", "rep", lr, 0): _record(v)
+        for lr, v in zip(bench.GRIDS["rep"], (50, 70, 60), strict=True)
+    }
+    jobs = dict(bench.grid_jobs(["rt"], store, "tuned-w20"))
+    rep = [k for k in jobs if "|rep|" in k]
+    assert rep == [key("tuned-w20", "rt", "rep", lr, 0) for lr in bench.GRIDS["rep"]]
+    assert {jobs[k].warmup_ratio for k in jobs} == {0.2}
+    assert {c.warmup_ratio for _, c in bench.grid_jobs(["rt"], {})} == {0.06}
+    assert "rep" in bench.picks(store, "rt") and "rep" not in bench.picks(store, "rt", "tuned-w20")
+    for lr, v in zip(bench.GRIDS["rep"], (70, 60, 50), strict=True):
+        store[key("tuned-w20", "rt", "rep", lr, 0)] = _record(v)
+    assert bench.picks(store, "rt", "tuned-w20")["rep"] == 1.5e-3
+    assert bench.grid_of(store, "rt", "rep", "tuned-w20")[0] == 7.5e-4  # widened below
+    seeds = dict(bench.seed_jobs(["rt"], store, "tuned-w20"))
+    assert list(seeds) == [key("tuned-w20", "rt", "rep", 1.5e-3, s) for s in (1, 2)]
+    assert {c.warmup_ratio for c in seeds.values()} == {0.2}
