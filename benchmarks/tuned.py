@@ -19,6 +19,8 @@ Commands (each skips the runs already in ``docs/results/accuracy/runs.json``)::
 
     python benchmarks/tuned.py grid   [--tasks debates,rt,rt_full]   # every grid point, seed 0
     python benchmarks/tuned.py seeds  [--tasks ...]                   # the picks at seeds 1, 2
+    python benchmarks/tuned.py grid --protocol tuned-w20              # the same, 20 % warm-up
+    python benchmarks/tuned.py seeds --protocol tuned-w20
     python benchmarks/tuned.py probe                                  # what moves the rt stall
     python benchmarks/tuned.py overfit                                # needs the debates picks
     python benchmarks/tuned.py forget                                 # needs debates, rt picks
