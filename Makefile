@@ -68,8 +68,8 @@ bench-llm: $(VENV)/.installed
 # Accuracy over three public tasks (docs/accuracy.md): every method tuned on a validation split
 # with the same grid size and tested at 3 seeds (at the default 6 % warm-up and at 20 %), forgetting
 # and overfitting at the tuned learning rates (benchmarks/tuned.py, about 4 hours on 2 cores);
-# then the earlier sweep, the defaults, and the first forgetting look (benchmarks/accuracy.py, about two hours). Resumable: runs already in
-# docs/results/accuracy/runs.json are skipped.
+# then the earlier sweep, the defaults, and the first forgetting look (benchmarks/accuracy.py,
+# about two hours). Resumable: runs already in docs/results/accuracy/runs.json are skipped.
 .PHONY: bench-accuracy
 bench-accuracy: $(VENV)/.installed
 	$(BIN)/python benchmarks/tuned.py grid
