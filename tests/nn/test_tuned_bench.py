@@ -128,8 +128,10 @@ def test_a_protocol_is_a_study_of_its_own_with_its_options(tuned: Any) -> None:
     assert "rep" in bench.picks(store, "rt") and "rep" not in bench.picks(store, "rt", "tuned-w20")
     for lr, v in zip(bench.GRIDS["rep"], (70, 60, 50), strict=True):
         store[key("tuned-w20", "rt", "rep", lr, 0)] = _record(v)
+    assert "rep" not in bench.picks(store, "rt", "tuned-w20")  # the low end: widen first
+    assert bench.grid_of(store, "rt", "rep", "tuned-w20")[0] == 7.5e-4
+    store[key("tuned-w20", "rt", "rep", 7.5e-4, 0)] = _record(65)
     assert bench.picks(store, "rt", "tuned-w20")["rep"] == 1.5e-3
-    assert bench.grid_of(store, "rt", "rep", "tuned-w20")[0] == 7.5e-4  # widened below
     seeds = dict(bench.seed_jobs(["rt"], store, "tuned-w20"))
     assert list(seeds) == [key("tuned-w20", "rt", "rep", 1.5e-3, s) for s in (1, 2)]
     assert {c.warmup_ratio for c in seeds.values()} == {0.2}
