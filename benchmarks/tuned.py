@@ -21,6 +21,7 @@ Commands (each skips the runs already in ``docs/results/accuracy/runs.json``)::
     python benchmarks/tuned.py seeds  [--tasks ...]                   # the picks at seeds 1, 2
     python benchmarks/tuned.py grid --protocol tuned-w20              # the same, 20 % warm-up
     python benchmarks/tuned.py seeds --protocol tuned-w20
+    python benchmarks/tuned.py ties   [--protocol ...]                # past an end that ties
     python benchmarks/tuned.py probe                                  # what moves the rt stall
     python benchmarks/tuned.py overfit                                # needs the debates picks
     python benchmarks/tuned.py forget                                 # needs debates, rt picks
@@ -198,6 +199,71 @@ def probe_table(store: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def tied_ends(store: dict[str, Any], study: str = "tuned") -> list[tuple[str, str, float]]:
+    """``(task, method, lr)``: one step past a grid end that ties the best validation score.
+
+    Ties go to the earlier point, so a grid whose best score is reached both inside and at an
+    end is not widened; this is the point that a rule widening on such a tie would try next.
+    """
+    from tensortrain_nn.finetune.tune import widened
+
+    found = []
+    for task in TASKS:
+        for method in GRIDS:
+            lrs = grid_of(store, task, method, study)
+            values = [_val(store, study, task, method)(lr) for lr in lrs]
+            if any(v is None for v in values) or method not in picks(store, task, study):
+                continue
+            best = max(values)  # type: ignore[type-var]
+            for end in (0, len(lrs) - 1):
+                if values[end] == best and values.index(best) != end:
+                    new = widened([{"values": {"lr": lr}} for lr in lrs], end)
+                    found += [(task, method, new["lr"])] if new else []
+    return found
+
+
+def tie_jobs(store: dict[str, Any], study: str = "tuned") -> list[tuple[str, Any]]:
+    """:func:`tied_ends` at seed 0; where one beats the tie on validation, at seeds 1 and 2."""
+    jobs = []
+    for task, method, lr in tied_ends(store, study):
+        rec = store.get(_key(f"tie-{study}", task, method, lr, 0))
+        tie = store[_key(study, task, method, picks(store, task, study)[method], 0)]
+        better = rec is not None and rec["validation"]["accuracy"] > tie["validation"]["accuracy"]
+        jobs += [
+            (
+                _key(f"tie-{study}", task, method, lr, seed),
+                config_for(task, _setting(method, lr), seed, val_size=VAL_SIZE, **PROTOCOLS[study]),
+            )
+            for seed in ((0, 1, 2) if better else (0,))
+        ]
+    return jobs
+
+
+def tie_table(store: dict[str, Any]) -> str:
+    lines = [
+        "| protocol | task | method | tied at (lr: validation %) | next lr | validation % "
+        "| test % (seed 0) | test % (3 seeds) | pick's test % (3 seeds) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for study in PROTOCOLS:
+        for task, method, lr in tied_ends(store, study):
+            recs = [store.get(_key(f"tie-{study}", task, method, lr, s)) for s in (0, 1, 2)]
+            if recs[0] is None:
+                continue
+            picked = picks(store, task, study)[method]
+            best = _val(store, study, task, method)(picked)
+            tied = [x for x in grid_of(store, task, method, study)]
+            tied = [x for x in tied if _val(store, study, task, method)(x) == best]
+            pick_accs = [store[_key(study, task, method, picked, s)]["accuracy"] for s in (0, 1, 2)]
+            three = _mean_sd([r["accuracy"] for r in recs]) if None not in recs else "-"
+            lines.append(
+                f"| {study} | {task} | {method} | {', '.join(f'{x:g}' for x in tied)}: {best:.1f}"
+                f" | {lr:g} | {recs[0]['validation']['accuracy']:.1f} | {recs[0]['accuracy']:.1f}"
+                f" | {three} | {_mean_sd(pick_accs)} |"
+            )
+    return "\n".join(lines)
+
+
 def overfit_jobs(store: dict[str, Any]) -> list[tuple[str, Any]]:
     """160 debates examples, 20 epochs at a constant learning rate (each method's pick)."""
     chosen = picks(store, "debates")
@@ -329,6 +395,7 @@ def write_docs(store: dict[str, Any]) -> None:
         "grid-w20": grid_table(store, "tuned-w20"),
         "overfit20": overfit_table(store),
         "probe": probe_table(store),
+        "ties": tie_table(store),
         "forget-tuned": forget_table(
             store, "forget-tuned", {k: f"{a:g}, {b:g}" for k, (a, b) in _forget_lrs(store).items()}
         ),
@@ -338,7 +405,9 @@ def write_docs(store: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=("grid", "seeds", "probe", "overfit", "forget", "docs"))
+    parser.add_argument(
+        "command", choices=("grid", "seeds", "ties", "probe", "overfit", "forget", "docs")
+    )
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--only", help="comma-separated methods (rows) to run; default all")
     parser.add_argument("--tasks", default="debates,rt,rt_full")
@@ -352,6 +421,9 @@ def main(argv: list[str] | None = None) -> None:
             run_all(grid_jobs(tasks, load_store(), args.protocol), args.jobs, only=args.only)
     elif args.command == "seeds":
         run_all(seed_jobs(tasks, load_store(), args.protocol), args.jobs, only=args.only)
+    elif args.command == "ties":
+        for _ in range(2):  # the point past the tied end, then its seeds if it wins
+            run_all(tie_jobs(load_store(), args.protocol), args.jobs, only=args.only)
     elif args.command == "probe":
         run_all(probe_jobs(), args.jobs, only=args.only)
     elif args.command == "overfit":
