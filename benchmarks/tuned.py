@@ -252,8 +252,8 @@ def tie_table(store: dict[str, Any]) -> str:
                 continue
             picked = picks(store, task, study)[method]
             best = _val(store, study, task, method)(picked)
-            tied = [x for x in grid_of(store, task, method, study)]
-            tied = [x for x in tied if _val(store, study, task, method)(x) == best]
+            grid = grid_of(store, task, method, study)
+            tied = [x for x in grid if _val(store, study, task, method)(x) == best]
             pick_accs = [store[_key(study, task, method, picked, s)]["accuracy"] for s in (0, 1, 2)]
             three = _mean_sd([r["accuracy"] for r in recs]) if None not in recs else "-"
             lines.append(

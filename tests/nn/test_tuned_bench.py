@@ -135,3 +135,29 @@ def test_a_protocol_is_a_study_of_its_own_with_its_options(tuned: Any) -> None:
     seeds = dict(bench.seed_jobs(["rt"], store, "tuned-w20"))
     assert list(seeds) == [key("tuned-w20", "rt", "rep", 1.5e-3, s) for s in (1, 2)]
     assert {c.warmup_ratio for c in seeds.values()} == {0.2}
+
+
+def test_a_tie_at_an_end_is_tried_one_step_further_and_seeded_if_it_wins(tuned: Any) -> None:
+    bench, _ = tuned
+    key = bench._key
+    lrs = bench.GRIDS["lora"]  # 5e-4, 1e-3, 2e-3: the top two tie, the pick is the earlier one
+    store = {
+        key("tuned", "rt", "lora", lr, s): _record(v)
+        for lr, v in zip(lrs, (40, 70, 70), strict=True)
+        for s in (0, 1, 2)
+    }
+    assert bench.picks(store, "rt")["lora"] == 1e-3
+    assert bench.tied_ends(store) == [("rt", "lora", 4e-3)]
+    assert [k for k, _ in bench.tie_jobs(store)] == ["tie-tuned|rt|lora|lr0.004|0"]
+    store["tie-tuned|rt|lora|lr0.004|0"] = _record(70)  # only ties again: no more runs
+    assert [k for k, _ in bench.tie_jobs(store)] == ["tie-tuned|rt|lora|lr0.004|0"]
+    store["tie-tuned|rt|lora|lr0.004|0"] = _record(71)  # beats the tie: its seeds too
+    assert [k for k, _ in bench.tie_jobs(store)][1:] == [
+        "tie-tuned|rt|lora|lr0.004|1",
+        "tie-tuned|rt|lora|lr0.004|2",
+    ]
+    assert "| tuned | rt | lora | 0.001, 0.002: 70.0 | 0.004 | 71.0 | 50.0 | - |" in (
+        bench.tie_table(store)
+    )
+    store[key("tuned", "rt", "lora", lrs[2], 0)] = _record(69)  # no tie: nothing to try
+    assert bench.tied_ends(store) == []
