@@ -76,6 +76,7 @@ bench-accuracy: $(VENV)/.installed
 	$(BIN)/python benchmarks/tuned.py seeds
 	$(BIN)/python benchmarks/tuned.py grid --protocol tuned-w20
 	$(BIN)/python benchmarks/tuned.py seeds --protocol tuned-w20
+	$(BIN)/python benchmarks/tuned.py ties
 	$(BIN)/python benchmarks/tuned.py forget
 	$(BIN)/python benchmarks/tuned.py overfit
 	$(BIN)/python benchmarks/tuned.py docs
