@@ -5,7 +5,7 @@ training reviews, 100 validation, 200 test, 3 seeds at each pick; the command is
 Its picks of rep (1.5e-3) and LoRA (4e-3) are ends of their grids, which may only mean the grid
 stopped too early; full fine-tuning was not in it (:data:`EXTRA_GRIDS` gives it a grid here). This script adds one x2 step beyond such an end (at most :data:`MAX_WIDEN`
 times, every method alike), trains the new point at seed 0 on the same data and scores it on
-validation; the pick is again the best validation score (ties: the grid's own order). A pick
+validation; the pick is again the best validation score (ties: the smaller learning rate). A pick
 that moves to a new point then trains at seeds 1 and 2. Records go to ``widen.json`` beside
 ``compare.json`` (resumable); ``docs`` writes the table into docs/finetune.md.
 

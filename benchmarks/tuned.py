@@ -150,10 +150,9 @@ def picks(store: dict[str, Any], task: str, study: str = "tuned") -> dict[str, f
     chosen = {}
     for method in GRIDS:
         lrs = grid_of(store, task, method, study)
-        scores = [store.get(_key(study, task, method, lr, 0)) for lr in lrs]
-        if any(s is None for s in scores):
+        values = [_val(store, study, task, method)(lr) for lr in lrs]
+        if None in values:
             continue  # the grid is not complete yet
-        values = [s["validation"]["accuracy"] for s in scores]  # type: ignore[index]
         chosen[method] = lrs[values.index(max(values))]
     return chosen
 
@@ -200,10 +199,11 @@ def probe_table(store: dict[str, Any]) -> str:
 
 
 def tied_ends(store: dict[str, Any], study: str = "tuned") -> list[tuple[str, str, float]]:
-    """``(task, method, lr)``: one step past a grid end that ties the best validation score.
+    """``(task, method, lr)``: one step past a grid's top that ties the best validation score.
 
-    Ties go to the earlier point, so a grid whose best score is reached both inside and at an
-    end is not widened; this is the point that a rule widening on such a tie would try next.
+    Ties go to the earlier point, so a grid whose best score is reached both inside and at its
+    top is not widened (a tie at the bottom is a pick there, and widens); this is the point that
+    a rule widening on such a tie would try next.
     """
     from tensortrain_nn.finetune.tune import widened
 
@@ -212,13 +212,14 @@ def tied_ends(store: dict[str, Any], study: str = "tuned") -> list[tuple[str, st
         for method in GRIDS:
             lrs = grid_of(store, task, method, study)
             values = [_val(store, study, task, method)(lr) for lr in lrs]
-            if any(v is None for v in values) or method not in picks(store, task, study):
-                continue
-            best = max(values)  # type: ignore[type-var]
-            for end in (0, len(lrs) - 1):
-                if values[end] == best and values.index(best) != end:
-                    new = widened([{"values": {"lr": lr}} for lr in lrs], end)
-                    found += [(task, method, new["lr"])] if new else []
+            if (
+                None in values
+                or values[-1] != max(values)
+                or values.index(values[-1]) == len(lrs) - 1
+            ):
+                continue  # not complete, top not best, or the top is the pick (it widened)
+            new = widened([{"values": {"lr": lr}} for lr in lrs], len(lrs) - 1)
+            found += [(task, method, new["lr"])] if new else []
     return found
 
 
